@@ -1,0 +1,183 @@
+"""Tables (CSV + Markdown) and figures of a run, rebuilt from its fold files alone.
+
+``summarize_run(run_dir)`` reads ``settings.json`` and every ``fold_XX/predictions.csv`` and
+``epochs.csv`` and writes ``summary.csv``, ``summary.md`` and the figures. It never needs the
+models or the data, so it also merges folds that ran on different machines.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path, write_csv, write_text
+from .metrics import (SUMMARY_METRICS, format_mean_std, mean_std, per_fold_table,
+                      predictions_metrics, prob_columns)
+from .runinfo import read_settings
+from .training import EPOCHS, load_predictions
+
+
+def markdown_table(frame: pd.DataFrame, float_digits: int = 3) -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+    def cell(value) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "n/a" if math.isnan(value) else f"{value:.{float_digits}f}"
+        return str(value).replace("|", "\\|")
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(frame: pd.DataFrame, path_without_suffix: str | os.PathLike, title: str = "",
+                note: str = "") -> tuple[Path, Path]:
+    """Write a table as ``<name>.csv`` and ``<name>.md`` (title and note above the table)."""
+    base = Path(path_without_suffix)
+    csv_path = write_csv(base.with_suffix(".csv"), frame)
+    text = (f"# {title}\n\n" if title else "") + (f"{note}\n\n" if note else "")
+    md_path = write_text(base.with_suffix(".md"), text + markdown_table(frame))
+    return csv_path, md_path
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix[1:])
+    plt.close(fig)
+    return Path(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str],
+                          path: str | os.PathLike, title: str = "") -> Path:
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.7 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > threshold else "black")
+    ax.set_title(title or "Confusion matrix (pooled test folds)")
+    return save_figure(fig, path)
+
+
+def plot_roc(predictions: pd.DataFrame, class_names: Sequence[str],
+             path: str | os.PathLike) -> Path:
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    prob = predictions[prob_columns(class_names)].to_numpy()
+    y = predictions["label"].to_numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    targets = [1] if len(class_names) == 2 else range(len(class_names))
+    for c in targets:
+        if (y == c).any() and (y != c).any():
+            fpr, tpr, _ = roc_curve(y == c, prob[:, c])
+            ax.plot(fpr, tpr, label=class_names[c])
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC (pooled test folds" + (", one-vs-rest)" if len(targets) > 1 else ")"))
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_learning_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """Training and validation loss/accuracy per epoch, one thin line per fold."""
+    logs = sorted(Path(run_dir).glob(f"fold_*/{EPOCHS}"))
+    if not logs:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for log_path in logs:
+        log = pd.read_csv(log_path)
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + metric in log:
+                    ax.plot(log["epoch"], log[prefix + metric], style, lw=0.8, alpha=0.6,
+                            color="C0" if not prefix else "C1")
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: training (solid) / validation (dashed)")
+    return save_figure(fig, path)
+
+
+def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFrame:
+    """Rebuild ``summary.csv``/``summary.md`` and figures from the run's fold files."""
+    run_dir = Path(run_dir)
+    settings = read_settings(run_dir)
+    config = settings["config"]
+    class_names = list(config["class_names"])
+    predictions = load_predictions(run_dir)
+    pooled = predictions_metrics(predictions, class_names)
+    folds = per_fold_table(predictions, class_names)
+    expected = config.get("n_folds")
+
+    rows = []
+    for name in SUMMARY_METRICS:
+        mean, std = mean_std(folds[name].tolist())
+        rows.append({"metric": name, "pooled": pooled[name], "fold_mean": mean,
+                     "fold_std": std, "n_folds": int(folds[name].notna().sum())})
+    summary = pd.DataFrame(rows)
+    per_class = pd.DataFrame([{"class": c, **v} for c, v in pooled["per_class"].items()])
+    write_csv(run_dir / "summary.csv", summary)
+    write_csv(run_dir / "per_class.csv", per_class)
+    write_csv(run_dir / "per_fold.csv", folds)
+
+    cm = pd.DataFrame(pooled["confusion_matrix"], columns=[f"pred {c}" for c in class_names])
+    cm.insert(0, "true", class_names)
+    leaky = bool(config.get("leaky"))
+    lines = [f"# {config.get('title', run_dir.name)}", ""]
+    if leaky:
+        lines += ["> **LEAKY SPLIT**: images of one source cell or patient can sit in both "
+                  "training and test; these numbers overstate accuracy and are shown only to "
+                  "reproduce published figures.", ""]
+    lines += [f"- run: `{run_dir.name}`; dataset: `{config.get('dataset')}`; split: "
+              f"`{config.get('split_file')}` (dataset hash `{str(config.get('dataset_hash'))[:12]}`)",
+              f"- folds finished: {len(folds)}" + (f" of {expected}" if expected else "")
+              + f"; pooled test images: {pooled['n']}; seed {config.get('seed')}",
+              f"- code: `{settings['provenance']['git']['commit'][:12]}`"
+              + (" (uncommitted changes)" if settings["provenance"]["git"]["dirty"] else ""),
+              "", "## Test metrics", "",
+              "Pooled: all folds' test predictions together. Per fold: mean ± sample std over "
+              "folds (ROC-AUC and balanced accuracy only where a fold's test set has two or "
+              "more classes).", ""]
+    shown = summary.assign(
+        per_fold=[format_mean_std(folds[m].tolist()) for m in summary["metric"]])
+    lines += [markdown_table(shown[["metric", "pooled", "per_fold", "n_folds"]]), "",
+              "## Per class (pooled)", "", markdown_table(per_class), "",
+              "## Confusion matrix (pooled; rows true, columns predicted)", "",
+              markdown_table(cm), ""]
+    if config.get("excluded_classes"):
+        lines += [f"Excluded classes (never trained or tested): "
+                  f"{', '.join(map(str, config['excluded_classes']))}", ""]
+    write_text(run_dir / "summary.md", "\n".join(lines))
+
+    plot_confusion_matrix(pooled["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
+    plot_roc(predictions, class_names, run_dir / "roc.png")
+    plot_learning_curves(run_dir, run_dir / "learning_curves.png")
+    if not quiet:
+        print(f"\n{run_dir / 'summary.md'}:\n")
+        print(markdown_table(shown[["metric", "pooled", "per_fold", "n_folds"]]))
+    return summary

@@ -1,0 +1,202 @@
+"""The cross-validation loop: one fresh model per fold, early stopping, checkpoints, resume.
+
+A fold is finished when ``fold_XX/predictions.csv`` exists; it is written last and atomically,
+so a run killed at any moment resumes from its finished folds. Each fold seeds itself with
+``seed + fold`` before building its model, so a resumed run gives the same predictions as an
+uninterrupted one, and folds can run on different machines (``--folds``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .io import save_model, write_csv, write_json
+from .metrics import predictions_metrics, prob_columns, probabilities_from_output
+from .runinfo import provenance
+from .seeding import set_seed
+
+PREDICTIONS = "predictions.csv"
+EPOCHS = "epochs.csv"
+CHECKPOINT = "model.keras"
+
+
+@dataclasses.dataclass
+class Fold:
+    """One fold's images by role, where it writes, and the seed it uses."""
+
+    fold: int
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    directory: Path
+    seed: int
+
+
+def fold_dir(run_dir: str | os.PathLike, fold: int) -> Path:
+    return Path(run_dir) / f"fold_{fold:02d}"
+
+
+def fold_is_done(run_dir: str | os.PathLike, fold: int) -> bool:
+    return (fold_dir(run_dir, fold) / PREDICTIONS).exists()
+
+
+def parse_fold_list(text: str | None, available: Sequence[int]) -> list[int]:
+    """``"3,4"`` or ``"0-4,7"`` → fold numbers; ``None`` → all. Unknown folds are an error."""
+    available = sorted(int(f) for f in available)
+    if not text:
+        return available
+    chosen: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                chosen.extend(range(lo, hi + 1))
+            else:
+                chosen.append(int(part))
+        except ValueError:
+            raise InputError(f"--folds {text}: expected numbers like 3,4 or 0-4") from None
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise InputError(f"--folds {text}: folds {unknown} not in the split "
+                         f"(it has folds {available[0]}..{available[-1]})")
+    return sorted(set(chosen))
+
+
+def run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int,
+              train_fold: Callable[[Fold], pd.DataFrame], *, quiet: bool = False) -> list[int]:
+    """Train every fold in ``folds`` that is not finished yet; return the folds trained now.
+
+    ``train_fold`` builds a fresh model, trains it on ``fold.train``, stops early on
+    ``fold.val`` and returns the predictions of ``fold.test`` (see :func:`fit_and_predict`).
+    One line per fold says where the run is.
+    """
+    trained = []
+    for i, k in enumerate(folds, 1):
+        head = f"fold {k} ({i}/{len(folds)})"
+        if fold_is_done(run_dir, k):
+            if not quiet:
+                print(f"{head}: finished earlier, kept", flush=True)
+            continue
+        rows = split.fold(k)
+        fold = Fold(fold=k, train=rows[rows.role == "train"].reset_index(drop=True),
+                    val=rows[rows.role == "val"].reset_index(drop=True),
+                    test=rows[rows.role == "test"].reset_index(drop=True),
+                    directory=fold_dir(run_dir, k), seed=seed + k)
+        fold.directory.mkdir(parents=True, exist_ok=True)
+        set_seed(fold.seed)
+        start = time.perf_counter()
+        predictions = train_fold(fold)
+        trained.append(k)
+        if not quiet:
+            acc = float((predictions["pred"] == predictions["label"]).mean())
+            print(f"{head}: train {len(fold.train)} val {len(fold.val)} test {len(fold.test)}"
+                  f" | test accuracy {acc:.3f} | {time.perf_counter() - start:.1f} s", flush=True)
+    return trained
+
+
+class _EpochTimer:
+    """Adds the wall time of each epoch to the Keras logs (lazily built Keras callback)."""
+
+    def __new__(cls):
+        import keras
+
+        class EpochTimer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if logs is not None:
+                    logs["seconds"] = time.perf_counter() - self._start
+
+        return EpochTimer()
+
+
+def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: Path,
+        monitor: str = "val_loss", extra_callbacks: Sequence = (), verbose: int = 0):
+    """Train with early stopping on the validation images and keep the best weights.
+
+    Writes ``epochs.csv`` (one row per epoch) and the best checkpoint ``model.keras``, both
+    atomically. Without validation images the training loss is monitored instead, and the
+    epochs file says so in its ``monitor`` column.
+    """
+    import keras
+
+    if val_ds is None and monitor.startswith("val_"):
+        monitor = monitor[4:]
+    callbacks = [_EpochTimer(),
+                 keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
+                                               restore_best_weights=True, verbose=0),
+                 *extra_callbacks]
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                        verbose=verbose, shuffle=False)  # tf.data shuffles, seeded
+    log = pd.DataFrame(history.history)
+    log.insert(0, "epoch", np.arange(1, len(log) + 1))
+    log["monitor"] = monitor
+    write_csv(fold_directory / EPOCHS, log)
+    save_model(model, fold_directory / CHECKPOINT)
+    return history
+
+
+def predict_table(model, test_ds, test: pd.DataFrame, class_names: Sequence[str],
+                  fold: int) -> pd.DataFrame:
+    """Per-image test probabilities as a predictions table (the run's raw result)."""
+    prob = probabilities_from_output(model.predict(test_ds, verbose=0))
+    if len(prob) != len(test):
+        raise RuntimeError(f"model returned {len(prob)} predictions for {len(test)} images")
+    table = pd.DataFrame({"fold": fold, "image": test["image"].to_numpy(),
+                          "label": test["label"].astype(int).to_numpy(),
+                          "class_name": test["class_name"].to_numpy(),
+                          "group": test["group"].astype(str).to_numpy()})
+    for column, values in zip(prob_columns(class_names), prob.T):
+        table[column] = values
+    table["pred"] = prob.argmax(axis=1)
+    table["pred_class"] = [class_names[i] for i in table["pred"]]
+    return table
+
+
+def finish_fold(fold: Fold, predictions: pd.DataFrame, class_names: Sequence[str],
+                timings: dict) -> pd.DataFrame:
+    """Write the fold's timing/provenance, then its predictions (last: marks the fold done)."""
+    metrics = predictions_metrics(predictions, class_names)
+    write_json(fold.directory / "timing.json",
+               {**timings, "fold": fold.fold, "seed": fold.seed,
+                "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
+                "test_accuracy": metrics["accuracy"], "provenance": provenance()})
+    write_csv(fold.directory / PREDICTIONS, predictions)
+    return predictions
+
+
+def fit_and_predict(fold: Fold, model, *, train_ds, val_ds, test_ds,
+                    class_names: Sequence[str], epochs: int, patience: int,
+                    extra_callbacks: Sequence = (), verbose: int = 0) -> pd.DataFrame:
+    """The usual fold body: :func:`fit`, then :func:`predict_table`, then :func:`finish_fold`."""
+    start = time.perf_counter()
+    history = fit(model, train_ds, val_ds, epochs=epochs, patience=patience,
+                  fold_directory=fold.directory, extra_callbacks=extra_callbacks,
+                  verbose=verbose)
+    trained = time.perf_counter()
+    predictions = predict_table(model, test_ds, fold.test, class_names, fold.fold)
+    timings = {"train_seconds": trained - start,
+               "predict_seconds": time.perf_counter() - trained,
+               "epochs_run": len(history.history.get("loss", []))}
+    return finish_fold(fold, predictions, class_names, timings)
+
+
+def load_predictions(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """All finished folds' predictions of a run, pooled, sorted by fold and image."""
+    files = sorted(Path(run_dir).glob(f"fold_*/{PREDICTIONS}"))
+    if not files:
+        raise InputError(f"{run_dir}: no finished folds (no fold_*/{PREDICTIONS})")
+    table = pd.concat([pd.read_csv(f, dtype={"group": str, "image": str}) for f in files],
+                      ignore_index=True)
+    return table.sort_values(["fold", "image"], kind="stable").reset_index(drop=True)
