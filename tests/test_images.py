@@ -52,16 +52,19 @@ def jpeg_bytes(tmp_path: Path) -> bytes:
 
 # ----------------------------------------------------------------------------- broken files
 
+@pytest.mark.reliability
 def test_missing_file(tmp_path):
     assert_input_error(tmp_path / "nope.jpg", "file not found")
 
 
+@pytest.mark.reliability
 def test_zero_byte_file(tmp_path):
     path = tmp_path / "empty.jpg"
     path.write_bytes(b"")
     assert_input_error(path, "empty file (0 bytes)")
 
 
+@pytest.mark.reliability
 def test_text_file_named_jpg(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("patient 12, smear 3\nlooks fine\n")
@@ -69,6 +72,7 @@ def test_text_file_named_jpg(tmp_path):
     assert message.count(str(path)) == 1  # Pillow's own copy of the name is stripped
 
 
+@pytest.mark.reliability
 def test_corrupt_jpeg_garbage_after_header(tmp_path):
     data = jpeg_bytes(tmp_path)
     scan = data.index(b"\xff\xda")  # start-of-scan: everything before it is a valid header
@@ -78,6 +82,7 @@ def test_corrupt_jpeg_garbage_after_header(tmp_path):
     assert_input_error(path, "truncated or corrupt image")
 
 
+@pytest.mark.reliability
 def test_truncated_jpeg(tmp_path):
     data = jpeg_bytes(tmp_path)
     path = tmp_path / "half.jpg"
@@ -85,6 +90,7 @@ def test_truncated_jpeg(tmp_path):
     assert_input_error(path, "truncated or corrupt image")
 
 
+@pytest.mark.reliability
 def test_truncated_tiff(tmp_path):
     source = tmp_path / "whole.tif"
     Image.new("RGB", (64, 64), (1, 2, 3)).save(source)
@@ -94,6 +100,7 @@ def test_truncated_tiff(tmp_path):
     assert_input_error(path, "truncated or corrupt image")
 
 
+@pytest.mark.reliability
 def test_png_with_damaged_header_is_corrupt_not_non_image(tmp_path):
     path = tmp_path / "damaged.png"
     Image.new("RGB", (4, 4)).save(path)
@@ -207,6 +214,7 @@ def test_plain_files_are_tf_native_and_tiff_is_not(tmp_path):
 
 # ----------------------------------------------------------------------------- check_images
 
+@pytest.mark.reliability
 def test_check_images_reports_and_skips_bad_files(tmp_path):
     good = tmp_path / "Im001_1.png"
     Image.new("RGB", (4, 4)).save(good)
@@ -229,6 +237,7 @@ def test_check_images_reports_and_skips_bad_files(tmp_path):
     assert len(record) == 2 and str(record[0].message).startswith(str(empty))
 
 
+@pytest.mark.reliability
 def test_check_images_catches_png_checksum_errors(tmp_path):
     path = tmp_path / "crc.png"
     Image.new("RGB", (8, 8), (1, 2, 3)).save(path)
@@ -244,6 +253,7 @@ def test_check_images_catches_png_checksum_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- save_rgb
 
+@pytest.mark.reliability
 def test_save_rgb_round_trip_and_deterministic(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     for suffix in (".png", ".tif", ".bmp"):
@@ -258,10 +268,11 @@ def test_save_rgb_round_trip_and_deterministic(tmp_path):
     gray = tmp_path / "mask.png"
     save_rgb(gray, np.array([[0, 128, 255]], dtype=np.uint8))
     assert Image.open(gray).mode == "L"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["a.png", "b.png", "a.tif", "b.tif", "a.bmp", "b.bmp", "a.jpg", "mask.png"])  # no temp files
+    written = ["a.png", "b.png", "a.tif", "b.tif", "a.bmp", "b.bmp", "a.jpg", "mask.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(written)  # no temp files left
 
 
+@pytest.mark.reliability
 def test_save_rgb_refuses_bad_input_and_keeps_old_file(tmp_path):
     path = tmp_path / "keep.png"
     save_rgb(path, np.zeros((2, 2, 3), dtype=np.uint8))
