@@ -281,18 +281,21 @@ def _assemble(kept: pd.DataFrame, plans: list[_Plan], val_fraction: float, seed:
     """Turn fold plans into long rows, carving validation sets where a plan has none."""
     labels = kept["label"].to_numpy()
     keys = kept["group"].astype(str).to_numpy() if grouped else kept["image"].to_numpy()
-    frames = []
+    positions, fold_ids, roles = [], [], []
     for fold, test, val, candidates in plans:
         if val is None:
             rng = np.random.default_rng([seed, fold])  # one stream per fold: folds independent
             val = choose_validation(labels, keys, candidates, val_fraction, rng)
         train = np.setdiff1d(candidates, np.concatenate([val, test]))
-        for role, positions in (("train", train), ("val", val), ("test", test)):
-            rows = kept.iloc[positions][["image", "label", "class_name", "group"]].copy()
-            rows.insert(0, "fold", fold)
-            rows["role"] = role
-            frames.append(rows)
-    return pd.concat(frames, ignore_index=True)
+        for role, chosen in (("train", train), ("val", val), ("test", test)):
+            positions.append(np.asarray(chosen, dtype=int))
+            fold_ids.append(np.full(len(chosen), fold))
+            roles.append(np.full(len(chosen), role))
+    rows = kept.iloc[np.concatenate(positions)][["image", "label", "class_name", "group"]]
+    rows = rows.reset_index(drop=True)
+    rows.insert(0, "fold", np.concatenate(fold_ids))
+    rows["role"] = np.concatenate(roles)
+    return rows
 
 
 def validation_quota(n: int, val_fraction: float) -> int:
@@ -434,11 +437,13 @@ def check_split(split: pd.DataFrame, *, grouped: bool = False,
 
 
 def _two_roles(in_folds: pd.DataFrame, column: str) -> list[str]:
-    roles = in_folds.groupby(["fold", column])["role"].agg(lambda r: sorted(set(r)))
-    several = roles[roles.map(len) > 1]
+    n_roles = in_folds.groupby(["fold", column])["role"].nunique()
+    several = n_roles[n_roles > 1]
     if not len(several):
         return []
-    (fold, key), names = several.index[0], several.iloc[0]
+    fold, key = several.index[0]
+    names = sorted(set(in_folds.loc[(in_folds["fold"] == fold) & (in_folds[column] == key),
+                                    "role"]))
     return [f"{len(several)} {column}(s) in two roles within a fold, e.g. {column} {key} "
             f"is {' and '.join(names)} in fold {fold}"]
 
