@@ -498,7 +498,7 @@ def write_split(split: pd.DataFrame, settings: dict[str, Any], out_dir: str | os
         raise InputError(f"--name {name}: must be a plain file name")
     meta = dict(settings)
     if table is not None:
-        read_dataset, dataset_hash = _dataset_api()
+        _, dataset_hash = _dataset_api()
         meta.setdefault("dataset_hash", dataset_hash(table))
         meta.setdefault("class_names", _class_names_by_label(table))
     for key in ("dataset", "method", "dataset_hash"):
