@@ -1,0 +1,104 @@
+"""Class balancing by offline augmentation of a fold's training images (the thesis' DA step).
+
+Only the ``train`` rows of a fold are ever read here: validation and test images are never
+augmented, so no transformed copy of a test cell can reach training. Each fold's images go
+to ``<out>/fold_XX/<class>/`` with a ``manifest.csv`` (source image, transform parameters)
+written last; a fold with a manifest is complete and is skipped on re-runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .io import write_csv
+
+MANIFEST = "manifest.csv"
+
+
+def augmented_fold_dir(out_root: str | os.PathLike, fold: int) -> Path:
+    return Path(out_root) / f"fold_{fold:02d}"
+
+
+def balance_fold(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
+                 target_per_class: int, seed: int, image_size: tuple[int, int] | None = None,
+                 shifts: float = 0.0, zoom: float = 0.0, stain: float = 0.0,
+                 workers: int = 4) -> pd.DataFrame:
+    """Write the balanced training set of one fold; return its manifest.
+
+    ``train`` has the split columns (``image``, ``path``, ``label``, ``class_name``). The
+    manifest has one row per written image: ``image`` (path relative to ``out_root``),
+    ``source_image``, ``label``, ``class_name``, ``params`` (JSON of the transform).
+    """
+    from .augment import apply_transform, plan_balancing
+    from .images import load_rgb, save_rgb
+
+    if "role" in train and (train["role"] != "train").any():
+        raise ValueError("balance_fold was given non-training images")
+    fold_root = augmented_fold_dir(out_root, fold)
+    manifest_path = fold_root / MANIFEST
+    if manifest_path.exists():
+        return pd.read_csv(manifest_path, dtype={"image": str, "source_image": str})
+    rng = np.random.default_rng([seed, fold])
+    plan = plan_balancing(train, target_per_class, rng, shifts=shifts, zoom=zoom, stain=stain)
+    sources = dict(zip(train["image"], train["path"]))
+
+    def write(row) -> str:
+        image = load_rgb(sources[row.source_image])
+        image = apply_transform(image, json.loads(row.params))
+        if image_size is not None:
+            image = _resize(image, image_size)
+        rel = Path(f"fold_{fold:02d}") / _safe(row.class_name) / row.out_name
+        save_rgb(Path(out_root) / rel, image)
+        return rel.as_posix()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        written = list(pool.map(write, plan.itertuples(index=False)))
+    manifest = pd.DataFrame({"image": written, "source_image": plan["source_image"].to_numpy(),
+                             "label": plan["label"].astype(int).to_numpy(),
+                             "class_name": plan["class_name"].to_numpy(),
+                             "params": plan["params"].to_numpy()})
+    write_csv(manifest_path, manifest)  # last: marks the fold complete
+    return manifest
+
+
+def read_augmented_fold(out_root: str | os.PathLike, fold: int,
+                        split_train: pd.DataFrame) -> pd.DataFrame:
+    """The augmented training table of a fold, checked against the split's training images.
+
+    Refuses a manifest whose sources are not exactly this fold's training images (an
+    augmented folder made from another split would leak test cells into training).
+    """
+    manifest_path = augmented_fold_dir(out_root, fold) / MANIFEST
+    if not manifest_path.exists():
+        raise InputError(f"{manifest_path}: augmented fold not found; run linear_cnn_da.py "
+                         "with the same split first")
+    manifest = pd.read_csv(manifest_path, dtype={"image": str, "source_image": str})
+    unknown = set(manifest["source_image"]) - set(split_train["image"])
+    if unknown:
+        raise InputError(f"{manifest_path}: augmented from images that are not this fold's "
+                         f"training images (e.g. {sorted(unknown)[0]}); it was made from "
+                         "another split — delete the folder and re-run linear_cnn_da.py")
+    groups = dict(zip(split_train["image"], split_train["group"].astype(str)))
+    table = manifest.assign(path=[str(Path(out_root) / p) for p in manifest["image"]],
+                            group=[groups[s] for s in manifest["source_image"]],
+                            role="train", fold=fold)
+    return table
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))

@@ -1,0 +1,162 @@
+"""What every training script does the same way: common options, the split, the run folder.
+
+A script adds its own knobs and model; this module gives it the dataset/split/run-folder
+plumbing so that all scripts read split files and write run folders identically.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+from .runinfo import prepare_run_dir
+
+DATA_DIR = Path("data")
+RESULTS_DIR = Path("results")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, default_dataset: str,
+                         folds: bool = True) -> argparse.ArgumentParser:
+    """``--dataset --data-root --split --run-name --results-dir --folds --seed --quick``."""
+    parser.add_argument("--dataset", default=default_dataset,
+                        help=f"dataset reader name (default {default_dataset}; synthetic_* sets "
+                             "are generated under data/ on first use)")
+    parser.add_argument("--data-root", default=None,
+                        help="folder of the dataset as its owners distribute it "
+                             "(not needed for synthetic_* sets)")
+    parser.add_argument("--split", default=None,
+                        help="split CSV written by cross_validation_splits.py; default: "
+                             "data/splits/<dataset>_<method>.csv, created if missing")
+    parser.add_argument("--run-name", default=None,
+                        help="name of the run folder under --results-dir (default: derived "
+                             "from script, dataset and --quick)")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR),
+                        help="where run folders go (default results/)")
+    if folds:
+        parser.add_argument("--folds", default=None,
+                            help="run only these folds, e.g. 3,4 or 0-9 (one fold per cluster "
+                                 "job; summarize_results.py merges them)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
+    parser.add_argument("--quick", action="store_true",
+                        help="few folds, few epochs, small images: a smoke run in minutes on a CPU")
+    return parser
+
+
+def split_arguments(args: argparse.Namespace, *, method: str, data_dir: Path = DATA_DIR,
+                    **split_options) -> list[str]:
+    """The ``cross_validation_splits.py`` command line for this script's default split."""
+    argv = ["--dataset", args.dataset, "--method", method, "--seed", str(args.seed),
+            "--out-dir", str(data_dir / "splits")]
+    if args.data_root:
+        argv += ["--data-root", str(args.data_root)]
+    flags = {"k": "--k", "p": "--p", "min_images": "--min-images",
+             "val_fraction": "--val-fraction", "test_fraction": "--test-fraction",
+             "zheng_dataset": "--zheng-dataset", "test_sources": "--test-sources"}
+    for key, value in split_options.items():
+        if value is None:
+            continue
+        if key == "exclude_classes":
+            for name in value:
+                argv += ["--exclude", name]
+        elif key in flags:
+            argv += [flags[key], str(value)]
+        else:
+            raise TypeError(f"unknown split option {key!r}")
+    return argv
+
+
+def resolve_split(args: argparse.Namespace, *, method: str, data_dir: Path = DATA_DIR,
+                  **split_options):
+    """Load ``--split``, or this script's default split, writing it first if it is absent.
+
+    The default split is exactly what ``cross_validation_splits.py`` writes with the same
+    options (the same code runs, and the file name encodes method, k/P, seed and exclusions),
+    so later scripts and other machines read identical folds.
+    """
+    import cross_validation_splits as cvs
+    from .folds import load_split
+
+    if args.split:
+        return load_split(args.split, data_root=args.data_root)
+    cvs_args = cvs.parse_args(split_arguments(args, method=method, data_dir=data_dir,
+                                              **split_options))
+    name = cvs.split_file_name(cvs_args, method, cvs.reader_options(cvs_args))
+    path = Path(cvs_args.out_dir) / f"{name}.csv"
+    if not path.exists():
+        cvs.main(cvs_args)
+    return load_split(path, data_root=args.data_root)
+
+
+def run_dir_for(args: argparse.Namespace, script: str) -> Path:
+    name = args.run_name or "_".join([script, args.dataset] + (["quick"] if args.quick else []))
+    return Path(args.results_dir) / name
+
+
+def start_run(args: argparse.Namespace, script: str, *, knobs: dict, split, title: str,
+              class_names: Sequence[str], extra: dict | None = None) -> Path:
+    """Create the run folder with the settings that determine its numbers."""
+    config = {"script": script, "title": title, "dataset": args.dataset,
+              "data_root": args.data_root, "split_file": str(split.csv_path),
+              "dataset_hash": split.settings.get("dataset_hash"),
+              "split_method": split.settings.get("method"),
+              "leaky": bool(split.settings.get("leaky", False)),
+              "excluded_classes": split.settings.get("excluded_classes", []),
+              "n_folds": len(split.folds), "class_names": list(class_names),
+              "seed": args.seed, "quick": bool(args.quick), "knobs": knobs, **(extra or {})}
+    run_dir = prepare_run_dir(run_dir_for(args, script), config)
+    print(f"run folder {run_dir} ({title})", flush=True)
+    return run_dir
+
+
+def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found; {hint}")
+    return path
+
+
+def make_optimizer(name: str, learning_rate: float):
+    """A fresh Keras optimizer by name (``adam``, ``rmsprop``, ``sgd``, ``adamax``, …)."""
+    import keras
+
+    try:
+        return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+    except ValueError:
+        raise InputError(f"optimizer {name!r}: unknown to Keras") from None
+
+
+def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
+                          image_size: tuple[int, int], batch_size: int, epochs: int,
+                          patience: int, optimizer: str, learning_rate: float, augment=None,
+                          train_table=None, binary: bool = False, xla: bool = False,
+                          verbose: int = 0):
+    """Train a fresh classifier on one fold and write its outputs (see training.fit_and_predict).
+
+    ``build_model()`` returns an uncompiled model taking [0, 255] pixels. ``augment`` (a Keras
+    layer stack) touches training batches only. ``train_table`` replaces the fold's training
+    rows (e.g. the class-balanced augmented images of that fold); validation and test rows
+    always come from the split.
+    """
+    from .gpu import compile_kwargs
+    from .pipeline import make_dataset
+    from .training import fit_and_predict
+
+    train = fold.train if train_table is None else train_table
+    label_mode = "binary" if binary else "int"
+
+    def dataset(table, training: bool):
+        return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
+                            image_size, batch_size, shuffle=training,
+                            augment=augment if training else None, seed=fold.seed,
+                            label_mode=label_mode)
+
+    model = build_model()
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate),
+                  loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+                  metrics=["accuracy"], **compile_kwargs(xla))
+    return fit_and_predict(fold, model, train_ds=dataset(train, True),
+                           val_ds=dataset(fold.val, False) if len(fold.val) else None,
+                           test_ds=dataset(fold.test, False), class_names=class_names,
+                           epochs=epochs, patience=patience, verbose=verbose)

@@ -1,0 +1,63 @@
+"""The README's main job: the Helmholtz externship pipeline, step by step.
+
+synthetic data -> fold files -> class balancing of training folds -> binary linear CNN
+(lymphoblast vs other) -> multiclass linear CNN -> summaries. Each step is one of the
+repository's scripts, run as its own process with the command line printed first, so a
+researcher can re-run or change any single step. With ``--quick`` the chain uses 3-fold CV at
+64 px and a few epochs (minutes on a laptop CPU); without it, the thesis settings (leave-5-out,
+257 px, up to 500 epochs), which want a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="3-fold CV at 64 px with few epochs (the README's main job)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
+    parser.add_argument("--results-dir", default="results", help="where run folders go")
+    return parser.parse_args(argv)
+
+
+def steps(quick: bool, seed: int, results_dir: str) -> list[list[str]]:
+    tag = "quick" if quick else "thesis"
+    binary_split = f"data/splits/helmholtz_binary_{tag}_seed{seed}.csv"
+    multi_split = f"data/splits/helmholtz_multiclass_{tag}_seed{seed}.csv"
+    method = ["--method", "kfold", "--k", "3"] if quick else ["--method", "lpo", "--p", "5"]
+    common = ["--seed", str(seed)] + (["--quick"] if quick else [])
+    return [
+        ["generate_synthetic_data.py", "--kind", "all_idb2", "--seed", str(seed)],
+        ["generate_synthetic_data.py", "--kind", "multiclass", "--seed", str(seed)],
+        ["cross_validation_splits.py", "--dataset", "synthetic_all_idb2", *method,
+         "--seed", str(seed), "--name", Path(binary_split).stem],
+        ["cross_validation_splits.py", "--dataset", "synthetic_multiclass", *method,
+         "--min-images", "5", "--exclude", "thrombocyte", "--seed", str(seed),
+         "--name", Path(multi_split).stem],
+        ["linear_cnn_da.py", "--dataset", "synthetic_multiclass", "--split", multi_split, *common],
+        ["linear_cnn_binary_lpocv.py", "--dataset", "synthetic_all_idb2", "--split", binary_split,
+         "--results-dir", results_dir, *common],
+        ["linear_cnn_multiclass_lpocv.py", "--dataset", "synthetic_multiclass",
+         "--split", multi_split, "--results-dir", results_dir, *common],
+    ]
+
+
+def main(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    for i, step in enumerate(steps(args.quick, args.seed, args.results_dir), 1):
+        print(f"\n=== step {i}: python {' '.join(step)}", flush=True)
+        result = subprocess.run([sys.executable, *step])
+        if result.returncode != 0:
+            sys.exit(f"step {i} failed ({step[0]} exited {result.returncode}); "
+                     "fix it and run again: finished steps and folds are kept")
+    print(f"\nHelmholtz pipeline finished in {time.perf_counter() - start:.0f} s; "
+          f"summaries: {args.results_dir}/linear_cnn_*/summary.md", flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_args())
