@@ -117,27 +117,36 @@ def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
     return path
 
 
-def make_optimizer(name: str, learning_rate: float):
-    """A fresh Keras optimizer by name (``adam``, ``rmsprop``, ``sgd``, ``adamax``, …)."""
+def make_optimizer(name: str, learning_rate: float, **options):
+    """A fresh Keras optimizer by name (``adam``, ``rmsprop``, ``sgd``, ``adamax``, …).
+
+    ``options`` go to the optimizer's constructor (e.g. ``momentum=0.9`` for SGD).
+    """
     import keras
 
     try:
-        return keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
-    except ValueError:
-        raise InputError(f"optimizer {name!r}: unknown to Keras") from None
+        return keras.optimizers.get({"class_name": name,
+                                     "config": {"learning_rate": learning_rate, **options}})
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"optimizer {name!r} with {options or 'default options'}: "
+                         f"not accepted by Keras ({exc})") from None
 
 
 def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
                           image_size: tuple[int, int], batch_size: int, epochs: int,
                           patience: int, optimizer: str, learning_rate: float, augment=None,
                           train_table=None, binary: bool = False, xla: bool = False,
-                          verbose: int = 0):
+                          verbose: int = 0, optimizer_options: dict | None = None,
+                          mask_column: str | None = None):
     """Train a fresh classifier on one fold and write its outputs (see training.fit_and_predict).
 
     ``build_model()`` returns an uncompiled model taking [0, 255] pixels. ``augment`` (a Keras
     layer stack) touches training batches only. ``train_table`` replaces the fold's training
     rows (e.g. the class-balanced augmented images of that fold); validation and test rows
-    always come from the split.
+    always come from the split. ``optimizer_options`` go to the optimizer (e.g. SGD's
+    ``momentum``). ``mask_column`` names a column of the tables holding one mask file per
+    image; the pipeline then blanks every image's background (training, validation and test
+    alike) before resizing.
     """
     from .gpu import compile_kwargs
     from .pipeline import make_dataset
@@ -150,10 +159,11 @@ def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
         return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
                             image_size, batch_size, shuffle=training,
                             augment=augment if training else None, seed=fold.seed,
-                            label_mode=label_mode)
+                            label_mode=label_mode,
+                            masks=table[mask_column].tolist() if mask_column else None)
 
     model = build_model()
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate),
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate, **(optimizer_options or {})),
                   loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
                   metrics=["accuracy"], **compile_kwargs(xla))
     return fit_and_predict(fold, model, train_ds=dataset(train, True),
