@@ -95,13 +95,39 @@ def run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int
         fold.directory.mkdir(parents=True, exist_ok=True)
         set_seed(fold.seed)
         start = time.perf_counter()
-        predictions = train_fold(fold)
+        try:
+            predictions = train_fold(fold)
+        except Exception as exc:
+            _name_unreadable_image(fold, exc)  # a decode error deep in tf.data: say which file
+            raise
         trained.append(k)
         if not quiet:
             acc = float((predictions["pred"] == predictions["label"]).mean())
             print(f"{head}: train {len(fold.train)} val {len(fold.val)} test {len(fold.test)}"
                   f" | test accuracy {acc:.3f} | {time.perf_counter() - start:.1f} s", flush=True)
     return trained
+
+
+def _name_unreadable_image(fold: Fold, exc: BaseException) -> None:
+    """Turn a TensorFlow input-pipeline failure caused by a broken image into one line.
+
+    A split made with ``--no-check-images`` (or a file damaged later without changing its
+    size, which the dataset hash would catch) lets a broken image reach ``tf.data``, which
+    reports it as a long ``UnknownError``/``InvalidArgumentError`` traceback, without the file
+    name for native JPEG/PNG decoding. Only then, the fold's files are decoded one by one and
+    the first bad one raises ``InputError("<path>: <problem>; ...")``. Other errors pass through.
+    """
+    if isinstance(exc, InputError) or not type(exc).__module__.startswith("tensorflow"):
+        return
+    from .images import check_images
+
+    rows = pd.concat([fold.train, fold.val, fold.test], ignore_index=True)
+    if "path" not in rows.columns:
+        return
+    try:
+        check_images(rows.drop_duplicates("path"), skip_bad=False)
+    except InputError as bad:
+        raise InputError(f"{bad}; fold {fold.fold} stopped, finished folds are kept") from None
 
 
 class _EpochTimer:
