@@ -111,11 +111,12 @@ def run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int
 def _name_unreadable_image(fold: Fold, exc: BaseException) -> None:
     """Turn a TensorFlow input-pipeline failure caused by a broken image into one line.
 
-    A split made with ``--no-check-images`` (or a file damaged later without changing its
-    size, which the dataset hash would catch) lets a broken image reach ``tf.data``, which
-    reports it as a long ``UnknownError``/``InvalidArgumentError`` traceback, without the file
-    name for native JPEG/PNG decoding. Only then, the fold's files are decoded one by one and
-    the first bad one raises ``InputError("<path>: <problem>; ...")``. Other errors pass through.
+    A split made with ``--no-check-images``, or a file damaged later without changing its
+    size (size changes are caught by the split's dataset hash), lets a broken image reach
+    ``tf.data``, which reports it as a long ``UnknownError``/``InvalidArgumentError``
+    traceback, without the file name for native JPEG/PNG decoding. Only then, the fold's files
+    are decoded one by one and the first bad one raises ``InputError("<path>: <problem>;
+    ...")``. Other errors pass through.
     """
     if isinstance(exc, InputError) or not type(exc).__module__.startswith("tensorflow"):
         return
