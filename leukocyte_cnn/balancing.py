@@ -91,6 +91,23 @@ def read_augmented_fold(out_root: str | os.PathLike, fold: int,
     return table
 
 
+def balanced_training_table(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
+                            target_per_class: int, seed: int,
+                            image_size: tuple[int, int] | None = None) -> pd.DataFrame:
+    """A fold's class-balanced training table: ``linear_cnn_da.py``'s images, made here if missing.
+
+    The step every script that trains on balanced folds starts with (linear CNN multiclass,
+    ResNeXt): reuse the fold's augmented folder when its manifest exists, else write it first
+    with :func:`balance_fold`, then read it back checked against ``train``
+    (:func:`read_augmented_fold`).
+    """
+    if not (augmented_fold_dir(out_root, fold) / MANIFEST).exists():
+        print(f"fold {fold}: no augmented images yet, balancing now", flush=True)
+        balance_fold(train, fold, out_root, target_per_class=target_per_class, seed=seed,
+                     image_size=image_size)
+    return read_augmented_fold(out_root, fold, train)
+
+
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
