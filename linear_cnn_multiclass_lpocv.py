@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace):
     import linear_cnn_da as da
-    from leukocyte_cnn.balancing import augmented_fold_dir, balance_fold, read_augmented_fold
+    from leukocyte_cnn.balancing import balanced_training_table
     from leukocyte_cnn.experiment import start_run, train_classifier_fold
     from leukocyte_cnn.gpu import configure_devices
     from leukocyte_cnn.networks import linear_cnn
@@ -70,11 +70,9 @@ def main(args: argparse.Namespace):
                                "mixed_precision": args.mixed_precision, "xla": args.xla})
 
     def train_fold(fold):
-        if not (augmented_fold_dir(aug_root, fold.fold) / "manifest.csv").exists():
-            print(f"fold {fold.fold}: no augmented images yet, balancing now", flush=True)
-            balance_fold(fold.train, fold.fold, aug_root, target_per_class=target,
-                         seed=args.seed, image_size=da.QUICK_IMAGE_SIZE if args.quick else None)
-        train = read_augmented_fold(aug_root, fold.fold, fold.train)
+        train = balanced_training_table(
+            fold.train, fold.fold, aug_root, target_per_class=target, seed=args.seed,
+            image_size=da.QUICK_IMAGE_SIZE if args.quick else None)
         return train_classifier_fold(
             fold, lambda: linear_cnn(input_shape=(size, size, 3),
                                      num_classes=len(split.class_names), filters=FILTERS,
