@@ -1,0 +1,320 @@
+"""The leakage audit: perceptual hashes that see through rotations and flips, and a report that
+finds every planted overlap (same key, same bytes, same patient, augmented copy) per fold."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from conftest import REPO_ROOT, shared_dataset
+from leukocyte_cnn.errors import run_main
+from leukocyte_cnn.leakage import (DEFAULT_THRESHOLD, audit, dihedral_hashes, hamming,
+                                   image_distance, luma_with_padding_filled, near_pairs,
+                                   wide_table)
+
+
+def cell(seed: int, size=(120, 96)) -> np.ndarray:
+    """A smear-like picture: pink background, red cells, one purple nucleus (seeded)."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, (232, 205, 210))
+    draw = ImageDraw.Draw(image)
+    for _ in range(7):
+        x, y, r = rng.integers(0, size[0]), rng.integers(0, size[1]), rng.integers(10, 15)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(205, 125, 140))
+    x, y = rng.integers(30, size[0] - 30), rng.integers(30, size[1] - 30)
+    draw.ellipse([x - 18, y - 15, x + 16, y + 19], fill=(95, 55, 150))
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)))
+
+
+def shifted(array: np.ndarray, dx: int, dy: int, angle: float = 0.0) -> np.ndarray:
+    """Rotate/shift like an augmentation tool: the uncovered area is filled with black."""
+    return np.asarray(Image.fromarray(array).rotate(angle, resample=Image.Resampling.BILINEAR,
+                                                    fillcolor=(0, 0, 0), translate=(dx, dy)))
+
+
+def jpeg_round_trip(array: np.ndarray) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="JPEG", quality=85)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+
+def hashes(array: np.ndarray) -> np.ndarray:
+    return dihedral_hashes(np.ascontiguousarray(array))
+
+
+# ----------------------------------------------------------------------------- hashing
+
+def test_every_rotation_and_flip_of_a_square_image_is_at_distance_zero():
+    image = cell(1, size=(96, 96))
+    original = hashes(image)
+    copies = [np.rot90(image, 1), np.rot90(image, 2), np.rot90(image, 3), image[:, ::-1],
+              image[::-1], image.transpose(1, 0, 2), np.rot90(image[:, ::-1])]
+    for copy in copies:
+        assert image_distance(original, hashes(copy)) == 0
+        # the plain hash of the copy is one of the eight precomputed ones
+        assert hashes(copy)[0] in set(original.tolist())
+    # ... while the plain hashes alone would not match: the dihedral search is what finds them
+    assert max(int(hamming(original[0], hashes(c)[0])) for c in copies) > DEFAULT_THRESHOLD
+
+
+def test_augmented_copies_are_near_and_other_cells_are_not():
+    image = cell(1)
+    original = hashes(image)
+    copies = {"rot90 + JPEG": jpeg_round_trip(np.rot90(image)),
+              "mirror + 4 px shift": shifted(np.ascontiguousarray(image[:, ::-1]), 4, -3),
+              "5 degree turn": shifted(image, 0, 0, angle=5)}
+    for name, copy in copies.items():
+        assert image_distance(original, hashes(copy)) <= DEFAULT_THRESHOLD, name
+    others = [image_distance(original, hashes(cell(seed))) for seed in range(2, 12)]
+    assert min(others) > DEFAULT_THRESHOLD, others
+
+
+def test_distance_is_symmetric():
+    a, b = hashes(cell(3)), hashes(shifted(cell(3), 2, 2, angle=20))
+    assert image_distance(a, b) == image_distance(b, a)
+
+
+def test_black_fill_of_rotations_is_blanked_but_black_content_is_kept():
+    image = np.full((40, 50, 3), 200, dtype=np.uint8)
+    image[:8, :10] = 0          # corner wedge touching the border: fill
+    image[20:24, 20:24] = 0     # dark blob inside the picture: content, kept
+    image[30:, 40:] = 100
+    luma = luma_with_padding_filled(image)
+    rest = np.ones((40, 50), dtype=bool)
+    rest[:8, :10] = False
+    assert np.allclose(luma[:8, :10], luma[rest].mean(), atol=1e-3)
+    assert np.all(luma[20:24, 20:24] == 0)
+    background = np.zeros((40, 50, 3), dtype=np.uint8)  # cell on black (C-NMC): keep it black
+    background[10:20, 10:20] = 180
+    assert luma_with_padding_filled(background)[0, 0] == 0
+
+
+def test_different_cells_rotated_alike_are_not_taken_for_copies():
+    """Black wedges of one rotation angle must not make unrelated cells look alike."""
+    rotated = [hashes(shifted(cell(seed), 0, 0, angle=25)) for seed in range(20, 30)]
+    distances = [image_distance(a, b) for i, a in enumerate(rotated) for b in rotated[i + 1:]]
+    assert min(distances) > DEFAULT_THRESHOLD, sorted(distances)[:5]
+
+
+def test_near_pairs_in_blocks_equals_brute_force():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2 ** 63, size=(40, 8), dtype=np.uint64)
+    # plant close relatives: flip a few bits of another image's hashes
+    relatives = base[:10] ^ (np.uint64(1) << rng.integers(0, 64, size=(10, 1)).astype(np.uint64))
+    hashes_all = np.concatenate([base, relatives])
+    for threshold in (0, 1, 20, 30):
+        pairs = near_pairs(hashes_all, threshold, block_rows=7)
+        expected = {(i, j, image_distance(hashes_all[i], hashes_all[j]))
+                    for i in range(len(hashes_all)) for j in range(i + 1, len(hashes_all))
+                    if image_distance(hashes_all[i], hashes_all[j]) <= threshold}
+        found = set(zip(pairs["i"].tolist(), pairs["j"].tolist(), pairs["distance"].tolist()))
+        assert found == expected
+    assert len(near_pairs(hashes_all, 1)) >= 10
+
+
+# ----------------------------------------------------------------------------- the audit
+
+@pytest.fixture
+def planted(tmp_path):
+    """Files for a hand-made split with one overlap of each kind in fold 0 and none in fold 1."""
+    files = {}
+    for seed in range(10):
+        files[f"c{seed}.png"] = cell(seed + 100)
+    files["copy_of_c0.jpg"] = jpeg_round_trip(np.rot90(files["c0.png"]))  # augmented copy
+    for name, array in files.items():
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp_path / name)
+    (tmp_path / "bytes_of_c1.png").write_bytes((tmp_path / "c1.png").read_bytes())
+    return tmp_path
+
+
+def split_rows(root: Path, rows: list[tuple[int, str, str, str]]) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=["fold", "image", "role", "group"])
+    table["path"] = [str(root / image) for image in table["image"]]
+    table["label"] = 0
+    table["class_name"] = "x"
+    return table
+
+
+def test_audit_finds_each_planted_overlap_once_and_a_clean_fold(planted):
+    fold0 = [(0, "c0.png", "train", "p0"), (0, "copy_of_c0.jpg", "test", "p9"),
+             (0, "c1.png", "train", "p1"), (0, "bytes_of_c1.png", "val", "p8"),
+             (0, "c2.png", "val", "p2"), (0, "c3.png", "test", "p2"),     # patient p2 twice
+             (0, "c4.png", "train", "p4"), (0, "c4.png", "test", "p4"),   # image key twice
+             (0, "c5.png", "train", "p5"), (0, "c6.png", "test", "p6")]
+    fold1 = [(1, "c0.png", "train", "p0"), (1, "copy_of_c0.jpg", "train", "p9"),
+             (1, "c1.png", "val", "p1"), (1, "bytes_of_c1.png", "val", "p8"),
+             (1, "c5.png", "test", "p5"), (1, "c7.png", "test", "p7"),
+             (1, "c8.png", "train", "p10"), (1, "excluded.png", "excluded", "p11")]
+    report = audit(split_rows(planted, fold0 + fold1), threshold=DEFAULT_THRESHOLD, workers=2)
+    counts = {(r.fold, r.roles, r.kind): r.count for r in report.table.itertuples()}
+    expected = {(0, "train-test", "same_image"): 1, (0, "train-test", "same_group"): 1,
+                (0, "val-test", "same_group"): 1, (0, "train-val", "same_content"): 1,
+                (0, "train-test", "near_duplicate"): 1}
+    assert {key: n for key, n in counts.items() if n} == expected
+    assert len(counts) == 2 * 3 * 4  # every (fold, role pair, kind), zeros included
+    assert report.n_leaks == 5 and not report.clean
+    assert report.n_images == 11  # c0-c8 and the two copies; excluded rows are never read
+    assert report.duplicates_within_data == {"identical_pairs": 1, "near_duplicate_pairs": 1}
+    examples = {(r.fold, r.roles, r.kind): r.example for r in report.table.itertuples()}
+    assert examples[(0, "train-test", "near_duplicate")].startswith("c0.png ~ copy_of_c0.jpg")
+    assert examples[(0, "train-val", "same_content")] == "c1.png ~ bytes_of_c1.png"
+    assert examples[(0, "train-test", "same_image")] == "c4.png"
+    wide = wide_table(report, only_leaks=True)
+    assert set(wide["fold"]) == {0} and len(wide) == 3
+
+
+def test_audit_of_a_clean_split_is_clean(planted):
+    rows = [(0, f"c{i}.png", role, f"p{i}") for i, role in
+            enumerate(["train", "train", "train", "val", "test", "test"])]
+    report = audit(split_rows(planted, rows), workers=1)
+    assert report.clean and report.n_leaks == 0 and len(wide_table(report, True)) == 0
+
+
+# ----------------------------------------------------------------------------- the script
+
+@pytest.fixture
+def leaky_folder(tmp_path):
+    """A folder-per-class dataset with one augmented copy and one byte copy planted."""
+    root = tmp_path / "cells"
+    for label, name in enumerate(["blast", "other"]):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            # unique stems: the folder reader uses the stem as group when there is none
+            Image.fromarray(cell(200 + 10 * label + i)).save(root / name / f"{name}{i}.png")
+    source = np.asarray(Image.open(root / "blast" / "blast0.png").convert("RGB"))
+    Image.fromarray(np.ascontiguousarray(source[::-1])).save(root / "blast" / "flipped0.jpg",
+                                                             quality=90)
+    (root / "other" / "dup1.png").write_bytes((root / "other" / "other1.png").read_bytes())
+    return root
+
+
+def make_split(root: Path, out: Path, method="kfold") -> Path:
+    import cross_validation_splits as cvs
+
+    args = ["--dataset", "folder", "--data-root", str(root), "--method", method, "--k", "3",
+            "--out-dir", str(out), "--name", "cells"]
+    cvs.main(cvs.parse_args(args))
+    return out / "cells.csv"
+
+
+def expected_pair_counts(split_csv: Path, a: str, b: str) -> dict:
+    """(fold, role pair) -> 1 wherever images ``a`` and ``b`` sit in different roles."""
+    split = pd.read_csv(split_csv)
+    order = {"train": 0, "val": 1, "test": 2}
+    out = {}
+    for fold, rows in split[split["fold"] >= 0].groupby("fold"):
+        roles = dict(zip(rows["image"], rows["role"]))
+        if roles[a] != roles[b]:
+            pair = sorted([roles[a], roles[b]], key=order.get)
+            out[(fold, "-".join(pair))] = 1
+    return out
+
+
+def test_script_reports_planted_copies_per_fold_and_writes_csv_and_md(leaky_folder, tmp_path,
+                                                                       capsys):
+    import check_leakage
+
+    split_csv = make_split(leaky_folder, tmp_path / "splits")
+    capsys.readouterr()
+    report = check_leakage.main(check_leakage.parse_args([str(split_csv), "--workers", "2"]))
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "splits" / "cells_leakage.csv", keep_default_na=False)
+    near = {(r.fold, r.roles): r.count for r in table.itertuples()
+            if r.kind == "near_duplicate" and r.count}
+    same = {(r.fold, r.roles): r.count for r in table.itertuples()
+            if r.kind == "same_content" and r.count}
+    assert near == expected_pair_counts(split_csv, "blast/blast0.png", "blast/flipped0.jpg")
+    assert same == expected_pair_counts(split_csv, "other/other1.png", "other/dup1.png")
+    assert near and same  # k-fold puts each pair in different roles in some fold
+    assert table.loc[table["kind"].isin(["same_image", "same_group"]), "count"].sum() == 0
+    assert not report.clean and report.n_images == 18
+    assert "LEAKS FOUND" in out
+    assert "blast/blast0.png ~ blast/flipped0.jpg" in out or "blast/flipped0.jpg ~ blast/blast0.png" in out
+    md = (tmp_path / "splits" / "cells_leakage.md").read_text()
+    assert md.startswith("# Leakage audit of `cells.csv`") and "**Leaks found**" in md
+
+
+def script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "check_leakage.py", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_exit_status_0_when_clean_1_when_leaky(leaky_folder, tmp_path):
+    leaky_csv = make_split(leaky_folder, tmp_path / "leaky")
+    (leaky_folder / "blast" / "flipped0.jpg").unlink()
+    (leaky_folder / "other" / "dup1.png").unlink()
+    clean_csv = make_split(leaky_folder, tmp_path / "clean")
+    clean = script(str(clean_csv))
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.rstrip().splitlines()[-1].startswith("clean (")
+    # the leaky split now lacks two files: refused as made for a different dataset
+    refused = script(str(leaky_csv))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"error: {leaky_csv}: split was made for a different dataset")
+    (leaky_folder / "other" / "dup1.png").write_bytes((leaky_folder / "other" / "other1.png")
+                                                      .read_bytes())
+    flipped = np.asarray(Image.open(leaky_folder / "blast" / "blast0.png").convert("RGB"))[::-1]
+    Image.fromarray(np.ascontiguousarray(flipped)).save(leaky_folder / "blast" / "flipped0.jpg",
+                                                        quality=90)  # same bytes as before
+    leaky = script(str(leaky_csv))
+    assert leaky.returncode == 1, leaky.stderr
+    assert "LEAKS FOUND" in leaky.stdout
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("case", ["missing split", "threshold", "out dir under a file"])
+def test_script_bad_input_is_one_line_and_exit_2(leaky_folder, tmp_path, capsys, case):
+    import check_leakage
+
+    split_csv = make_split(leaky_folder, tmp_path / "splits")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    argv, expected = {
+        "missing split": ([str(tmp_path / "nope.csv")],
+                          f"{tmp_path / 'nope.csv'}: split file not found"),
+        "threshold": ([str(split_csv), "--hash-threshold", "65"],
+                      "--hash-threshold 65: must be 0..64 bits"),
+        "out dir under a file": ([str(split_csv), "--out-dir", str(blocker / "sub")],
+                                 f"{blocker / 'sub'}: output folder is not writable"),
+    }[case]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run_main(lambda: check_leakage.main(check_leakage.parse_args(argv)))
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert not list((tmp_path / "splits").glob("*_leakage.*"))
+
+
+def test_threshold_outside_range_is_refused_by_the_module():
+    with pytest.raises(ValueError):
+        audit(pd.DataFrame(columns=["fold", "image", "role", "group", "path"]), threshold=65)
+
+
+# ----------------------------------------------------------------------------- real data
+
+def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(tmp_path):
+    """The closing note's numbers: the Kaggle sample's own TRAIN/TEST split against an
+    image-level random re-split of the same files."""
+    import cross_validation_splits as cvs
+    import check_leakage
+
+    root = shared_dataset("kaggle_blood_cells_sample")
+    near = {}
+    for method in ("predefined", "random"):
+        cvs.main(cvs.parse_args(["--dataset", "kaggle", "--data-root", str(root), "--method",
+                                 method, "--out-dir", str(tmp_path), "--name", method,
+                                 "--no-check-images"]))
+        report = check_leakage.main(check_leakage.parse_args([str(tmp_path / f"{method}.csv")]))
+        totals = report.totals().set_index("roles")
+        near[method] = int(totals.loc["train-test", "near_duplicate"])
+        print(f"{method}: {report.totals().to_dict('records')}")
+    assert near["predefined"] == 0
+    assert near["random"] > 0
