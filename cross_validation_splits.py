@@ -144,6 +144,9 @@ def split_file_name(args: argparse.Namespace, method: str, options: dict) -> str
     elif method == "lpo":
         parts.append(f"p{args.p}")
     parts.append(f"seed{args.seed}")
+    tests = tuple(s.lower() for s in sources(args.test_sources))
+    if method == "predefined" and tests and tests != ("test",):
+        parts.append("test-" + "-".join(tests))  # e.g. C-NMC's validation_data as test set
     if args.min_images != MIN_IMAGES:
         parts.append(f"min{args.min_images}")
     if args.exclude:
@@ -160,7 +163,11 @@ def predefined_sources(args: argparse.Namespace, table) -> dict:
     """Test/val/train source splits for ``predefined``: the owner's VAL and TRAIN when present,
     so an extra folder (e.g. Kaggle's TEST_SIMPLE) is not silently trained on."""
     present = {s.upper() for s in table["source_split"].astype(str)}
-    val = sources(args.val_sources) or tuple(v for v in VAL_SOURCE_NAMES if v in present)
+    tests = {s.upper() for s in sources(args.test_sources)}
+    # The owner's VAL split validates, unless it was named the test set (C-NMC's
+    # validation_data): then validation is carved from the training images.
+    val = sources(args.val_sources) or tuple(v for v in VAL_SOURCE_NAMES
+                                             if v in present and v not in tests)
     train = sources(args.train_sources) or (("TRAIN",) if "TRAIN" in present else None)
     return {"test_sources": sources(args.test_sources) or ("TEST",), "val_sources": val,
             "train_sources": train}
