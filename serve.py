@@ -1,0 +1,77 @@
+"""Serve a trained checkpoint over HTTP: POST an image, get its class and class probabilities.
+
+The HTTP endpoint of the ALL-IDB1 detector (Peter Moss "Acute Lymphoblastic Leukemia
+Tensorflow CNN 2020" hosted its model behind a REST API), for any run folder of this
+repository: ``--run results/<run>`` serves ``fold_XX/model.keras`` (``--fold``, default the
+finished fold with the lowest validation loss) with the class names and input size of the
+run's ``settings.json``; ``--checkpoint`` and ``--settings`` serve any other pair. What we
+fixed: the image is decoded and resized by the training pipeline's own code (no second
+preprocessing), checkpoints load in Keras safe mode, bad uploads get a 4xx JSON answer
+instead of stopping the service, and it listens on 127.0.0.1 unless told otherwise.
+
+    python serve.py --run results/all_idb1_paper_cnn_all_idb2 --port 8000
+    curl -F file=@cell.jpg http://127.0.0.1:8000/v1/classify
+
+Research use only; the answers are not a medical diagnosis. API documentation: /docs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+HOST = "127.0.0.1"        # loopback only; --host 0.0.0.0 exposes the service to the network
+PORT = 8000               # default TCP port
+MAX_UPLOAD_MB = 10        # largest accepted image file, in MiB (413 above)
+MAX_MEGAPIXELS = 40       # largest accepted width x height, in millions of pixels (413 above)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default=None,
+                        help="run folder (results/<run>) whose checkpoint and settings.json to "
+                             "serve")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="fold of --run to serve (default: the finished fold with the lowest "
+                             "validation loss)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a .keras checkpoint to serve instead of --run (needs --settings)")
+    parser.add_argument("--settings", default=None,
+                        help="settings.json giving config.class_names and config.image_size "
+                             "for --checkpoint")
+    parser.add_argument("--host", default=HOST,
+                        help=f"address to listen on (default {HOST}: this machine only)")
+    parser.add_argument("--port", type=int, default=PORT, help=f"TCP port (default {PORT})")
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                        help=f"largest accepted file in MiB (default {MAX_UPLOAD_MB})")
+    parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
+                        help=f"largest accepted image in megapixels (default {MAX_MEGAPIXELS})")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="do not log one line per request")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import uvicorn
+
+    from leukocyte_cnn.errors import InputError
+    from leukocyte_cnn.service import DISCLAIMER, create_app, resolve_model
+
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port {args.port}: not a TCP port (1-65535)")
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise InputError("--max-upload-mb/--max-megapixels: must be positive")
+    classifier = resolve_model(args.run, args.fold, args.checkpoint, args.settings)
+    app = create_app(classifier, max_bytes=int(args.max_upload_mb * 1024 * 1024),
+                     max_pixels=int(args.max_megapixels * 1_000_000))
+    print(f"serving {classifier.model_id} ({', '.join(classifier.class_names)}; input "
+          f"{classifier.image_size[0]}x{classifier.image_size[1]}) on "
+          f"http://{args.host}:{args.port}  docs: /docs  | {DISCLAIMER}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=not args.no_access_log,
+                log_level="info")
+
+
+if __name__ == "__main__":
+    from leukocyte_cnn.errors import run_main
+
+    run_main(lambda: main(parse_args()))
