@@ -1,0 +1,448 @@
+"""Repeated trials of several settings on one split, and the tables that compare them.
+
+The four-class blood-cell studies do not cross-validate; they train one configuration
+("setting": an optimizer, a training depth, a scaling × mask × network combination) several
+times with different seeds on the dataset's own TRAIN/TEST split and report the spread. This
+module holds that loop and its tables, so every study script does it the same way.
+
+Layout: each (setting, trial) is an ordinary run folder inside the study's run folder,
+
+```
+results/<run>/settings.json                     the study's settings (start_run)
+results/<run>/<setting>/trial_NN/settings.json  + setting, its parameters, trial, seed
+results/<run>/<setting>/trial_NN/fold_XX/{model.keras, epochs.csv, predictions.csv, timing.json}
+results/<run>/comparison.{csv,md}, per_trial.csv, confusion_<setting>.png, ...
+```
+
+so ``summarize_results.py results/<run>/<setting>/trial_NN`` works on any trial, every number
+of a comparison table traces to a ``predictions.csv``, and a re-run skips finished trials
+(``fold_XX/predictions.csv`` exists). Trial ``t`` is seeded with ``seed + t`` (its fold ``k``
+with ``seed + t + k``, as in every run folder), and builds a fresh model.
+
+The number of trials and the choice of settings are not part of the study's recorded config:
+adding trials or settings later resumes the same study instead of being refused.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .io import read_json, write_csv, write_text
+from .metrics import predictions_metrics
+from .runinfo import prepare_run_dir, read_settings
+from .training import (CHECKPOINT, EPOCHS, PREDICTIONS, fold_dir, fold_is_done,
+                       load_predictions, run_folds)
+
+SPLIT_METHODS = ("predefined", "random")
+LEAKY_WARNING = ("LEAKY SPLIT (--split-method random): augmented copies of one source cell "
+                 "can sit in both training and test, so these accuracies are inflated (one "
+                 "earlier study reported 0.99 this way); shown only to reproduce such numbers. "
+                 "Use the dataset's own TRAIN/TEST split for real estimates.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One configuration of a study: a folder name and the parameters that define it."""
+
+    name: str
+    params: dict = dataclasses.field(default_factory=dict, hash=False, compare=False)
+
+
+# --------------------------------------------------------------------------- options, split
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, *, trials: int, trials_name: str = "trials",
+                        what: str = "trials") -> argparse.ArgumentParser:
+    """``--split-method`` and ``--<trials_name>`` (repeated trainings per setting)."""
+    parser.add_argument(
+        "--split-method", choices=SPLIT_METHODS, default="predefined",
+        help="predefined (default): the dataset's own TRAIN/TEST split, validation carved from "
+             "TRAIN; random: one image-level re-split of all images, which mixes augmented "
+             "copies of a cell into training and test (leaky; tables are labelled so)")
+    parser.add_argument(f"--{trials_name}", type=int, default=None,
+                        help=f"{what} per setting, trial t seeded with --seed + t "
+                             f"(default {trials}; fewer with --quick)")
+    return parser
+
+
+def resolve_study_split(args: argparse.Namespace, **split_options):
+    """The study's split: ``--split`` if given, else the owner's TRAIN/TEST split
+    (``predefined``, TEST tested) or, with ``--split-method random``, the leaky random one."""
+    from .experiment import resolve_split
+
+    if getattr(args, "split_method", "predefined") == "random":
+        return resolve_split(args, method="random", **split_options)
+    return resolve_split(args, method="predefined", test_sources="TEST", **split_options)
+
+
+def is_leaky(run_dir: str | os.PathLike) -> bool:
+    return bool(read_settings(run_dir)["config"].get("leaky"))
+
+
+def limit_per_class(table: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """At most ``n`` rows per class, drawn with ``seed`` (quick runs); ``None`` keeps all."""
+    if n is None:
+        return table
+    parts = [part.sample(n=min(n, len(part)), random_state=seed)
+             for _, part in table.groupby("label", sort=True)]
+    return pd.concat(parts).sort_values("image").reset_index(drop=True)
+
+
+def parse_names(text: str | None, allowed: Sequence[str], option: str) -> list[str] | None:
+    """``"a,b"`` -> ``["a", "b"]`` checked against ``allowed``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise InputError(f"{option} {text}: choose from {', '.join(allowed)}")
+    return names
+
+
+# --------------------------------------------------------------------------- the trial loop
+
+
+def trial_dir(run_dir: str | os.PathLike, setting: str, trial: int) -> Path:
+    return Path(run_dir) / setting / f"trial_{trial:02d}"
+
+
+def trial_is_done(run_dir: str | os.PathLike, setting: str, trial: int,
+                  folds: Sequence[int]) -> bool:
+    return all(fold_is_done(trial_dir(run_dir, setting, trial), k) for k in folds)
+
+
+def run_trials(split, run_dir: str | os.PathLike, settings: Sequence[Setting],
+               trials: Iterable[int], seed: int,
+               train_fold: Callable[[Setting, int, object], pd.DataFrame],
+               folds: Sequence[int] | None = None) -> list[tuple[str, int]]:
+    """Train every (setting, trial) that is not finished; return those trained now.
+
+    ``train_fold(setting, trial, fold)`` builds a *fresh* model, trains it on ``fold.train``,
+    stops early on ``fold.val`` and returns ``fold.test``'s predictions (e.g. through
+    ``experiment.train_classifier_fold``). ``folds`` default to all folds of the split (one,
+    fold 0, for a TRAIN/TEST split).
+    """
+    parent = read_settings(run_dir)["config"]
+    folds = list(split.folds if folds is None else folds)
+    trials = list(trials)
+    trained = []
+    for setting in settings:
+        for trial in trials:
+            where = trial_dir(run_dir, setting.name, trial)
+            head = f"{setting.name} trial {trial}"
+            if trial_is_done(run_dir, setting.name, trial, folds):
+                print(f"{head}: finished earlier, kept", flush=True)
+                continue
+            config = {**parent, "title": f"{parent.get('title', '')}: {setting.name}, trial {trial}",
+                      "setting": setting.name, "setting_params": setting.params,
+                      "trial": trial, "seed": seed + trial}
+            prepare_run_dir(where, config)
+            start = time.perf_counter()
+            run_folds(split, where, folds, seed + trial,
+                      lambda fold, s=setting, t=trial: train_fold(s, t, fold), quiet=True)
+            accuracy = float(predictions_metrics(load_predictions(where),
+                                                 parent["class_names"])["accuracy"])
+            print(f"{head}: test accuracy {accuracy:.3f} | {time.perf_counter() - start:.1f} s",
+                  flush=True)
+            trained.append((setting.name, trial))
+    return trained
+
+
+# --------------------------------------------------------------------------- per-trial numbers
+
+
+def model_size_mb(path: str | os.PathLike) -> float:
+    """Size of a saved ``.keras`` file in MB (10^6 bytes); NaN when it is absent.
+
+    The file holds the weights, the optimizer's slots (Adam: two per weight) and the config,
+    so it is about 12 bytes per trainable parameter after Adam, as in the Copenhagen deck.
+    """
+    path = Path(path)
+    return path.stat().st_size / 1e6 if path.is_file() else float("nan")
+
+
+def epoch_numbers(log: pd.DataFrame, convergence_accuracy: float) -> dict:
+    """From one fold's ``epochs.csv``: epochs run, the kept (best) epoch, best validation
+    accuracy, whether the trial converged, and the first epoch above the threshold."""
+    monitor = str(log["monitor"].iloc[0]) if "monitor" in log and len(log) else "val_loss"
+    out = {"epochs_run": int(len(log)), "best_epoch": float("nan"),
+           "best_val_accuracy": float("nan"), "converged": float("nan"),
+           "epochs_to_threshold": float("nan")}
+    if len(log) and monitor in log:
+        out["best_epoch"] = int(log["epoch"].iloc[int(np.nanargmin(log[monitor].to_numpy()))])
+    if len(log) and "val_accuracy" in log:
+        val = log["val_accuracy"].to_numpy(dtype=float)
+        out["best_val_accuracy"] = float(np.nanmax(val))
+        above = np.flatnonzero(val >= convergence_accuracy)
+        out["converged"] = bool(above.size)
+        if above.size:
+            out["epochs_to_threshold"] = int(log["epoch"].iloc[above[0]])
+    return out
+
+
+def collect_trials(run_dir: str | os.PathLike, settings: Sequence[Setting],
+                   class_names: Sequence[str], convergence_accuracy: float) -> pd.DataFrame:
+    """One row per finished (setting, trial): test metrics pooled over the trial's folds,
+    epoch numbers (mean over folds), model size and training time. Read from files only."""
+    rows = []
+    for setting in settings:
+        base = Path(run_dir) / setting.name
+        for where in sorted(base.glob("trial_*")):
+            if not list(where.glob(f"fold_*/{PREDICTIONS}")):
+                continue
+            predictions = load_predictions(where)
+            metrics = predictions_metrics(predictions, class_names)
+            config = read_json(where / "settings.json")["config"]
+            fold_dirs = sorted(p.parent for p in where.glob(f"fold_*/{PREDICTIONS}"))
+            per_fold = []
+            for folder in fold_dirs:
+                numbers = (epoch_numbers(pd.read_csv(folder / EPOCHS), convergence_accuracy)
+                           if (folder / EPOCHS).is_file() else {})
+                timing = read_json(folder / "timing.json") if (folder / "timing.json").is_file() else {}
+                numbers["train_seconds"] = timing.get("train_seconds", float("nan"))
+                numbers["model_mb"] = model_size_mb(folder / CHECKPOINT)
+                per_fold.append(numbers)
+            folds = pd.DataFrame(per_fold)
+            row = {"setting": setting.name, **setting.params,
+                   "trial": int(config.get("trial", int(where.name.split("_")[-1]))),
+                   "seed": config.get("seed"), "n_test": metrics["n"],
+                   "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                   "balanced_accuracy": metrics["balanced_accuracy"]}
+            for column in ("epochs_run", "best_epoch", "epochs_to_threshold",
+                           "best_val_accuracy", "train_seconds", "model_mb"):
+                row[column] = float(folds[column].mean()) if column in folds else float("nan")
+            row["converged"] = (bool(folds["converged"].astype(float).min() > 0)
+                                if "converged" in folds and folds["converged"].notna().all()
+                                else float("nan"))
+            row["trial_dir"] = str(where.relative_to(run_dir))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- comparison tables
+
+
+def _finite(values) -> np.ndarray:
+    values = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    return values[np.isfinite(values)]
+
+
+def spread(values, digits: int = 3, with_range: bool = True) -> str:
+    """``mean ± std [min, max]`` (sample std, ddof=1); ``n/a`` without values."""
+    values = _finite(values)
+    if values.size == 0:
+        return "n/a"
+    text = f"{values.mean():.{digits}f}"
+    text += f" ± {values.std(ddof=1):.{digits}f}" if values.size > 1 else " (1 trial)"
+    if with_range and values.size > 1:
+        text += f" [{values.min():.{digits}f}, {values.max():.{digits}f}]"
+    return text
+
+
+def comparison_table(per_trial: pd.DataFrame, settings: Sequence[Setting],
+                     convergence_accuracy: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per setting: numeric summary (CSV) and a display table (Markdown).
+
+    Accuracy and macro-F1 are mean ± sample std [min, max] over trials; "epochs to best" is
+    the epoch of the kept checkpoint (lowest validation loss); a trial *converges* when its
+    validation accuracy reaches ``convergence_accuracy`` within the epoch budget.
+    """
+    numeric, shown = [], []
+    for setting in settings:
+        part = per_trial[per_trial["setting"] == setting.name] if len(per_trial) else per_trial
+        if not len(part):
+            continue
+        acc, f1 = _finite(part["accuracy"]), _finite(part["macro_f1"])
+        converged = pd.to_numeric(part["converged"], errors="coerce").dropna()
+        row = {"setting": setting.name, **setting.params, "trials": int(len(part)),
+               "accuracy_mean": acc.mean(), "accuracy_std": acc.std(ddof=1) if acc.size > 1 else math.nan,
+               "accuracy_min": acc.min(), "accuracy_max": acc.max(),
+               "macro_f1_mean": f1.mean(), "macro_f1_std": f1.std(ddof=1) if f1.size > 1 else math.nan,
+               "best_epoch_mean": _mean(part["best_epoch"]),
+               "best_epoch_std": _std(part["best_epoch"]),
+               "epochs_run_mean": _mean(part["epochs_run"]),
+               "converged": int(converged.sum()), "convergence_rate":
+                   float(converged.mean()) if len(converged) else math.nan,
+               "model_mb": _mean(part["model_mb"]), "train_seconds_mean": _mean(part["train_seconds"])}
+        numeric.append(row)
+        shown.append({"setting": setting.name, **{k: _shown(v) for k, v in setting.params.items()},
+                      "trials": row["trials"],
+                      "test accuracy": spread(part["accuracy"]),
+                      "macro-F1": spread(part["macro_f1"], with_range=False),
+                      "epochs to best": spread(part["best_epoch"], digits=1, with_range=False),
+                      f"converged (val acc ≥ {convergence_accuracy:g})":
+                          (f"{row['converged']}/{len(converged)} ({100 * row['convergence_rate']:.0f}%)"
+                           if len(converged) else "n/a"),
+                      "model MB": row["model_mb"],
+                      "train s/trial": row["train_seconds_mean"]})
+    return pd.DataFrame(numeric), pd.DataFrame(shown)
+
+
+def _shown(value):
+    """Parameters as written (1e-04, not 0.000) in the Markdown table."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value
+
+
+def _mean(values) -> float:
+    values = _finite(values)
+    return float(values.mean()) if values.size else math.nan
+
+
+def _std(values) -> float:
+    values = _finite(values)
+    return float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+def write_comparison(run_dir: str | os.PathLike, numeric: pd.DataFrame, shown: pd.DataFrame, *,
+                     title: str, notes: Sequence[str] = (), name: str = "comparison",
+                     quiet: bool = False) -> Path:
+    """``<name>.csv`` (numbers, with a ``leaky`` column) and ``<name>.md`` (the table, with the
+    LEAKY banner when the study's split is the random one, and the notes that define it)."""
+    from .reporting import markdown_table
+
+    run_dir = Path(run_dir)
+    config = read_settings(run_dir)["config"]
+    leaky = bool(config.get("leaky"))
+    write_csv(run_dir / f"{name}.csv", numeric.assign(leaky=leaky, split_method=config.get(
+        "split_method")))
+    lines = [f"# {title}", ""]
+    if leaky:
+        lines += [f"> **{LEAKY_WARNING}**", ""]
+    lines += [f"- run `{run_dir.name}`; dataset `{config.get('dataset')}`; split "
+              f"`{config.get('split_file')}` (method {config.get('split_method')}"
+              + (", LEAKY" if leaky else "") + ")", *[f"- {note}" for note in notes], "",
+              markdown_table(shown)]
+    path = write_text(run_dir / f"{name}.md", "\n".join(lines))
+    if not quiet:
+        print(f"\n{path}:\n")
+        if leaky:
+            print(f"*** {LEAKY_WARNING} ***\n")
+        print(markdown_table(shown))
+    return path
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def pooled_confusion_matrices(run_dir: str | os.PathLike, settings: Sequence[Setting],
+                              class_names: Sequence[str], prefix: str = "confusion") -> list[Path]:
+    """One confusion-matrix figure per setting, summed over its trials' test predictions."""
+    from .reporting import plot_confusion_matrix
+
+    written = []
+    leaky = " [LEAKY split]" if is_leaky(run_dir) else ""
+    for setting in settings:
+        tables = [load_predictions(where) for where in sorted((Path(run_dir) / setting.name)
+                                                              .glob("trial_*"))
+                  if list(where.glob(f"fold_*/{PREDICTIONS}"))]
+        if not tables:
+            continue
+        pooled = pd.concat(tables, ignore_index=True)
+        matrix = predictions_metrics(pooled, class_names)["confusion_matrix"]
+        written.append(plot_confusion_matrix(
+            matrix, class_names, Path(run_dir) / f"{prefix}_{setting.name}.png",
+            title=f"{setting.name}: {len(tables)} trial(s) pooled{leaky}"))
+    return written
+
+
+def plot_validation_curves(run_dir: str | os.PathLike, settings: Sequence[Setting],
+                           path: str | os.PathLike, metric: str = "val_accuracy") -> Path | None:
+    """``metric`` per epoch, one colour per setting, one thin line per trial (and fold)."""
+    from .reporting import save_figure
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for index, setting in enumerate(settings):
+        logs = sorted((Path(run_dir) / setting.name).glob(f"trial_*/fold_*/{EPOCHS}"))
+        for number, log_path in enumerate(logs):
+            log = pd.read_csv(log_path)
+            if metric not in log:
+                continue
+            ax.plot(log["epoch"], log[metric], color=f"C{index % 10}", lw=1, alpha=0.7,
+                    label=setting.name if number == 0 else None)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    title = f"{metric.replace('_', ' ')} per epoch (one line per trial)"
+    ax.set_title(title + (" [LEAKY split]" if is_leaky(run_dir) else ""))
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def trial_fold_dir(run_dir: str | os.PathLike, setting: str, trial: int, fold: int = 0) -> Path:
+    return fold_dir(trial_dir(run_dir, setting, trial), fold)
+
+
+def plot_feature_maps(model_path: str | os.PathLike, row: pd.Series, image_size: Sequence[int],
+                      path: str | os.PathLike, *, inner: str, channels: int = 8,
+                      title: str = "") -> Path | None:
+    """The maps after every conv and pool layer of a trained model, for one image.
+
+    ``model_path`` is a checkpoint whose first layer is named ``scaling`` and whose network is
+    the nested model ``inner`` (as ``scaling_masks_cnn_fcn.py`` builds them); ``row`` is a
+    table row with ``path`` (and ``mask`` when the setting blanks the background). The image
+    goes through the same pipeline as in training. Row 0 shows the input; each further row
+    one layer, its first ``channels`` maps, each scaled to its own range.
+    """
+    import keras
+
+    from .pipeline import load_arrays
+    from .reporting import save_figure
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        print(f"feature maps skipped: {model_path} not found", flush=True)
+        return None
+    model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+    mask = row.get("mask") if isinstance(row.get("mask"), str) and row.get("mask") else None
+    image = load_arrays([row["path"]], image_size, masks=[mask] if mask else None)
+    net = model.get_layer(inner)
+    names = [layer.name for layer in net.layers
+             if (layer.name.endswith(("_conv", "_pool")) or layer.name == "conv1x1")
+             and len(layer.output.shape) == 4]  # spatial maps only (not global pooling)
+    extractor = keras.Model(net.inputs, [net.get_layer(name).output for name in names])
+    maps = extractor(model.get_layer("scaling")(image), training=False)
+    maps = [np.asarray(m)[0] for m in (maps if isinstance(maps, (list, tuple)) else [maps])]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(names) + 1, channels, figsize=(1.6 * channels,
+                                                                 1.4 * (len(names) + 1)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    axes[0, 0].imshow(np.clip(image[0], 0, 255).astype(np.uint8))
+    axes[0, 0].set_title("input", fontsize=7)
+    for r, (name, fmap) in enumerate(zip(names, maps), start=1):
+        for c in range(min(channels, fmap.shape[-1])):
+            axes[r, c].imshow(fmap[..., c], cmap="viridis")
+            if c == 0:
+                axes[r, c].set_title(f"{name} {fmap.shape[0]}x{fmap.shape[1]}x{fmap.shape[2]}",
+                                     fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
