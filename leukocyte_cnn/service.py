@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .checkpoints import checkpoint_class_count
 from .errors import InputError
 from .io import read_json
 
@@ -192,6 +193,10 @@ def load_classifier(checkpoint: str | os.PathLike, settings: str | os.PathLike) 
     except Exception as exc:  # Keras raises many types for a bad file; one line for the user
         raise InputError(f"{checkpoint}: cannot load Keras model "
                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    found = checkpoint_class_count(model)
+    if found != len(names):  # else a traceback at the first (warm-up) prediction
+        raise InputError(f"{checkpoint}: checkpoint predicts {found} classes, but {settings} "
+                         f"names {len(names)} ({', '.join(map(str, names))})")
     size = _image_size(config, model, settings)
     return Classifier(model=model, class_names=[str(n) for n in names], image_size=size,
                       model_id=model_id_for(checkpoint, checkpoint_sha256(checkpoint)),
