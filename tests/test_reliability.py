@@ -14,6 +14,7 @@ Run with ``pytest -m reliability`` (this file, plus the decoder/reader tests mar
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import signal
@@ -337,6 +338,19 @@ def test_checkpoint_with_python_code_is_refused_in_safe_mode(tmp_path):
     path = save_model(model, tmp_path / "lambda.keras")
     assert checkpoint_error(path) == ("checkpoint contains Python code (e.g. a Lambda layer); "
                                       "refused in safe mode")
+
+
+def test_serve_refuses_a_checkpoint_with_the_wrong_class_count(checkpoint, tmp_path, capsys):
+    """serve.py is the script that loads checkpoints: a 3-class model with a settings file
+    naming 2 classes must stop before serving, not at the first prediction."""
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"config": {"class_names": ["blast", "other"],
+                                               "image_size": 16}}))
+    code, out, err = run_script("serve", ["--checkpoint", str(checkpoint), "--settings",
+                                          str(settings)], capsys)
+    assert the_error(code, err) == (f"{checkpoint}: checkpoint predicts 3 classes, but "
+                                    f"{settings} names 2 (blast, other)")
+    assert "serving" not in out
 
 
 # ----------------------------------------------------------------------------- code audits
