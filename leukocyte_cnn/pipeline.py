@@ -147,7 +147,8 @@ def _resize(image, size: tuple[int, int], method: str, keep_aspect: bool):
         out = tf.image.resize(image, size, method=method, antialias=True)
     # Rounding to uint8 (±0.5 grey level, below JPEG noise) makes cached and uncached
     # pipelines identical and the cache 4× smaller; cubic kernels can overshoot, hence clip.
-    out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+    # "nearest" returns the input's uint8, hence the cast to float first.
+    out = tf.cast(tf.clip_by_value(tf.round(tf.cast(out, tf.float32)), 0.0, 255.0), tf.uint8)
     out.set_shape([size[0], size[1], 3])
     return out
 
