@@ -439,7 +439,7 @@ def _launch(split_csv: Path, results: Path, log: Path) -> subprocess.Popen:
                             stdout=handle, stderr=subprocess.STDOUT)
 
 
-def _finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+def _finish(process: subprocess.Popen, log: Path, timeout: float = 600) -> str:
     process.wait(timeout=timeout)
     text = log.read_text(errors="replace")
     assert process.returncode == 0, text[-3000:]
@@ -464,7 +464,7 @@ def runs(tmp_path_factory):
     first_fold = base / "k" / "tiny" / "fold_00" / "predictions.csv"
     while not first_fold.exists():
         assert k.poll() is None, (base / "k.log").read_text(errors="replace")[-3000:]
-        assert time.perf_counter() - start < 300, "fold 0 of the run to kill never finished"
+        assert time.perf_counter() - start < 600, "fold 0 of the run to kill never finished"
         time.sleep(0.05)
     k.send_signal(signal.SIGKILL)
     k.wait()
