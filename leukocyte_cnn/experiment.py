@@ -132,6 +132,20 @@ def make_optimizer(name: str, learning_rate: float, **options):
                          f"not accepted by Keras ({exc})") from None
 
 
+MEMORY_CACHE_LIMIT = 512 * 2**20  # bytes of decoded, resized uint8 images kept in RAM per set
+
+
+def memory_cache(n_images: int, image_size: tuple[int, int]) -> str | None:
+    """``"memory"`` when a set's decoded images fit the cache limit, else stream from disk.
+
+    The pipeline caches after decoding and resizing, before shuffling and augmentation, so
+    caching changes speed only: epochs after the first skip the decode. Large sets (the full
+    Kaggle or C-NMC data at high resolution) stream, keeping memory bounded.
+    """
+    height, width = image_size
+    return "memory" if n_images * height * width * 3 <= MEMORY_CACHE_LIMIT else None
+
+
 def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
                           image_size: tuple[int, int], batch_size: int, epochs: int,
                           patience: int, optimizer: str, learning_rate: float, augment=None,
@@ -159,7 +173,7 @@ def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
         return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
                             image_size, batch_size, shuffle=training,
                             augment=augment if training else None, seed=fold.seed,
-                            label_mode=label_mode,
+                            label_mode=label_mode, cache=memory_cache(len(table), image_size),
                             masks=table[mask_column].tolist() if mask_column else None)
 
     model = build_model()
