@@ -51,7 +51,7 @@ HELDOUT_FOLDS = "0"       # folds run when --folds is not given ("0-4": full cro
 VAL_FRACTION = 0.2        # validation share of the non-test images, per class, by image
 POSITIVE_LABEL = 1        # label of the positive class (blasts / lymphoblast)
 # --quick: the whole chain on the synthetic smears in a few minutes on 2 CPU cores
-QUICK = dict(IMAGE_SIZE=64, EPOCHS=8, PATIENCE=4, ROTATIONS=2, BATCH_SIZE=32)
+QUICK = dict(IMAGE_SIZE=64, EPOCHS=20, PATIENCE=6, ROTATIONS=2, BATCH_SIZE=32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rotations", type=int, default=None,
                         help=f"rotated copies per training image (default {ROTATIONS}; "
                              f"{QUICK['ROTATIONS']} with --quick)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"images per training step (default {BATCH_SIZE}; "
+                             f"{QUICK['BATCH_SIZE']} with --quick)")
     parser.add_argument("--augmented-dir", default="data/augmented",
                         help="root of the augmented training images (default data/augmented)")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
@@ -121,6 +124,8 @@ def main(args: argparse.Namespace):
     size = args.image_size or settings["IMAGE_SIZE"]
     epochs = args.epochs or settings["EPOCHS"]
     rotations = settings["ROTATIONS"] if args.rotations is None else args.rotations
+    if args.batch_size:
+        settings["BATCH_SIZE"] = args.batch_size
 
     # 1. Held-out test and validation images, chosen by image before any augmentation.
     split = resolve_split(args, method="kfold", k=K, val_fraction=VAL_FRACTION)
