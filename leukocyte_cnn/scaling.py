@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -138,6 +138,18 @@ def accumulate(batches: Iterable) -> PixelMoments:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         moments.update(images.numpy() if hasattr(images, "numpy") else images)
     return moments
+
+
+def moments_of_images(paths: Sequence[str], image_size: Sequence[int], *,
+                      masks: Sequence[str] | None = None, batch_size: int = 64) -> PixelMoments:
+    """Stream image files through the training pipeline (same decode, mask, resize) and
+    accumulate their moments. Pass the *training* images only."""
+    from .pipeline import make_dataset
+
+    if not len(paths):
+        raise InputError("scaler: no training images to fit on")
+    return accumulate(make_dataset(list(paths), None, image_size, batch_size,
+                                   masks=list(masks) if masks is not None else None))
 
 
 def fit_scalers(batches: Iterable, methods: Iterable[str] = SCALINGS) -> dict[str, Scaler]:
