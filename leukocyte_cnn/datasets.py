@@ -194,7 +194,8 @@ def _reject_name(path: Path, expected: str, strict: bool) -> None:
     """An image-like file with an unexpected name: an error, or a warning when not strict."""
     message = f"{path}: file name does not match the expected pattern {expected}"
     if strict:
-        raise InputError(message + " (pass strict=False to ignore such files)")
+        raise InputError(message + " (rename it, or skip such files with "
+                         "--reader-option strict=false)")
     warnings.warn(message + "; ignored", stacklevel=3)
 
 
@@ -601,15 +602,20 @@ def _read_class_folders(folder: Path, layout: str, group_regex: str | None = Non
         if not files:
             raise InputError(f"{class_dir}: empty class folder (no images)")
         for path in files:
-            rows.append(_row(f"{class_dir.name}/{path.name}", path, label, classes,
-                             group=_group_of(path.stem, pattern)))
+            key = f"{class_dir.name}/{path.name}"
+            rows.append(_row(key, path, label, classes, group=_group_of(path.stem, pattern, key)))
     return _make_table(rows, classes)
 
 
-def _group_of(stem: str, pattern: re.Pattern | None) -> str:
+def _group_of(stem: str, pattern: re.Pattern | None, key: str) -> str:
+    """The group named by ``pattern`` in the stem, else the image's own key.
+
+    Not the bare stem: ``blast/1.png`` and ``other/1.png`` are different cells, and a shared
+    group would make group-aware splits treat them as one patient.
+    """
     match = pattern.match(stem) if pattern else None
     if match is None:
-        return stem
+        return key
     return match.group(1) if match.groups() else match.group(0)
 
 
@@ -649,7 +655,7 @@ def read_csv_labels(csv_path: str | os.PathLike, root: str | os.PathLike | None 
             raise InputError(f"{csv_path}: line {line}: {key} already listed on line {seen[key]}")
         seen[key] = line
         rows.append(_row(key, path, names.index(name), names,
-                         group=record[group_col] if group_col else Path(key).stem,
+                         group=record[group_col] if group_col else key,
                          source_split=record[split_col] if split_col else ""))
     return _make_table(rows, names)
 

@@ -18,6 +18,10 @@ import numpy as np
 from .errors import InputError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents) and check that files can be written in it."""
     path = Path(path)
@@ -43,6 +47,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp" + suffix)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for colleagues too
     try:
         yield tmp_path
         os.replace(tmp_path, path)

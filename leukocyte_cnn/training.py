@@ -93,6 +93,8 @@ def run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int
                     test=rows[rows.role == "test"].reset_index(drop=True),
                     directory=fold_dir(run_dir, k), seed=seed + k)
         fold.directory.mkdir(parents=True, exist_ok=True)
+        for leftover in fold.directory.glob(".*.tmp*"):  # a write cut short by a kill
+            leftover.unlink()
         set_seed(fold.seed)
         start = time.perf_counter()
         try:
