@@ -9,8 +9,9 @@ trained whole, under a dense head (BatchNorm, Dense 512 with L2 0.016 on the ker
 ``networks.cnmc_model``), Adamax at 1e-3, 224 px, batch 40, and on-the-fly rotation (20°),
 shift, shear, zoom (0.2) and horizontal flips on training batches only.
 
-What we fixed: the study split its cells by image, so cells of one patient sat on both sides.
-Here every fold is disjoint by patient: by default the dataset's own folds (fold_k tests once,
+What we fixed: the study's split was made by image (issue 7), so cells of one patient sat on
+both sides of it (its reported accuracies are on validation_data). Here every fold is disjoint
+by patient: by default the dataset's own folds (fold_k tests once,
 the other two train), or ``--split-by patient`` (group k-fold on the patient id in the file
 names). Early stopping watches patients carved from the training folds, never the test fold's.
 When ``validation_data`` and its labels CSV are there, a final model is trained on all of
