@@ -68,6 +68,12 @@ def plan_variants(train: pd.DataFrame, n_rotations: int, rng: np.random.Generato
     if n_rotations < 0 or n_rotations > 359:
         raise ValueError(f"n_rotations must be in 0..359, got {n_rotations}")
     height, width = int(image_size[0]), int(image_size[1])
+    if round(max_shift * width) < 1 and round(max_shift * height) < 1:
+        raise ValueError(f"max_shift {max_shift} gives no shift of a whole pixel at "
+                         f"{height}x{width}; the shift variant would repeat the original")
+    if max_shear <= 0 or blur_sigma <= 0:
+        raise ValueError(f"max_shear ({max_shear}) and blur_sigma ({blur_sigma}) must be "
+                         "positive, or those variants repeat the original")
     rows = []
     for source in train.sort_values("image").itertuples(index=False):
         dx = dy = 0

@@ -237,3 +237,12 @@ def test_more_than_two_classes_is_an_input_error(tmp_path, monkeypatch):
                               "--results-dir", str(tmp_path / "results")])
     with pytest.raises(InputError, match="3 classes"):
         script.main(args)
+
+
+def test_variant_settings_that_would_repeat_the_original_are_refused(fold0):
+    kw = dict(image_size=(32, 32), blur_sigma=1.1, max_shift=0.1, max_shear=15.0)
+    for bad in ({"max_shift": 0.01}, {"max_shear": 0.0}, {"blur_sigma": 0.0}):
+        with pytest.raises(ValueError):
+            plan_variants(fold0["train"], 2, 0, **{**kw, **bad})
+    with pytest.raises(ValueError, match="n_rotations"):
+        plan_variants(fold0["train"], 360, 0, **kw)
