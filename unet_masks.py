@@ -86,7 +86,7 @@ def pair_dataset(table, target_column: str, size, batch_size: int, *, shuffle: b
                          resize_method="nearest").unbatch()
     pairs = tf.data.Dataset.zip((images, masks)).map(
         lambda image, mask: (to_gray(image[None])[0], tf.cast(mask[..., :1] > 0, tf.float32)))
-    pairs = pairs.apply(tf.data.experimental.assert_cardinality(len(table)))  # Keras knows the epoch
+    pairs = pairs.apply(tf.data.experimental.assert_cardinality(len(table)))  # epoch length
     if shuffle:
         pairs = pairs.shuffle(min(SHUFFLE_BUFFER, max(len(table), 1)), seed=seed,
                               reshuffle_each_iteration=True)
@@ -124,7 +124,8 @@ def score_rows(role: str, key: str, unet_mask, otsu_path: str, truth_path: str) 
             from leukocyte_cnn.errors import InputError
             raise InputError(f"{truth_path}: mask size {truth.shape} differs from its image "
                              f"{unet_mask.shape}")
-        row.update(unet_vs_truth_iou=iou(unet_mask, truth), unet_vs_truth_dice=dice(unet_mask, truth),
+        row.update(unet_vs_truth_iou=iou(unet_mask, truth),
+                   unet_vs_truth_dice=dice(unet_mask, truth),
                    otsu_vs_truth_iou=iou(otsu, truth), otsu_vs_truth_dice=dice(otsu, truth))
     return row
 
@@ -163,9 +164,9 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.experiment import make_optimizer, start_run
     from leukocyte_cnn.gpu import compile_kwargs, configure_devices
     from leukocyte_cnn.io import write_csv
-    from leukocyte_cnn.masks import (ensure_otsu_masks, mark_complete, mask_file,
-                                     mask_set_is_complete, otsu_mask_root, truth_mask_column,
-                                     unet_mask_root, write_mask)
+    from leukocyte_cnn.masks import (COMPLETE_MARKER, ensure_otsu_masks, mark_complete,
+                                     mask_file, mask_set_is_complete, otsu_mask_root,
+                                     truth_mask_column, unet_mask_root, write_mask)
     from leukocyte_cnn.networks import unet
     from leukocyte_cnn.reporting import markdown_table, write_table
     from leukocyte_cnn.runinfo import knobs
@@ -230,6 +231,8 @@ def main(args: argparse.Namespace):
             fold_directory=out)
 
         # Masks for every image of the fold (test images are predicted, never trained on).
+        # The set is marked incomplete while it is rewritten, so no study reads a mixture.
+        (mask_root / COMPLETE_MARKER).unlink(missing_ok=True)
         scores, manifest = [], []
         for row, mask in predict_masks(model, rows, size, settings["BATCH_SIZE"], MASK_THRESHOLD):
             path = write_mask(mask_file(mask_root, row.image), mask)

@@ -3,14 +3,14 @@
 The deck compared four ways to scale the (already resized) training images, each fitted on
 the training images and then applied unchanged to validation and test images:
 
-=================  ==========================================================  ============
-name               statistics                                                   deck
-=================  ==========================================================  ============
-``pixel_channel``  one mean and std per pixel position and channel (H×W×3)      "pixel/channel scaling"
-``global``         one mean and std over every pixel, channel and image         "global scaling"
-``channel``        one mean and std per colour channel (3)                      "channel scaling"
-``divide255``      none: x / 255                                                "normalization"
-=================  ==========================================================  ============
+=================  =====================================================  =================
+name               statistics                                             deck's name
+=================  =====================================================  =================
+``pixel_channel``  one mean and std per pixel position and channel        pixel/channel
+``global``         one mean and std over every pixel, channel and image   global
+``channel``        one mean and std per colour channel (3)                channel
+``divide255``      none: x / 255                                          normalization
+=================  =====================================================  =================
 
 The deck fitted scikit-learn ``StandardScaler`` s on all training images held in one array.
 Here the same statistics are accumulated batch by batch (:class:`PixelMoments`: count, sum

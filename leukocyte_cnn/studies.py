@@ -60,8 +60,9 @@ class Setting:
 # --------------------------------------------------------------------------- options, split
 
 
-def add_study_arguments(parser: argparse.ArgumentParser, *, trials: int, trials_name: str = "trials",
-                        what: str = "trials") -> argparse.ArgumentParser:
+def add_study_arguments(parser: argparse.ArgumentParser, *, trials: int,
+                        trials_name: str = "trials", what: str = "trials"
+                        ) -> argparse.ArgumentParser:
     """``--split-method`` and ``--<trials_name>`` (repeated trainings per setting)."""
     parser.add_argument(
         "--split-method", choices=SPLIT_METHODS, default="predefined",
@@ -142,7 +143,8 @@ def run_trials(split, run_dir: str | os.PathLike, settings: Sequence[Setting],
             if trial_is_done(run_dir, setting.name, trial, folds):
                 print(f"{head}: finished earlier, kept", flush=True)
                 continue
-            config = {**parent, "title": f"{parent.get('title', '')}: {setting.name}, trial {trial}",
+            title = f"{parent.get('title', '')}: {setting.name}, trial {trial}"
+            config = {**parent, "title": title,
                       "setting": setting.name, "setting_params": setting.params,
                       "trial": trial, "seed": seed + trial}
             prepare_run_dir(where, config)
@@ -207,7 +209,8 @@ def collect_trials(run_dir: str | os.PathLike, settings: Sequence[Setting],
             for folder in fold_dirs:
                 numbers = (epoch_numbers(pd.read_csv(folder / EPOCHS), convergence_accuracy)
                            if (folder / EPOCHS).is_file() else {})
-                timing = read_json(folder / "timing.json") if (folder / "timing.json").is_file() else {}
+                timing_file = folder / "timing.json"
+                timing = read_json(timing_file) if timing_file.is_file() else {}
                 numbers["train_seconds"] = timing.get("train_seconds", float("nan"))
                 numbers["model_mb"] = model_size_mb(folder / CHECKPOINT)
                 per_fold.append(numbers)
@@ -264,15 +267,16 @@ def comparison_table(per_trial: pd.DataFrame, settings: Sequence[Setting],
         acc, f1 = _finite(part["accuracy"]), _finite(part["macro_f1"])
         converged = pd.to_numeric(part["converged"], errors="coerce").dropna()
         row = {"setting": setting.name, **setting.params, "trials": int(len(part)),
-               "accuracy_mean": acc.mean(), "accuracy_std": acc.std(ddof=1) if acc.size > 1 else math.nan,
+               "accuracy_mean": acc.mean(), "accuracy_std": _std(acc),
                "accuracy_min": acc.min(), "accuracy_max": acc.max(),
-               "macro_f1_mean": f1.mean(), "macro_f1_std": f1.std(ddof=1) if f1.size > 1 else math.nan,
+               "macro_f1_mean": f1.mean(), "macro_f1_std": _std(f1),
                "best_epoch_mean": _mean(part["best_epoch"]),
                "best_epoch_std": _std(part["best_epoch"]),
                "epochs_run_mean": _mean(part["epochs_run"]),
                "converged": int(converged.sum()), "convergence_rate":
                    float(converged.mean()) if len(converged) else math.nan,
-               "model_mb": _mean(part["model_mb"]), "train_seconds_mean": _mean(part["train_seconds"])}
+               "model_mb": _mean(part["model_mb"]),
+               "train_seconds_mean": _mean(part["train_seconds"])}
         numeric.append(row)
         shown.append({"setting": setting.name, **{k: _shown(v) for k, v in setting.params.items()},
                       "trials": row["trials"],
@@ -280,8 +284,8 @@ def comparison_table(per_trial: pd.DataFrame, settings: Sequence[Setting],
                       "macro-F1": spread(part["macro_f1"], with_range=False),
                       "epochs to best": spread(part["best_epoch"], digits=1, with_range=False),
                       f"converged (val acc ≥ {convergence_accuracy:g})":
-                          (f"{row['converged']}/{len(converged)} ({100 * row['convergence_rate']:.0f}%)"
-                           if len(converged) else "n/a"),
+                          (f"{row['converged']}/{len(converged)} "
+                           f"({100 * row['convergence_rate']:.0f}%)" if len(converged) else "n/a"),
                       "model MB": row["model_mb"],
                       "train s/trial": row["train_seconds_mean"]})
     return pd.DataFrame(numeric), pd.DataFrame(shown)

@@ -259,7 +259,8 @@ def test_scaling_study_fits_scalers_on_training_images_only(kaggle_like, workdir
     otsu_root = mask_lib.otsu_mask_root("data", "kaggle", split.settings["dataset_hash"])
 
     def moments(part):
-        return scaling.moments_of_images(part["path"].tolist(), (48, 64), masks=mask_lib.ensure_otsu_masks(part, otsu_root))
+        masks = mask_lib.ensure_otsu_masks(part, otsu_root)
+        return scaling.moments_of_images(part["path"].tolist(), (48, 64), masks=masks)
 
     saved = scaling.load_moments(run / "scalers" / "fold_00_otsu.npz")
     train = rows[rows.role == "train"]
