@@ -1,59 +1,100 @@
 """Render the embedded synthetic blood-cell datasets (the repository's default data).
 
 Writes, from one seed, byte-identical sets in the real datasets' layouts under
-``data/synthetic/<kind>/``: an ALL-IDB2-like binary set, an imbalanced multiclass single-cell
-set with a labels CSV, a Kaggle-like 4-class TRAIN/TEST set, ALL-IDB1-like smears with blast
-centroids, and a C-NMC-like set with patient ids. Every single-cell image has a mask. Scripts
-generate what they need on first use; this script (re)generates on request and can make the
-large sets the benchmarks use.
+``<data-dir>/synthetic/<kind>/`` (docs/architecture.md, "Synthetic data"): an ALL-IDB2-like
+binary set (``all_idb2``), an imbalanced 7-class single-cell set with a labels CSV
+(``multiclass``), a Kaggle-like 4-class TRAIN/TEST set of augmented copies (``kaggle``),
+ALL-IDB1-like smears with blast centroids (``all_idb1``) and a C-NMC-like set of segmented
+cells with patient ids and per-patient stains (``cnmc``). Every single-cell image has a
+nucleus/cytoplasm mask. Scripts generate what they need on first use; this script
+(re)generates on request and makes the large sets the benchmarks use, e.g.
+
+    python generate_synthetic_data.py --kind kaggle --kaggle-train-cells 830   # ~10,000 images
+
+Sets whose seed or sizes differ from the defaults get their own folder
+(``<kind>_<hash>``), so they never mix with the default ones.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-KINDS_DEFAULT = "all"      # which sets to generate
-SEED = 0                   # same seed -> byte-identical files
+KIND = "all"  # which set(s) to generate
+DATA_DIR = "data"  # sets go to <DATA_DIR>/synthetic/<kind>
+SEED = 0  # same seed -> byte-identical files
+WORKERS = None  # processes; None: 2 for large sets, else 1
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from leukocyte_cnn.synthetic import KINDS
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", default=KINDS_DEFAULT, choices=("all", *KINDS),
-                        help="which synthetic set to generate (default all)")
-    parser.add_argument("--data-dir", default="data", help="data folder (default data/)")
-    parser.add_argument("--seed", type=int, default=SEED, help=f"seed (default {SEED})")
-    parser.add_argument("--force", action="store_true", help="regenerate even if complete")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--kind", default=KIND, choices=("all", *KINDS),
+                        help="which synthetic set to generate")
+    parser.add_argument("--data-dir", default=DATA_DIR,
+                        help="data folder; sets go to <data-dir>/synthetic/<kind>")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="seed; the same seed gives byte-identical files")
+    parser.add_argument("--force", action="store_true",
+                        help="regenerate even if the set is complete (replaced atomically)")
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help="processes to render with (default: 2 for large sets, else 1); "
+                             "the files do not depend on it")
+    parser.add_argument("--all-idb2-per-class", type=int, default=None,
+                        help="all_idb2: images per class (default 130)")
+    parser.add_argument("--all-idb2-size", type=int, default=None,
+                        help="all_idb2: image side in pixels (default 257)")
+    parser.add_argument("--multiclass-size", type=int, default=None,
+                        help="multiclass: image side in pixels (default 257)")
     parser.add_argument("--kaggle-train-cells", type=int, default=None,
                         help="kaggle: source cells per class in TRAIN (default 20; 830 with "
-                             "--kaggle-copies 3 gives a Kaggle-sized set of ~10,000 images)")
+                             "3 copies gives a Kaggle-sized set of ~10,000 images)")
     parser.add_argument("--kaggle-copies", type=int, default=None,
                         help="kaggle: augmented copies per TRAIN source cell (default 3)")
     parser.add_argument("--kaggle-test-cells", type=int, default=None,
-                        help="kaggle: cells per class in TEST (default 15)")
+                        help="kaggle: cells per class in TEST, one copy each (default 15)")
+    parser.add_argument("--all-idb1-images", type=int, default=None,
+                        help="all_idb1: number of smears, half of them with blasts "
+                             "(default 20)")
+    parser.add_argument("--cnmc-cells", type=int, default=None,
+                        help="cnmc: cells per patient (default 10)")
     return parser.parse_args(argv)
 
 
-def main(args: argparse.Namespace) -> None:
-    import shutil
+def size_options(kind: str, args: argparse.Namespace) -> dict:
+    """The size options of ``kind`` that were given on the command line."""
+    per_kind = {
+        "all_idb2": {"n_blast": args.all_idb2_per_class, "n_other": args.all_idb2_per_class,
+                     "size": args.all_idb2_size},
+        "multiclass": {"size": args.multiclass_size},
+        "kaggle": {"train_cells": args.kaggle_train_cells, "copies": args.kaggle_copies,
+                   "test_cells": args.kaggle_test_cells},
+        "all_idb1": {"n_images": args.all_idb1_images,
+                     "n_with_blasts": None if args.all_idb1_images is None
+                     else args.all_idb1_images // 2},
+        "cnmc": {"cells": args.cnmc_cells},
+    }[kind]
+    return {key: value for key, value in per_kind.items() if value is not None}
 
-    from leukocyte_cnn.synthetic import KINDS, ensure_synthetic, synthetic_root
+
+def main(args: argparse.Namespace) -> None:
+    from leukocyte_cnn.synthetic import COMPLETE, KINDS, generate, synthetic_root
 
     kinds = KINDS if args.kind == "all" else (args.kind,)
+    start_all = time.perf_counter()
     for kind in kinds:
-        options = {}
-        if kind == "kaggle":
-            options = {key: value for key, value in (
-                ("train_cells", args.kaggle_train_cells), ("copies", args.kaggle_copies),
-                ("test_cells", args.kaggle_test_cells)) if value is not None}
+        options = size_options(kind, args)
         root = synthetic_root(kind, args.data_dir, args.seed, **options)
-        if args.force and root.exists():
-            shutil.rmtree(root)
+        if (root / COMPLETE).is_file() and not args.force:
+            print(f"{kind}: {root} is complete (use --force to regenerate)", flush=True)
+            continue
         start = time.perf_counter()
-        ensure_synthetic(kind, args.data_dir, args.seed, **options)
-        n_files = sum(1 for p in root.rglob("*") if p.is_file())
-        print(f"{kind}: {root} ({n_files} files, {time.perf_counter() - start:.1f} s)", flush=True)
+        generate(kind, root, args.seed, workers=args.workers, replace=True, **options)
+        n_files = sum(1 for p in root.rglob("*") if p.is_file() and p.name != COMPLETE)
+        print(f"{kind}: wrote {n_files} files to {root} in {time.perf_counter() - start:.1f} s",
+              flush=True)
+    print(f"done in {time.perf_counter() - start_all:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,44 +1,61 @@
-"""A procedurally rendered, stained blood-smear dataset: the repository's embedded default.
+"""A procedurally rendered, stained blood-smear dataset: the repository's embedded default data.
 
-Each single-cell image shows a pinkish background with red cells (pale-centred discs, some
-overlapping or cut at the border) and one white cell in the centre whose morphology follows its
-class, drawn from the textbook description (May-Grünwald-Giemsa-like colours):
+Each single-cell image shows a plasma background with red cells (pale-centred biconcave discs,
+some overlapping, some cut by the border) and one white cell near the centre whose morphology
+follows its class, drawn from the textbook description of a May-Grünwald-Giemsa smear:
 
-- lymphoblast: large cell, large round nucleus, fine pale chromatin, 1-3 nucleoli, thin blue rim;
-- lymphocyte: small cell, small dense dark round nucleus, scant blue cytoplasm;
-- neutrophil: 3-5 nuclear lobes joined by thin strands, pale pink granular cytoplasm;
-- eosinophil: two lobes, coarse orange-red granules;
-- basophil: dark purple granules over nucleus and cytoplasm;
-- monocyte: large cell, folded/kidney nucleus, grey-blue cytoplasm with vacuoles;
+- lymphoblast: large cell, large round/oval nucleus, fine pale chromatin, 1-3 nucleoli,
+  thin basophilic (blue) rim;
+- lymphocyte: small cell, small dense dark round nucleus with coarse clumps, scant blue rim;
+- neutrophil: 3-5 nuclear lobes joined by thin strands, pale pink finely granular cytoplasm;
+- eosinophil: two lobes, coarse orange-red granules filling the cytoplasm;
+- basophil: dark purple granules scattered over nucleus and cytoplasm;
+- monocyte: large cell, folded kidney/horseshoe nucleus, grey-blue cytoplasm with vacuoles;
 - thrombocyte: a small clump of platelet fragments, no large cell.
 
-Stain hue, illumination, blur, noise, size and orientation vary per image (and per patient for
-the C-NMC-like set), so the task is learnable but not trivial: blast and lymphocyte sizes
-overlap. Every single-cell image has a mask (nucleus 255, cytoplasm 128, background 0).
+Colours follow Beer-Lambert: each component adds optical density (``-ln(colour/255)``) and the
+light is attenuated by the sum, so overlapping red cells darken and a nucleus seen through
+cytoplasm mixes like a real dye. Stain hue and strength, background tint, illumination
+gradient, magnification, blur and sensor noise vary per image (and per patient in the
+C-NMC-like set), so the task is learnable but not trivial: blast and lymphocyte sizes overlap.
+Every single-cell image has a mask (nucleus 255, cytoplasm 128, background 0).
 
-Each image draws from its own generator ``default_rng([seed, kind, index])``, so the files do
-not depend on generation order, and encoder options are fixed: the same seed gives
-byte-identical files. Layouts follow the real datasets (see docs/architecture.md).
+Speed: textures come from windows of a fixed bank of smooth noise fields (built once per
+process from a constant seed), so rendering is a few dozen vectorised array operations on the
+cell's bounding box; a 320×240 cell takes a few milliseconds.
+
+Determinism: each image draws from its own generator ``default_rng([seed, kind, index])``, so
+files do not depend on generation order or worker count; encoder options are fixed
+(:func:`leukocyte_cnn.images.save_rgb`) and no file holds a time stamp. The same seed gives
+byte-identical files. Layouts follow the real datasets (docs/architecture.md, "Synthetic data").
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
 import shutil
-import tempfile
+import socket
+import subprocess
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import pandas as pd
-from scipy import ndimage
+from PIL import Image, ImageFilter
+
+from .errors import InputError
+from .io import atomic_path, write_json, write_text
 
 KINDS = ("all_idb2", "multiclass", "kaggle", "all_idb1", "cnmc")
 NORMAL_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 CELL_CLASSES = ("lymphoblast", *NORMAL_CLASSES, "thrombocyte")
 KAGGLE_CLASSES = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
-CLASS_NAMES = {
+CLASS_NAMES = {  # the class list each set's reader reports, ordered by label
     "all_idb2": ("other", "lymphoblast"),
     "multiclass": ("lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil",
                    "basophil", "thrombocyte"),
@@ -46,7 +63,7 @@ CLASS_NAMES = {
     "all_idb1": ("no_blasts", "blasts"),
     "cnmc": ("hem", "all"),
 }
-DEFAULTS = {
+DEFAULTS = {  # size options of each kind; other values get their own folder
     "all_idb2": {"n_blast": 130, "n_other": 130, "size": 257},
     "multiclass": {"counts": {"lymphoblast": 60, "neutrophil": 50, "lymphocyte": 45,
                               "monocyte": 25, "eosinophil": 15, "basophil": 4,
@@ -56,425 +73,1009 @@ DEFAULTS = {
     "cnmc": {"folds": 3, "all_patients": 4, "hem_patients": 3, "cells": 10, "size": 128},
 }
 COMPLETE = ".complete"
+KAGGLE_SIZE = (240, 320)  # (height, width) of the real Kaggle images
 
-# Reference colours (RGB, 0-255) of the stained components.
-PLASMA = np.array([236, 222, 226], np.float32)
-RBC = np.array([222, 148, 160], np.float32)
-NUCLEUS = np.array([92, 52, 140], np.float32)
-BLUE_CYTOPLASM = np.array([150, 170, 215], np.float32)
-PINK_CYTOPLASM = np.array([226, 196, 212], np.float32)
-GREY_CYTOPLASM = np.array([178, 180, 206], np.float32)
-EOSIN_GRANULE = np.array([222, 104, 70], np.float32)
-BASO_GRANULE = np.array([60, 25, 90], np.float32)
-PLATELET = np.array([140, 90, 170], np.float32)
+# "Other" cells of the ALL-IDB2-like set, cycled by image number: mostly lymphocytes (the cell
+# a blast is confused with), then the other normal leukocytes roughly by blood frequency.
+ALL_IDB2_OTHER_CYCLE = ("lymphocyte", "neutrophil", "lymphocyte", "monocyte", "lymphocyte",
+                        "eosinophil", "neutrophil", "lymphocyte", "basophil", "lymphocyte",
+                        "neutrophil", "monocyte", "lymphocyte", "eosinophil", "lymphocyte",
+                        "neutrophil", "lymphocyte", "monocyte", "neutrophil", "lymphocyte")
+
+# ----------------------------------------------------------------------------- stains
+# Transmitted colour (RGB on white light) of one unit of each stained component. Optical
+# density is -ln(colour / 255), so densities add and colours multiply, as real dyes do.
+_STAIN_RGB = {
+    "rbc": (232, 158, 162),
+    "chromatin": (72, 32, 118),
+    "cyto_blue": (148, 176, 228),
+    "cyto_pink": (238, 212, 224),
+    "cyto_grey": (188, 190, 218),
+    "granule_fine": (206, 158, 200),
+    "granule_eos": (236, 118, 72),
+    "granule_baso": (52, 22, 82),
+    "nucleolus": (170, 182, 226),
+    "platelet": (200, 176, 228),
+    "platelet_granule": (118, 62, 158),
+}
+_BASE_OD = {key: -np.log(np.array(rgb, np.float32) / 255.0) for key, rgb in _STAIN_RGB.items()}
+# Plasma / illumination tints seen in the real sets: PBC peach, Kaggle lavender, ALL-IDB grey,
+# and a pink one; each image mixes them.
+_PLASMA_RGB = np.array([(250, 234, 222), (224, 218, 234), (214, 208, 202), (246, 228, 234)],
+                       np.float32)
+
+# Cell diameter in µm: (mean, sd, low, high). Blast and lymphocyte overlap on purpose.
+_DIAMETER_UM = {
+    "lymphoblast": (13.2, 1.7, 9.5, 18.0),
+    "lymphocyte": (9.6, 1.3, 7.0, 13.5),
+    "neutrophil": (12.5, 1.0, 10.0, 15.0),
+    "eosinophil": (13.5, 1.1, 11.0, 16.5),
+    "basophil": (11.5, 1.0, 9.5, 14.0),
+    "monocyte": (16.0, 1.6, 12.5, 20.0),
+}
+RBC_DIAMETER_UM = 7.6
 
 
-# ----------------------------------------------------------------------------- drawing
-def _soft(distance_inside: np.ndarray, edge: float = 1.2) -> np.ndarray:
-    """Alpha from a signed distance (positive inside): a one-pixel anti-aliased edge."""
-    return np.clip(distance_inside / edge + 0.5, 0.0, 1.0)
+@dataclass(frozen=True)
+class _Stain:
+    """One image's stain and optics."""
+
+    od: dict[str, np.ndarray]  # optical density of one unit of each component
+    light: np.ndarray  # plasma / illumination colour (RGB)
+    gain: float  # exposure
+    tilt: tuple[float, float]  # illumination gradient (rows, columns) across the image
+    vignette: float  # darkening towards the corners
+    blur: float  # box-blur radius in pixels (focus)
+    noise: float  # sensor noise sd in grey levels, before the blur
 
 
-def _blob(yy, xx, cy, cx, radius, rng, wobble=0.08, aspect=1.0, angle=0.0):
-    """Alpha of an irregular ellipse: radius modulated by low Fourier terms of the angle.
+def _draw_stain(rng: np.random.Generator, offset: np.ndarray | None = None) -> _Stain:
+    """Per-image stain: strength, hue tilt (per-channel density scale), light, optics.
 
-    Only the blob's bounding box is computed (the rest of the window stays 0): lobes, granule
-    clumps and vacuoles are small, and this keeps rendering fast.
+    ``offset`` (3 log-scale factors on the red/green/blue densities) shifts every component
+    alike: a patient's or a lab's staining batch.
     """
-    terms = [(wobble / k * rng.uniform(-1, 1), k, rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)]
-    out = np.zeros(yy.shape, np.float32)
-    reach = radius * max(aspect, 1.0) * (1 + wobble) + 2
-    rows = np.flatnonzero(np.abs(yy[:, 0] - cy) <= reach)
-    cols = np.flatnonzero(np.abs(xx[0, :] - cx) <= reach)
-    if len(rows) == 0 or len(cols) == 0:
-        return out
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    dy, dx = yy[box] - cy, xx[box] - cx
+    strength = rng.uniform(0.8, 1.2)
+    tilt = rng.normal(0.0, 0.07, 3)
+    if offset is not None:
+        tilt = tilt + np.asarray(offset, np.float64)
+    od = {key: (base * strength * np.exp(tilt + rng.normal(0.0, 0.04, 3))).astype(np.float32)
+          for key, base in _BASE_OD.items()}
+    weights = rng.dirichlet(np.full(len(_PLASMA_RGB), 0.7))
+    light = (weights @ _PLASMA_RGB + rng.normal(0.0, 3.0, 3)).astype(np.float32)
+    return _Stain(od=od, light=light, gain=rng.uniform(0.94, 1.04),
+                  tilt=(rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1)),
+                  vignette=rng.uniform(0.0, 0.15), blur=rng.uniform(0.35, 1.3),
+                  noise=rng.uniform(2.0, 8.0))
+
+
+# ----------------------------------------------------------------------------- noise bank
+_BANK_SIZE = 512
+_BANK_SEED = 20110917  # constant: the bank is part of the renderer, not of the data seed
+_BANK_STEPS = 11  # scales 2 ** (k / 2) pixels, k = 0..10: 1 to 32 pixels
+
+
+@lru_cache(maxsize=None)
+def _bank(scale: float) -> np.ndarray:
+    """A 512×512 smooth random field of unit sd varying over ``scale`` pixels (built once)."""
+    rng = np.random.default_rng([_BANK_SEED, int(scale * 10)])
+    if scale <= 1.0:
+        field_ = rng.standard_normal((_BANK_SIZE, _BANK_SIZE), dtype=np.float32)
+    else:
+        n = int(np.ceil(_BANK_SIZE / scale)) + 2
+        coarse = rng.standard_normal((n, n), dtype=np.float32)
+        side = int(round(n * scale))
+        fine = np.asarray(Image.fromarray(coarse).resize((side, side), Image.BICUBIC))
+        field_ = np.ascontiguousarray(fine[:_BANK_SIZE, :_BANK_SIZE])
+    field_ = (field_ - field_.mean()) / field_.std()
+    field_.setflags(write=False)
+    return field_
+
+
+@lru_cache(maxsize=None)
+def _pixel_noise_bank() -> np.ndarray:
+    """White Gaussian noise (3×512×512) for the sensor noise of images that fit in it."""
+    bank = np.random.default_rng([_BANK_SEED, 1]).standard_normal(
+        (3, _BANK_SIZE, _BANK_SIZE), dtype=np.float32)
+    bank.setflags(write=False)
+    return bank
+
+
+def _window(bank: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random window of ``bank``'s last two axes (random offset and mirroring): a
+    fresh-looking field."""
+    h, w = shape
+    top, left, flip_rows, flip_cols = (int(k) for k in rng.integers(
+        0, (bank.shape[-2] - h + 1, bank.shape[-1] - w + 1, 2, 2)))
+    out = bank[..., top:top + h, left:left + w]
+    return out[..., ::1 - 2 * flip_rows, ::1 - 2 * flip_cols]
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Smooth noise of unit sd varying over about ``scale`` pixels (read-only view or array)."""
+    step = min(_BANK_STEPS - 1, max(0, round(2.0 * math.log2(max(scale, 1.0)))))
+    nearest = 2.0 ** (step / 2)
+    if shape[0] <= _BANK_SIZE and shape[1] <= _BANK_SIZE:
+        return _window(_bank(nearest), shape, rng)
+    # Larger than the bank (only whole smears): repeat one window; never used for cell textures.
+    tile = _window(_bank(nearest), (min(_BANK_SIZE, shape[0]), min(_BANK_SIZE, shape[1])), rng)
+    reps = (-(-shape[0] // tile.shape[0]), -(-shape[1] // tile.shape[1]))
+    return np.tile(tile, reps)[:shape[0], :shape[1]]
+
+
+# ----------------------------------------------------------------------------- geometry
+def _soft(signed_distance: np.ndarray) -> np.ndarray:
+    """Coverage from a signed distance in pixels (positive inside): a 1-pixel soft edge."""
+    return np.clip(signed_distance + 0.5, 0.0, 1.0)
+
+
+@lru_cache(maxsize=64)
+def _offsets(half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column offsets (-half..half) of a square patch, as float32 grids."""
+    axis = np.arange(-half, half + 1, dtype=np.float32)
+    rows, cols = np.meshgrid(axis, axis, indexing="ij")
+    rows.setflags(write=False)
+    cols.setflags(write=False)
+    return rows, cols
+
+
+def _rotated(half: int, angle: float, dy: float = 0.0, dx: float = 0.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Patch coordinates (u along the cell's axis, v across), centred at (dy, dx)."""
+    rows, cols = _offsets(half)
+    c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    y, x = rows - np.float32(dy), cols - np.float32(dx)
+    return x * c + y * s, y * c - x * s
+
+
+def _ellipse_sd(u: np.ndarray, v: np.ndarray, radius: float, aspect: float = 1.0
+                ) -> np.ndarray:
+    """Approximate signed distance (pixels, positive inside) of an ellipse with semi-axes
+    ``radius`` (along u) and ``radius * aspect`` (along v)."""
+    return radius - np.hypot(u, v / np.float32(aspect))
+
+
+def _segment_sd(u: np.ndarray, v: np.ndarray, p: np.ndarray, q: np.ndarray,
+                half_width: float) -> np.ndarray:
+    """Signed distance of a thick segment p→q (points as (u, v)): strands between lobes."""
+    d = q - p
+    t = np.clip(((u - p[0]) * d[0] + (v - p[1]) * d[1]) / max(float(d @ d), 1e-6), 0.0, 1.0)
+    return half_width - np.hypot(u - (p[0] + t * d[0]), v - (p[1] + t * d[1]))
+
+
+def _arc_sd(u: np.ndarray, v: np.ndarray, arc_radius: float, half_angle: float,
+            thickness: np.ndarray | float) -> np.ndarray:
+    """Signed distance of a thick circular arc opening towards -u (kidney or horseshoe).
+
+    The arc is centred at the origin, symmetric about the u axis and spans ±``half_angle``
+    around +u; its ends are rounded (Quilez's exact arc distance).
+    """
+    sin_a, cos_a = np.float32(np.sin(half_angle)), np.float32(np.cos(half_angle))
+    across = np.abs(v)
+    beyond_end = cos_a * across > sin_a * u
+    to_end = np.hypot(across - sin_a * arc_radius, u - cos_a * arc_radius)
+    to_ring = np.abs(np.hypot(u, v) - arc_radius)
+    return thickness - np.where(beyond_end, to_end, to_ring)
+
+
+def _stamp(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, sigma: float,
+           weights: np.ndarray) -> np.ndarray:
+    """Sum of small Gaussian dots (granules) at the given pixel positions, vectorised."""
+    reach = max(1, int(np.ceil(2.5 * sigma)))
+    axis = np.arange(-reach, reach + 1)
+    dy, dx = np.meshgrid(axis, axis, indexing="ij")
+    kernel = np.exp(-(dy ** 2 + dx ** 2) / (2.0 * sigma ** 2)).ravel()
+    iy = np.rint(rows).astype(np.int64)[:, None] + dy.ravel()[None, :]
+    ix = np.rint(cols).astype(np.int64)[:, None] + dx.ravel()[None, :]
+    inside = (iy >= 0) & (iy < shape[0]) & (ix >= 0) & (ix < shape[1])
+    values = (weights[:, None] * kernel[None, :])[inside]
+    flat = np.bincount((iy * shape[1] + ix)[inside], values, minlength=shape[0] * shape[1])
+    return flat.reshape(shape).astype(np.float32)
+
+
+def _scatter_in(rng: np.random.Generator, allowed: np.ndarray, n: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random positions (rows, cols; sub-pixel) where ``allowed`` is True."""
+    candidates = np.flatnonzero(allowed.ravel())
+    if n <= 0 or len(candidates) == 0:
+        return np.zeros(0), np.zeros(0)
+    picks = candidates[rng.integers(0, len(candidates), n)]
+    rows, cols = np.divmod(picks, allowed.shape[1])
+    jitter = rng.uniform(-0.5, 0.5, (2, n))
+    return rows + jitter[0], cols + jitter[1]
+
+
+# ----------------------------------------------------------------------------- red cells
+def _rbc_sprite(radius: float, rng: np.random.Generator) -> np.ndarray:
+    """Thickness map of one red cell: a biconcave disc, thick rim, pale centre.
+
+    The slight ellipse is axis-aligned; :func:`_red_cells` turns sprites by 90° steps.
+    """
+    half = int(np.ceil(radius * 1.12)) + 2
+    rows, cols = _offsets(half)
+    rho = np.hypot(cols, rows / np.float32(rng.uniform(0.88, 1.0)))
+    wobble = _noise(rng, rows.shape, max(2.0, radius * 0.5)) * np.float32(radius * 0.025)
+    alpha = _soft(radius + wobble - rho)
+    x = rho * np.float32(1.0 / radius)
+    pallor = rng.uniform(0.45, 0.8) * np.exp(-(x / rng.uniform(0.35, 0.5)) ** 4)
+    rim = 0.12 * np.exp(-((x - 0.8) / 0.15) ** 2)
+    return (alpha * (1.0 - pallor + rim)).astype(np.float32)
+
+
+def _scatter_discs(rng: np.random.Generator, n: int, h: int, w: int, radius: float
+                   ) -> np.ndarray:
+    """Centres (row, col) of ``n`` discs by dart throwing: mostly apart, some overlapping."""
+    tries = 4 * n + 8
+    cand = np.stack([rng.uniform(-radius * 0.8, h + radius * 0.8, tries),
+                     rng.uniform(-radius * 0.8, w + radius * 0.8, tries)], axis=1)
+    # A per-candidate minimum gap below 2 r lets some discs overlap, as in a real smear.
+    gap2 = (radius * rng.uniform(1.35, 2.05, tries)) ** 2
+    dist2 = ((cand[:, None, :] - cand[None, :, :]) ** 2).sum(axis=2)
+    free = np.ones(tries, bool)
+    kept = []
+    for i in range(tries):
+        if len(kept) == n:
+            break
+        if free[i]:
+            kept.append(i)
+            free &= dist2[i] >= gap2  # later candidates too close to this one are out
+    return cand[kept]
+
+
+def _red_cells(h: int, w: int, ppu: float, rng: np.random.Generator) -> np.ndarray:
+    """Red-cell thickness map of a field: a few sprite variants stamped at dart positions."""
+    radius = RBC_DIAMETER_UM / 2 * ppu * rng.uniform(0.92, 1.08)
+    sprites = [_rbc_sprite(radius * rng.uniform(0.92, 1.08), rng) for _ in range(3)]
+    coverage = rng.uniform(0.3, 0.6)
+    n = int(coverage * h * w / (np.pi * radius ** 2))
+    centres = _scatter_discs(rng, n, h, w, radius)
+    choice = rng.integers(0, len(sprites), len(centres))
+    pose = rng.integers(0, 8, len(centres))
+    thickness = np.zeros((h, w), np.float32)
+    for (cy, cx), k, p in zip(centres, choice, pose):
+        sprite = sprites[k][::1 - 2 * (p & 1), ::1 - (p & 2)]  # mirror rows / columns
+        if p & 4:
+            sprite = sprite.T
+        _add_clipped(thickness, sprite, int(round(cy)), int(round(cx)))
+    return thickness
+
+
+def _boxes(shape: tuple[int, int], patch_shape: tuple[int, int], cy: int, cx: int
+           ) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Slices of the image and of a patch centred at (cy, cx), clipped to the image."""
+    ph, pw = patch_shape
+    top, left = cy - ph // 2, cx - pw // 2
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + ph, shape[0]), min(left + pw, shape[1])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return ((slice(y0, y1), slice(x0, x1)),
+            (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)))
+
+
+def _add_clipped(target: np.ndarray, patch: np.ndarray, cy: int, cx: int) -> None:
+    boxes = _boxes(target.shape[:2], patch.shape[:2], cy, cx)
+    if boxes is not None:
+        target[boxes[0]] += patch[boxes[1]]
+
+
+# ----------------------------------------------------------------------------- white cells
+@dataclass
+class _Patch:
+    """A rendered cell in its own square window, ready to be placed on a field."""
+
+    cover: np.ndarray  # 0..1, hides the red cells beneath
+    layers: list[tuple[np.ndarray, str]]  # (density, stain component)
+    labels: np.ndarray  # uint8 mask: nucleus 255, cytoplasm 128, else 0
+    nucleus_centre: tuple[float, float] = (0.0, 0.0)  # (row, col) from the window centre
+    radius: float = 0.0  # outer radius of the cell in pixels
+
+
+@dataclass
+class _Cell:
+    """Coordinates and outline shared by the class recipes."""
+
+    u: np.ndarray  # along the cell's long axis, pixels from the centre
+    v: np.ndarray  # across
+    radius: float  # cell radius in pixels
+    ppu: float  # pixels per µm
+    rng: np.random.Generator
+    cell_sd: np.ndarray | None = None  # signed distance to the cell outline (pixels)
+
+    def noise(self, scale_um: float) -> np.ndarray:
+        return _noise(self.rng, self.u.shape, scale_um * self.ppu)
+
+
+def _wobble(cell: _Cell, size: float, scale: float = 0.35, amount: float = 0.03
+            ) -> np.ndarray:
+    """Low-frequency outline irregularity, in pixels, for a shape of size ``size`` px."""
+    return _noise(cell.rng, cell.u.shape, max(2.0, size * scale)) * np.float32(size * amount)
+
+
+def _round_nucleus(cell: _Cell, fill: tuple[float, float], eccentric: tuple[float, float]
+                   ) -> tuple[np.ndarray, tuple[float, float]]:
+    """A round/oval nucleus taking ``fill`` of the cell radius, shifted off-centre."""
+    rng = cell.rng
+    radius = cell.radius * rng.uniform(*fill)
+    room = cell.radius - radius
+    shift = room * rng.uniform(*eccentric)
+    direction = rng.uniform(0, 2 * np.pi)
+    du, dv = shift * np.cos(direction), shift * np.sin(direction)
+    sd = _ellipse_sd(cell.u - np.float32(du), cell.v - np.float32(dv), radius,
+                     rng.uniform(0.86, 1.0)) + _wobble(cell, radius)
+    return sd, (du, dv)
+
+
+def _lobed_nucleus(cell: _Cell, n_lobes: int, lobe: tuple[float, float],
+                   ring: tuple[float, float], span: tuple[float, float], strand: float
+                   ) -> tuple[np.ndarray, tuple[float, float]]:
+    """Lobes along a curved path, joined by thin chromatin strands (segmented nucleus)."""
+    rng, r = cell.rng, cell.radius
+    ring_r = r * rng.uniform(*ring)
+    total = rng.uniform(*span)
+    start = rng.uniform(0, 2 * np.pi)
+    angles = start + np.linspace(0, total, n_lobes) + rng.normal(0, 0.12, n_lobes)
+    centres = np.stack([ring_r * np.cos(angles), ring_r * np.sin(angles)], 1)
+    centres += rng.normal(0, 0.04 * r, centres.shape)
+    centres -= centres.mean(axis=0) * 0.6  # keep the nucleus near the middle of the cell
+    sd = None
+    for (cu, cv), size in zip(centres, r * rng.uniform(*lobe, n_lobes)):
+        lobe_sd = _ellipse_sd(cell.u - np.float32(cu), cell.v - np.float32(cv), size,
+                              rng.uniform(0.75, 1.0))
+        sd = lobe_sd if sd is None else np.maximum(sd, lobe_sd)
+    half_width = max(0.8, r * strand * rng.uniform(0.8, 1.2))
+    for p, q in zip(centres[:-1], centres[1:]):
+        sd = np.maximum(sd, _segment_sd(cell.u, cell.v, p, q, half_width))
+    sd += _wobble(cell, r, scale=0.15, amount=0.02)
+    return sd, (float(centres[:, 0].mean()), float(centres[:, 1].mean()))
+
+
+def _cytoplasm_granules(cell: _Cell, region: np.ndarray, spacing_um: float, size_um: float,
+                        strength: tuple[float, float]) -> np.ndarray:
+    """Granules packed at about ``spacing_um`` inside ``region`` (bool), as a density map."""
+    rng = cell.rng
+    n = int(region.sum() / (spacing_um * cell.ppu) ** 2)
+    rows, cols = _scatter_in(rng, region, n)
+    weights = rng.uniform(*strength, len(rows))
+    return _stamp(region.shape, rows, cols, max(0.6, size_um * cell.ppu), weights)
+
+
+def _nucleoli(cell: _Cell, centre: tuple[float, float], within: float, count: int
+              ) -> np.ndarray:
+    """Coverage (0..1) of ``count`` nucleoli inside a nucleus of radius ``within`` pixels."""
+    rng = cell.rng
+    cover = np.zeros(cell.u.shape, np.float32)
+    for _ in range(count):
+        dist, angle = within * np.sqrt(rng.uniform(0.02, 0.3)), rng.uniform(0, 2 * np.pi)
+        cu, cv = centre[0] + dist * np.cos(angle), centre[1] + dist * np.sin(angle)
+        size = rng.uniform(0.5, 1.1) * cell.ppu
+        cover = np.maximum(cover, _soft(_ellipse_sd(cell.u - np.float32(cu),
+                                                    cell.v - np.float32(cv), max(size, 1.0),
+                                                    rng.uniform(0.7, 1.0))))
+    return cover
+
+
+def _recipe_lymphoblast(cell: _Cell):
+    """Large round nucleus, fine pale chromatin, 1-3 nucleoli, thin blue rim."""
+    rng = cell.rng
+    nuc_sd, centre = _round_nucleus(cell, fill=(0.8, 0.92), eccentric=(0.0, 0.6))
+    nuc = _soft(np.minimum(nuc_sd, cell.cell_sd - 1.0))
+    chromatin = rng.uniform(0.5, 0.72) * (1.0 + 0.11 * cell.noise(0.3) + 0.07 * cell.noise(1.5))
+    nucleoli = _nucleoli(cell, centre, cell.radius * 0.8, int(rng.integers(1, 4)))
+    nucleoli *= nuc * np.float32(rng.uniform(0.7, 1.0))
+    chromatin = chromatin * (1.0 - 0.65 * nucleoli)
+    rim = np.clip(1.0 - cell.cell_sd / (0.25 * cell.radius), 0.0, 1.0)  # darker at the edge
+    cyto = rng.uniform(0.5, 0.85) * (0.7 + 0.5 * rim) * (1.0 + 0.06 * cell.noise(1.0))
+    return nuc_sd, centre, [(cyto * (1.0 - 0.8 * nuc), "cyto_blue"),
+                            (chromatin * nuc, "chromatin"), (nucleoli, "nucleolus")]
+
+
+def _recipe_lymphocyte(cell: _Cell):
+    """Small cell, dense dark round nucleus with coarse clumps, scant blue rim."""
+    rng = cell.rng
+    nuc_sd, centre = _round_nucleus(cell, fill=(0.74, 0.88), eccentric=(0.2, 0.9))
+    nuc = _soft(np.minimum(nuc_sd, cell.cell_sd - 1.0))
+    clumps = 1.0 / (1.0 + np.exp(-2.5 * cell.noise(0.7)))
+    border = np.exp(-np.clip(nuc_sd, 0, None) / np.float32(0.8 * cell.ppu))
+    chromatin = rng.uniform(0.85, 1.05) * (0.72 + 0.38 * clumps + 0.12 * border
+                                           + 0.05 * cell.noise(0.25))
+    rim = np.clip(1.0 - cell.cell_sd / (0.3 * cell.radius), 0.0, 1.0)
+    cyto = rng.uniform(0.95, 1.25) * (0.75 + 0.4 * rim)
+    return nuc_sd, centre, [(cyto * (1.0 - 0.8 * nuc), "cyto_blue"),
+                            (chromatin * nuc, "chromatin")]
+
+
+def _recipe_neutrophil(cell: _Cell):
+    """3-5 lobes joined by thin strands, pale pink finely granular cytoplasm."""
+    rng = cell.rng
+    nuc_sd, centre = _lobed_nucleus(cell, int(rng.integers(3, 6)), lobe=(0.19, 0.25),
+                                    ring=(0.27, 0.38), span=(2.2, 4.0), strand=0.035)
+    nuc = _soft(np.minimum(nuc_sd, cell.cell_sd - 1.0))
+    chromatin = rng.uniform(0.9, 1.1) * (0.8 + 0.35 / (1.0 + np.exp(-2.0 * cell.noise(0.6))))
+    cyto = rng.uniform(0.8, 1.2) * (1.0 + 0.15 * cell.noise(0.2))
+    fine = np.clip(cell.noise(0.15), 0.0, None) * np.float32(rng.uniform(0.25, 0.45))
+    return nuc_sd, centre, [(cyto * (1.0 - 0.6 * nuc), "cyto_pink"),
+                            (fine * (1.0 - nuc), "granule_fine"),
+                            (chromatin * nuc, "chromatin")]
+
+
+def _recipe_eosinophil(cell: _Cell):
+    """Two lobes; coarse orange-red granules filling the cytoplasm."""
+    rng = cell.rng
+    nuc_sd, centre = _lobed_nucleus(cell, 2, lobe=(0.24, 0.3), ring=(0.3, 0.38),
+                                    span=(1.6, 2.6), strand=0.04)
+    nuc = _soft(np.minimum(nuc_sd, cell.cell_sd - 1.0))
+    chromatin = rng.uniform(0.8, 1.0) * (0.85 + 0.25 / (1.0 + np.exp(-2.0 * cell.noise(0.6))))
+    region = (cell.cell_sd > 0.35 * cell.ppu) & (nuc_sd < 0.5 * cell.ppu)
+    granules = _cytoplasm_granules(cell, region, spacing_um=0.62, size_um=0.28,
+                                   strength=(0.35, 0.7))
+    cyto = rng.uniform(0.6, 0.9)
+    return nuc_sd, centre, [(np.full_like(nuc, cyto) * (1.0 - 0.6 * nuc), "cyto_pink"),
+                            (granules * _soft(cell.cell_sd), "granule_eos"),
+                            (chromatin * nuc, "chromatin")]
+
+
+def _recipe_basophil(cell: _Cell):
+    """Pale lobed nucleus hidden under coarse dark purple granules."""
+    rng = cell.rng
+    nuc_sd, centre = _lobed_nucleus(cell, int(rng.integers(2, 4)), lobe=(0.24, 0.3),
+                                    ring=(0.18, 0.28), span=(1.5, 3.0), strand=0.08)
+    nuc = _soft(np.minimum(nuc_sd, cell.cell_sd - 1.0))
+    chromatin = rng.uniform(0.55, 0.75) * (1.0 + 0.1 * cell.noise(0.6))
+    region = cell.cell_sd > 0.3 * cell.ppu
+    granules = _cytoplasm_granules(cell, region, spacing_um=rng.uniform(1.2, 1.8),
+                                   size_um=0.42, strength=(0.5, 1.1))
+    cyto = rng.uniform(0.6, 0.9) * (1.0 + 0.1 * cell.noise(0.5))
+    return nuc_sd, centre, [(cyto * (1.0 - 0.6 * nuc), "cyto_pink"),
+                            (granules * _soft(cell.cell_sd), "granule_baso"),
+                            (chromatin * nuc, "chromatin")]
+
+
+def _recipe_monocyte(cell: _Cell):
+    """Folded kidney/horseshoe nucleus, lacy chromatin, grey-blue cytoplasm with vacuoles."""
+    rng, r = cell.rng, cell.radius
+    if rng.uniform() < 0.5:  # kidney: fat, short arc
+        arc_r, half_angle, thick = r * rng.uniform(0.26, 0.34), rng.uniform(0.9, 1.4), 0.42
+    else:  # horseshoe: thinner, longer arc
+        arc_r, half_angle, thick = r * rng.uniform(0.4, 0.48), rng.uniform(1.6, 2.3), 0.27
+    shift = r * rng.uniform(-0.08, 0.12)  # the indentation faces a random side (cell angle)
+    u, v = cell.u - np.float32(shift), cell.v
+    along = np.arctan2(v, u)
+    thickness = r * thick * rng.uniform(0.9, 1.1) * (1.0 - 0.25 * np.abs(along) / np.pi)
+    nuc_sd = _arc_sd(u, v, arc_r, half_angle, thickness) + _wobble(cell, r, 0.2, 0.025)
+    nuc = _soft(np.minimum(nuc_sd, cell.cell_sd - 1.0))
+    folds = np.exp(-(cell.noise(1.0) / 0.22) ** 2)  # ridges where the field crosses zero
+    chromatin = rng.uniform(0.6, 0.8) * (0.9 + 0.15 * cell.noise(0.35) + 0.35 * folds)
+    cyto = rng.uniform(0.8, 1.1) * (1.0 + 0.08 * cell.noise(0.8))
+    vacuoles = np.zeros_like(nuc)
+    space = (cell.cell_sd > 1.2 * cell.ppu) & (nuc_sd < -1.2 * cell.ppu)
+    rows, cols = _scatter_in(rng, space, int(rng.integers(0, 9)))
+    half = cell.u.shape[0] // 2
+    rows_grid, cols_grid = _offsets(half)
+    for row, col in zip(rows - half, cols - half):
+        size = rng.uniform(0.3, 0.8) * cell.ppu
+        vacuoles = np.maximum(vacuoles, _soft(size - np.hypot(rows_grid - np.float32(row),
+                                                              cols_grid - np.float32(col))))
+    dust = np.clip(cell.noise(0.15), 0.0, None) * np.float32(rng.uniform(0.05, 0.15))
+    return nuc_sd, (shift + arc_r * 0.5, 0.0), [
+        (cyto * (1.0 - 0.85 * vacuoles) * (1.0 - 0.7 * nuc), "cyto_grey"),
+        (dust * (1.0 - nuc), "granule_fine"), (chromatin * nuc, "chromatin")]
+
+
+_RECIPES = {"lymphoblast": _recipe_lymphoblast, "lymphocyte": _recipe_lymphocyte,
+            "neutrophil": _recipe_neutrophil, "eosinophil": _recipe_eosinophil,
+            "basophil": _recipe_basophil, "monocyte": _recipe_monocyte}
+
+
+def _draw_diameter(class_name: str, rng: np.random.Generator) -> float:
+    mean, sd, low, high = _DIAMETER_UM[class_name]
+    return float(np.clip(rng.normal(mean, sd), low, high))
+
+
+def _leukocyte(class_name: str, ppu: float, rng: np.random.Generator,
+               diameter_um: float | None = None) -> _Patch:
+    """Render one white cell of ``class_name`` in its own window."""
+    diameter = _draw_diameter(class_name, rng) if diameter_um is None else diameter_um
+    radius = diameter / 2 * ppu
+    half = int(np.ceil(radius * 1.08)) + 3
+    angle = rng.uniform(0, 2 * np.pi)
+    u, v = _rotated(half, angle)
+    cell = _Cell(u=u, v=v, radius=radius, ppu=ppu, rng=rng)
+    cell.cell_sd = _ellipse_sd(u, v, radius, rng.uniform(0.9, 1.0)) + _wobble(cell, radius)
+    nuc_sd, centre, layers = _RECIPES[class_name](cell)
+    cover = _soft(cell.cell_sd)
+    layers = [(np.asarray(density * cover, np.float32), key) for density, key in layers]
+    labels = np.zeros(cover.shape, np.uint8)
+    labels[cell.cell_sd > 0] = 128
+    labels[(nuc_sd > 0) & (cell.cell_sd > 1.0)] = 255
+    # Nucleus centre back in window rows/cols: undo the rotation of (u, v).
     c, s = np.cos(angle), np.sin(angle)
-    u, v = (dx * c + dy * s) / aspect, -dx * s + dy * c
-    r = np.hypot(u, v)
-    theta = np.arctan2(v, u)
-    edge = 1.0
-    for amplitude, k, phase in terms:
-        edge = edge + amplitude * np.cos(k * theta + phase)
-    out[box] = _soft(radius * edge - r)
+    du, dv = centre
+    return _Patch(cover=cover, layers=layers, labels=labels,
+                  nucleus_centre=(du * s + dv * c, du * c - dv * s), radius=radius)
+
+
+def _platelets(ppu: float, rng: np.random.Generator, n_fragments: tuple[int, int] = (3, 9),
+               spread_um: float = 1.3) -> _Patch:
+    """A clump of platelet fragments: pale hyalomere around a granular purple core."""
+    half = int(np.ceil((spread_um * 2.2 + 1.6) * ppu)) + 3
+    rows, cols = _offsets(half)
+    n = int(rng.integers(*n_fragments))
+    body = core = None
+    for _ in range(n):
+        cy, cx = rng.normal(0, spread_um * ppu, 2)
+        size = max(1.5, rng.uniform(0.7, 1.5) * ppu)
+        u, v = _rotated(half, rng.uniform(0, np.pi), cy, cx)
+        sd = _ellipse_sd(u, v, size, rng.uniform(0.6, 1.0))
+        sd = sd + _noise(rng, u.shape, max(2.0, size * 0.4)) * np.float32(size * 0.12)
+        inner = sd - np.float32(0.45 * size)
+        body = sd if body is None else np.maximum(body, sd)
+        core = inner if core is None else np.maximum(core, inner)
+    cover = _soft(body)
+    grains = np.clip(0.6 + 0.8 * _noise(rng, cover.shape, 0.25 * ppu), 0.0, None)
+    labels = np.zeros(cover.shape, np.uint8)
+    labels[body > 0] = 128
+    labels[core > 0] = 255
+    return _Patch(cover=cover, layers=[(cover * np.float32(rng.uniform(0.7, 1.1)), "platelet"),
+                                       (_soft(core) * grains, "platelet_granule")],
+                  labels=labels, radius=float(half))
+
+
+# ----------------------------------------------------------------------------- fields
+def _hide_red_cells(rbc: np.ndarray, patch: _Patch, cy: int, cx: int) -> None:
+    """A white cell or platelet lies on top: red cells under it are not seen."""
+    boxes = _boxes(rbc.shape, patch.cover.shape, cy, cx)
+    if boxes is not None:
+        rbc[boxes[0]] *= 1.0 - patch.cover[boxes[1]]
+
+
+def _add_dyes(od: np.ndarray, mask: np.ndarray | None, patch: _Patch, stain: _Stain,
+              cy: int, cx: int) -> None:
+    """Add a patch's dye densities centred at (cy, cx); its labels too if ``mask``."""
+    boxes = _boxes(od.shape[1:], patch.cover.shape, cy, cx)
+    if boxes is None:
+        return
+    image_box, patch_box = boxes
+    window = od[(slice(None), *image_box)]
+    for density, key in patch.layers:
+        window += stain.od[key][:, None, None] * density[patch_box]
+    if mask is not None:
+        np.maximum(mask[image_box], patch.labels[patch_box], out=mask[image_box])
+
+
+def _compose(rbc: np.ndarray | None, shape: tuple[int, int], stain: _Stain,
+             placed: list[tuple[_Patch, int, int]], mask: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Optical density of a field (channels first: 3×H×W, so that every array operation
+    runs along long contiguous rows): red cells hidden under the others, then the patches.
+
+    ``mask`` receives the labels of the first patch only (the centred cell).
+    """
+    if rbc is None:
+        od = np.zeros((3, *shape), np.float32)
+    else:
+        for patch, cy, cx in placed:
+            _hide_red_cells(rbc, patch, cy, cx)
+        od = stain.od["rbc"][:, None, None] * rbc
+    for k, (patch, cy, cx) in enumerate(placed):
+        _add_dyes(od, mask if k == 0 else None, patch, stain, cy, cx)
+    return od
+
+
+def _stray_platelets(ppu: float, rng: np.random.Generator, h: int, w: int,
+                     avoid: list[tuple[float, float, float]]) -> list[tuple[_Patch, int, int]]:
+    """A few single platelets scattered in the plasma, away from the white cells."""
+    out = []
+    for _ in range(int(rng.poisson(0.5 * h * w / (32 * ppu) ** 2))):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        if any(np.hypot(cy - y, cx - x) < r + 3 * ppu for y, x, r in avoid):
+            continue
+        out.append((_platelets(ppu, rng, (1, 3), 0.5), int(cy), int(cx)))
     return out
 
 
-def _segment(yy, xx, p, q, width):
-    """Alpha of a thick line segment from p to q (strands between nuclear lobes)."""
-    p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
-    d = q - p
-    t = np.clip(((yy - p[0]) * d[0] + (xx - p[1]) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
-    dist = np.hypot(yy - (p[0] + t * d[0]), xx - (p[1] + t * d[1]))
-    return _soft(width / 2 - dist)
+def _finish(od: np.ndarray, stain: _Stain, rng: np.random.Generator,
+            keep: np.ndarray | None = None) -> np.ndarray:
+    """Light through the dyes, illumination, sensor noise, optional black surround, blur.
 
-
-def _smooth_noise(shape, rng, scale: float, amplitude: float) -> np.ndarray:
-    """Band-limited noise: white noise blurred at ``scale`` pixels, unit variance × amplitude."""
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), scale)
-    return noise / (noise.std() + 1e-6) * amplitude
-
-
-def _granules(shape, region, rng, density, size):
-    """A map in [0, 1] of small round granules scattered inside ``region`` (alpha)."""
-    n = int(region.sum() * density)
-    if n == 0:
-        return np.zeros(shape, np.float32)
-    inside = np.flatnonzero(region.ravel() > 0.5)
-    picks = rng.choice(inside, size=min(n, len(inside)), replace=False)
-    impulses = np.zeros(shape[0] * shape[1], np.float32)
-    impulses[picks] = 1.0
-    blurred = ndimage.gaussian_filter(impulses.reshape(shape), size)
-    return np.clip(blurred / (blurred.max() + 1e-6) * 1.6, 0, 1) * region
-
-
-def _paint(canvas, alpha, colour):
-    canvas *= 1 - alpha[..., None]
-    canvas += alpha[..., None] * colour
-
-
-def _stain(rng, patient_offset: np.ndarray | None = None) -> dict:
-    """Per-image stain and optics: colour shifts, illumination, blur and noise levels."""
-    shift = rng.normal(0, 7, 3).astype(np.float32)
-    if patient_offset is not None:
-        shift += patient_offset
-    return {"shift": shift, "nucleus_dark": rng.uniform(0.85, 1.15),
-            "blur": rng.uniform(0.4, 1.3), "noise": rng.uniform(2.0, 6.0),
-            "light": rng.uniform(-0.08, 0.08, 2), "gain": rng.uniform(0.93, 1.05)}
-
-
-def _background(h, w, rng, n_rbc: int) -> np.ndarray:
-    """Plasma with red cells: pale-centred discs at random places, overlapping freely."""
-    canvas = np.broadcast_to(PLASMA, (h, w, 3)).astype(np.float32).copy()
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    radius_mean = rng.uniform(0.075, 0.095) * min(h, w) if min(h, w) < 300 else rng.uniform(14, 18)
-    for _ in range(n_rbc):
-        r = radius_mean * rng.uniform(0.85, 1.15)
-        cy, cx = rng.uniform(-r, h + r), rng.uniform(-r, w + r)
-        y0, y1 = int(max(cy - r - 2, 0)), int(min(cy + r + 3, h))
-        x0, x1 = int(max(cx - r - 2, 0)), int(min(cx + r + 3, w))
-        if y0 >= y1 or x0 >= x1:
-            continue
-        sub_y, sub_x = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
-        alpha = _blob(sub_y, sub_x, cy, cx, r, rng, wobble=0.05) * 0.9
-        dist = np.hypot(sub_y - cy, sub_x - cx) / r
-        pallor = np.clip(1 - dist / 0.55, 0, 1) ** 1.5 * 0.55  # pale centre of a biconcave disc
-        colour = RBC[None, None, :] * (1 - pallor[..., None]) + PLASMA * pallor[..., None]
-        window = canvas[y0:y1, x0:x1]
-        window *= 1 - alpha[..., None]
-        window += alpha[..., None] * colour
-    return canvas
-
-
-def _draw_leukocyte(canvas, mask, cls: str, cy: float, cx: float, scale: float, rng,
-                    stain: dict) -> None:
-    """Paint one white cell of class ``cls`` centred at (cy, cx); ``scale`` ~ cell radius unit.
-
-    Works in a window around the cell; writes the nucleus/cytoplasm labels into ``mask``.
+    Noise goes in before the blur: the camera's demosaicing and JPEG smooth it too, and it
+    saves a float pass (this function is most of the rendering time).
     """
-    h, w = canvas.shape[:2]
-    half = int(scale * 1.6) + 4
-    y0, y1, x0, x1 = max(int(cy) - half, 0), min(int(cy) + half, h), max(int(cx) - half, 0), min(int(cx) + half, w)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    shape = yy.shape
-    window, mwin = canvas[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-    angle = rng.uniform(0, 2 * np.pi)
-    dark = stain["nucleus_dark"]
-
-    if cls == "thrombocyte":
-        clump = np.zeros(shape, np.float32)
-        for _ in range(rng.integers(4, 9)):
-            r = scale * rng.uniform(0.12, 0.22)
-            oy, ox = rng.normal(0, scale * 0.3, 2)
-            clump = np.maximum(clump, _blob(yy, xx, cy + oy, cx + ox, r, rng, wobble=0.3))
-        granulomere = _granules(shape, clump, rng, 0.05, 0.8)
-        _paint(window, clump * 0.8, PLATELET + 40)
-        _paint(window, granulomere * 0.7, PLATELET * 0.7)
-        mwin[clump > 0.5] = 128
-        mwin[granulomere > 0.5] = 255
-        return
-
-    size = {"lymphoblast": rng.uniform(0.85, 1.15), "lymphocyte": rng.uniform(0.62, 0.85),
-            "neutrophil": rng.uniform(0.9, 1.08), "eosinophil": rng.uniform(0.92, 1.1),
-            "basophil": rng.uniform(0.8, 0.98), "monocyte": rng.uniform(1.05, 1.25)}[cls]
-    r_cell = scale * size
-    cell = _blob(yy, xx, cy, cx, r_cell, rng, wobble=0.06, aspect=rng.uniform(0.92, 1.08),
-                 angle=angle)
-    cyto_colour = {"lymphoblast": BLUE_CYTOPLASM, "lymphocyte": BLUE_CYTOPLASM * 0.92,
-                   "neutrophil": PINK_CYTOPLASM, "eosinophil": PINK_CYTOPLASM * 0.97,
-                   "basophil": PINK_CYTOPLASM * 0.92, "monocyte": GREY_CYTOPLASM}[cls]
-    _paint(window, cell, cyto_colour + _smooth_noise(shape, rng, 1.5, 3)[..., None])
-
-    if cls in ("lymphoblast", "lymphocyte"):
-        fill = 0.82 if cls == "lymphoblast" else 0.86
-        nucleus = _blob(yy, xx, cy + rng.normal(0, r_cell * 0.04), cx + rng.normal(0, r_cell * 0.04),
-                        r_cell * fill * rng.uniform(0.94, 1.04), rng, wobble=0.08,
-                        aspect=rng.uniform(0.9, 1.1), angle=angle)
-        if cls == "lymphoblast":  # fine, pale, even chromatin
-            tone = NUCLEUS * 1.18 / dark
-            texture = _smooth_noise(shape, rng, 0.7, 6)
-        else:  # dense, dark, clumped chromatin
-            tone = NUCLEUS * 0.72 / dark
-            texture = _smooth_noise(shape, rng, 2.0, 14)
-        _paint(window, nucleus, np.clip(tone, 0, 255) + texture[..., None])
-        if cls == "lymphoblast":
-            for _ in range(rng.integers(1, 4)):
-                oy, ox = rng.normal(0, r_cell * 0.28, 2)
-                nucleolus = _blob(yy, xx, cy + oy, cx + ox, r_cell * rng.uniform(0.08, 0.13),
-                                  rng, wobble=0.2) * nucleus * 0.75
-                _paint(window, nucleolus, np.array([150, 130, 190], np.float32))
-    elif cls in ("neutrophil", "eosinophil"):
-        n_lobes = rng.integers(3, 6) if cls == "neutrophil" else 2
-        arc = rng.uniform(1.8, 3.4) if n_lobes > 2 else rng.uniform(1.3, 2.0)
-        radius = r_cell * rng.uniform(0.42, 0.52)
-        centres = []
-        for i in range(n_lobes):
-            a = angle + arc * (i / (n_lobes - 1) - 0.5)
-            centres.append((cy + radius * np.sin(a), cx + radius * np.cos(a)))
-        nucleus = np.zeros(shape, np.float32)
-        lobe_r = r_cell * (0.24 if cls == "neutrophil" else 0.30)
-        for py, px in centres:
-            nucleus = np.maximum(nucleus, _blob(yy, xx, py, px, lobe_r * rng.uniform(0.85, 1.15),
-                                                rng, wobble=0.15))
-        for p, q in zip(centres, centres[1:]):
-            nucleus = np.maximum(nucleus, _segment(yy, xx, p, q, max(1.5, r_cell * 0.06)))
-        if cls == "neutrophil":
-            fine = _granules(shape, cell * (1 - nucleus), rng, 0.06, 0.6) * 0.35
-            _paint(window, fine, np.array([190, 140, 180], np.float32))
-        else:
-            coarse = _granules(shape, cell * (1 - nucleus), rng, 0.05, 1.1) * 0.9
-            _paint(window, coarse, EOSIN_GRANULE)
-        _paint(window, nucleus, NUCLEUS * 0.85 / dark + _smooth_noise(shape, rng, 1.5, 8)[..., None])
-    elif cls == "basophil":
-        nucleus = _blob(yy, xx, cy, cx, r_cell * 0.55, rng, wobble=0.35, angle=angle)
-        _paint(window, nucleus, NUCLEUS * 0.95 / dark)
-        granules = _granules(shape, cell, rng, 0.07, 1.0) * 0.95
-        _paint(window, granules, BASO_GRANULE)
-    elif cls == "monocyte":
-        off = r_cell * rng.uniform(0.35, 0.55)
-        body = _blob(yy, xx, cy, cx, r_cell * 0.66, rng, wobble=0.12, angle=angle)
-        notch = _blob(yy, xx, cy + off * np.sin(angle), cx + off * np.cos(angle),
-                      r_cell * rng.uniform(0.36, 0.48), rng, wobble=0.1)
-        nucleus = np.clip(body - notch, 0, 1)  # kidney / horseshoe
-        vacuoles = np.zeros(shape, np.float32)
-        for _ in range(rng.integers(3, 9)):
-            a, d = rng.uniform(0, 2 * np.pi), r_cell * rng.uniform(0.55, 0.85)
-            vacuoles = np.maximum(vacuoles, _blob(yy, xx, cy + d * np.sin(a), cx + d * np.cos(a),
-                                                  r_cell * rng.uniform(0.05, 0.1), rng, 0.1))
-        _paint(window, vacuoles * cell * (1 - nucleus) * 0.7, np.array([232, 232, 240], np.float32))
-        _paint(window, nucleus, NUCLEUS * 1.05 / dark + _smooth_noise(shape, rng, 2.5, 9)[..., None])
-    mwin[cell > 0.5] = 128
-    mwin[(nucleus > 0.5) & (cell > 0.3)] = 255
+    h, w = od.shape[1:]
+    rows = np.linspace(-0.5, 0.5, h, dtype=np.float32)[:, None]
+    cols = np.linspace(-0.5, 0.5, w, dtype=np.float32)[None, :]
+    light = stain.gain * (1.0 + stain.tilt[0] * rows + stain.tilt[1] * cols
+                          - stain.vignette * (rows ** 2 + cols ** 2))
+    od -= np.log(light)  # illumination as a (negative) density: one pass less
+    np.negative(od, out=od)
+    np.exp(od, out=od)
+    od *= stain.light[:, None, None]
+    if h <= _BANK_SIZE and w <= _BANK_SIZE:
+        noise = _window(_pixel_noise_bank(), (h, w), rng)
+    else:
+        noise = rng.standard_normal((3, h, w), dtype=np.float32)
+    od += noise * np.float32(stain.noise)
+    if keep is not None:
+        od *= keep  # the surround of a segmented cell is exactly black
+    np.clip(od, 0, 255, out=od)
+    planes = [Image.fromarray(plane) for plane in od.astype(np.uint8)]
+    image = Image.merge("RGB", planes).filter(ImageFilter.BoxBlur(stain.blur))
+    return np.asarray(image)
 
 
-def _finish(canvas: np.ndarray, stain: dict, rng, black_background: np.ndarray | None = None) -> np.ndarray:
-    """Stain shift, uneven illumination, blur and sensor noise; then 8-bit RGB."""
-    h, w = canvas.shape[:2]
-    canvas = canvas + stain["shift"]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    light = 1 + stain["light"][0] * (yy / h - 0.5) * 2 + stain["light"][1] * (xx / w - 0.5) * 2
-    canvas *= (light * stain["gain"])[..., None]
-    if black_background is not None:
-        canvas *= black_background[..., None]
-    canvas = ndimage.gaussian_filter(canvas, (stain["blur"], stain["blur"], 0))
-    canvas += rng.normal(0, stain["noise"], canvas.shape).astype(np.float32)
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+def pixels_per_um(size: tuple[int, int], background: str = "smear") -> float:
+    """Nominal magnification of a single-cell image: a smear crop shows ~32 µm across its
+    short side (ALL-IDB2, Kaggle); a segmented cell on black nearly fills its frame (C-NMC)."""
+    return min(size) / (19.0 if background == "black" else 32.0)
 
 
 def render_cell(class_name: str, size: tuple[int, int], rng: np.random.Generator,
-                background: str = "smear", patient_offset: np.ndarray | None = None
+                background: str = "smear", stain_offset: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """One single-cell image (uint8 H×W×3) and its mask (uint8 H×W: 255/128/0).
+    """One single-cell image (``uint8`` H×W×3) and its mask (``uint8`` H×W: 255/128/0).
 
-    ``background="black"`` gives a segmented cell on black, as in C-NMC.
+    ``size`` is (height, width). ``background="smear"`` puts the cell among red cells on
+    plasma; ``"black"`` gives a segmented cell on black, as in C-NMC. ``stain_offset`` (3
+    log-scale factors on the red/green/blue optical densities) is a shared stain batch, e.g.
+    one patient's. The mask marks the centred cell only (the platelet clump for
+    ``thrombocyte``: granular cores 255, pale rims 128).
     """
     if class_name not in CELL_CLASSES:
         raise ValueError(f"unknown cell class {class_name!r}; known: {', '.join(CELL_CLASSES)}")
-    h, w = size
-    stain = _stain(rng, patient_offset)
-    if background == "black":
-        canvas = np.zeros((h, w, 3), np.float32) + PLASMA
+    if background not in ("smear", "black"):
+        raise ValueError(f"background must be 'smear' or 'black', got {background!r}")
+    h, w = int(size[0]), int(size[1])
+    stain = _draw_stain(rng, stain_offset)
+    ppu = pixels_per_um((h, w), background) * rng.uniform(0.93, 1.07)
+    if class_name == "thrombocyte":
+        patch = _platelets(ppu, rng, (4, 11), 1.5)
     else:
-        canvas = _background(h, w, rng, n_rbc=int(rng.integers(7, 14) * h * w / 257 ** 2) + 2)
+        patch = _leukocyte(class_name, ppu, rng)
+    cy = int(round(h / 2 + rng.normal(0, 0.02 * h)))
+    cx = int(round(w / 2 + rng.normal(0, 0.02 * w)))
     mask = np.zeros((h, w), np.uint8)
-    scale = min(h, w) * rng.uniform(0.25, 0.29)
-    cy, cx = h / 2 + rng.normal(0, h * 0.02), w / 2 + rng.normal(0, w * 0.02)
-    _draw_leukocyte(canvas, mask, class_name, cy, cx, scale, rng, stain)
-    keep = None
-    if background == "black":
-        keep = ndimage.gaussian_filter((mask > 0).astype(np.float32), 0.8)
-    return _finish(canvas, stain, rng, keep), mask
+    placed = [(patch, cy, cx)]
+    if background == "smear":
+        rbc = _red_cells(h, w, ppu, rng)
+        placed += _stray_platelets(ppu, rng, h, w, [(cy, cx, patch.radius)])
+        return _finish(_compose(rbc, (h, w), stain, placed, mask), stain, rng), mask
+    od = _compose(None, (h, w), stain, placed, mask)
+    keep = np.zeros((h, w), np.float32)
+    boxes = _boxes((h, w), patch.cover.shape, cy, cx)
+    if boxes is not None:
+        keep[boxes[0]] = patch.cover[boxes[1]]
+    return _finish(od, stain, rng, keep), mask
 
 
 def render_smear(size: tuple[int, int], rng: np.random.Generator, n_cells: int,
                  n_blasts: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """An ALL-IDB1-like field: many red cells, ``n_cells`` white cells of which ``n_blasts``
-    are lymphoblasts; returns the image and the blast centroids as (x, y)."""
-    h, w = size
-    stain = _stain(rng)
-    canvas = _background(h, w, rng, n_rbc=int(h * w / 2600))
-    mask = np.zeros((h, w), np.uint8)
-    scale = min(h, w) * 0.055
-    placed: list[tuple[float, float]] = []
+    """An ALL-IDB1-like field: red cells and ``n_cells`` white cells, ``n_blasts`` of them
+    lymphoblasts (the rest normal leukocytes); returns the image and the blast nucleus
+    centroids as integer (x, y), in placement order. Cells that find no free room (tiny
+    images) are left out."""
+    if not 0 <= n_blasts <= n_cells:
+        raise ValueError(f"need 0 <= n_blasts <= n_cells, got {n_blasts} and {n_cells}")
+    h, w = int(size[0]), int(size[1])
+    stain = _draw_stain(rng)
+    ppu = min(h, w) / 100.0 * rng.uniform(0.93, 1.07)
+    classes = ["lymphoblast"] * n_blasts + [
+        NORMAL_CLASSES[int(k)] for k in rng.integers(0, len(NORMAL_CLASSES), n_cells - n_blasts)]
+    classes = [classes[int(k)] for k in rng.permutation(n_cells)]
+    rbc = _red_cells(h, w, ppu, rng)
+    placed: list[tuple[_Patch, int, int]] = []
     blasts = []
-    for i in range(n_cells):
-        for _ in range(50):  # rejection sampling: white cells do not overlap
-            cy, cx = rng.uniform(scale * 1.5, h - scale * 1.5), rng.uniform(scale * 1.5, w - scale * 1.5)
-            if all(np.hypot(cy - py, cx - px) > scale * 3 for py, px in placed):
+    for class_name in classes:
+        patch = _leukocyte(class_name, ppu, rng)
+        r = patch.radius
+        for _ in range(200):  # rejection sampling: white cells do not overlap
+            cy, cx = rng.uniform(r + 2, h - r - 2), rng.uniform(r + 2, w - r - 2)
+            if all(np.hypot(cy - y, cx - x) > r + p.radius + 4 for p, y, x in placed):
                 break
-        placed.append((cy, cx))
-        cls = "lymphoblast" if i < n_blasts else NORMAL_CLASSES[int(rng.integers(0, 5))]
-        _draw_leukocyte(canvas, mask, cls, cy, cx, scale * rng.uniform(0.9, 1.1), rng, stain)
-        if cls == "lymphoblast":
-            blasts.append((int(round(cx)), int(round(cy))))
-    return _finish(canvas, stain, rng), blasts
+        else:
+            continue
+        cy, cx = int(round(cy)), int(round(cx))
+        placed.append((patch, cy, cx))
+        if class_name == "lymphoblast":
+            ny, nx = patch.nucleus_centre
+            blasts.append((int(round(cx + nx)), int(round(cy + ny))))
+    placed += _stray_platelets(ppu, rng, h, w, [(y, x, p.radius) for p, y, x in placed])
+    return _finish(_compose(rbc, (h, w), stain, placed), stain, rng), blasts
 
 
 # ----------------------------------------------------------------------------- datasets
-def _job_rng(seed: int, kind: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, KINDS.index(kind), index])
+# Fixed encoder options per suffix (the same array always gives the same bytes), chosen like
+# the real sets: ALL-IDB2 ships uncompressed TIFF, Kaggle's JPEGs are quality 75 with 4:2:0
+# chroma (read from their quantisation tables), camera smears are high-quality JPEG. PNG uses
+# the fastest zlib level: noisy renders barely compress and level 6 tripled the write time.
+_ENCODERS: dict[str, tuple[str, dict]] = {
+    ".tif": ("TIFF", {"compression": "raw"}),
+    ".png": ("PNG", {"compress_level": 1}),
+    ".jpeg": ("JPEG", {"quality": 75, "subsampling": 2, "optimize": False}),
+    ".jpg": ("JPEG", {"quality": 90, "subsampling": 2, "optimize": False}),
+    ".bmp": ("BMP", {}),
+}
 
 
-def _cell_job(job: tuple) -> None:
-    """Render and write one single-cell image + mask (runs in worker processes)."""
-    from .augment import flip, rotate, shift
-    from .images import save_rgb
-
-    seed, kind, index, cls, size, image_path, mask_path, copy, extra = job
-    rng = _job_rng(seed, kind, index)
-    image, mask = render_cell(cls, size, rng, background=extra.get("background", "smear"),
-                              patient_offset=extra.get("patient_offset"))
-    if copy:  # an augmented copy of the source cell (Kaggle TRAIN): rotate, flip, shift
-        crng = np.random.default_rng([seed, KINDS.index(kind), index, copy])
-        angle, fh, fv = crng.uniform(0, 360), bool(crng.integers(2)), bool(crng.integers(2))
-        dx, dy = crng.integers(-12, 13, 2)
-        image = shift(flip(rotate(image, angle), fh, fv), int(dx), int(dy))
-        mask = shift(flip(rotate(np.repeat(mask[..., None], 3, 2), angle, fill="constant"),
-                          fh, fv), int(dx), int(dy), fill="constant")[..., 0]
-        mask = np.where(mask > 191, 255, np.where(mask > 64, 128, 0)).astype(np.uint8)
-    save_rgb(image_path, image)
-    save_rgb(mask_path, mask)
+def _save(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an image with the fixed encoder options of its suffix, atomically."""
+    image_format, options = _ENCODERS[Path(path).suffix.lower()]
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format=image_format, **options)
 
 
-def _smear_job(job: tuple) -> None:
-    from .images import save_rgb
+def _image_rng(seed: int, kind: str, index: int, *more: int) -> np.random.Generator:
+    """The generator of one image: independent of generation order and worker count."""
+    return np.random.default_rng([seed, KINDS.index(kind), index, *more])
 
-    seed, index, size, n_cells, n_blasts, image_path = job
-    image, blasts = render_smear(size, _job_rng(seed, "all_idb1", index), n_cells, n_blasts)
-    save_rgb(image_path, image)
-    text = "".join(f"{x} {y}\n" for x, y in blasts)
-    Path(image_path).with_suffix(".xyc").write_text(text)
+
+def _augment_copy(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A Kaggle-style augmented copy: flips, small rotation (black corners), shift."""
+    h, w = mask.shape
+    angle = float(rng.uniform(-20, 20))
+    dx, dy = (int(k) for k in rng.integers(-int(0.06 * w), int(0.06 * w) + 1, 2))
+    flips = rng.integers(0, 2, 2)
+    out_image, out_mask = Image.fromarray(image), Image.fromarray(mask)
+    if flips[0]:
+        out_image = out_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        out_mask = out_mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if flips[1]:
+        out_image = out_image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        out_mask = out_mask.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    # Nearest-neighbour: 11x faster than Pillow's bilinear here, and the renders are already
+    # smooth; TRAIN and TEST copies go through the same transform, so its traces say nothing
+    # about the class or the split.
+    out_image = out_image.rotate(angle, Image.NEAREST, translate=(dx, dy), fillcolor=(0, 0, 0))
+    out_mask = out_mask.rotate(angle, Image.NEAREST, translate=(dx, dy), fillcolor=0)
+    return np.asarray(out_image), np.asarray(out_mask)
+
+
+def _run_job(job: tuple) -> int:
+    """Render and write one job's files into the temporary set folder; returns the count.
+
+    Jobs are plain tuples so that worker processes can receive them.
+    """
+    task = job[0]
+    if task == "cell":
+        _, seed, kind, index, class_name, size, background, offset, image_path, mask_path = job
+        rng = _image_rng(seed, kind, index)
+        image, mask = render_cell(class_name, size, rng, background,
+                                  None if offset is None else np.asarray(offset))
+        _save(image_path, image)
+        _save(mask_path, mask)
+        return 2
+    if task == "kaggle":
+        _, seed, cell_id, class_name, copies, image_dir, mask_dir = job
+        image, mask = render_cell(class_name, KAGGLE_SIZE, _image_rng(seed, "kaggle", cell_id))
+        for copy in range(copies):
+            aug_image, aug_mask = _augment_copy(image, mask,
+                                                _image_rng(seed, "kaggle", cell_id, copy + 1))
+            _save(Path(image_dir) / f"_{copy}_{cell_id}.jpeg", aug_image)
+            _save(Path(mask_dir) / f"_{copy}_{cell_id}.png", aug_mask)
+        return 2 * copies
+    if task == "smear":
+        _, seed, index, size, with_blasts, image_path = job
+        rng = _image_rng(seed, "all_idb1", index)
+        n_cells = int(rng.integers(6, 16))
+        n_blasts = int(rng.integers(2, min(6, n_cells) + 1)) if with_blasts else 0
+        image, blasts = render_smear(size, rng, n_cells, n_blasts)
+        _save(image_path, image)
+        write_text(Path(image_path).with_suffix(".xyc"), "".join(f"{x} {y}\n" for x, y in blasts))
+        return 2
+    raise ValueError(f"unknown job {task!r}")
 
 
 def _jobs_all_idb2(root: Path, seed: int, n_blast: int, n_other: int, size: int) -> list:
     jobs = []
     for i in range(n_blast + n_other):
         blast = i < n_blast
-        cls = "lymphoblast" if blast else NORMAL_CLASSES[i % len(NORMAL_CLASSES)]
+        cls = "lymphoblast" if blast else ALL_IDB2_OTHER_CYCLE[(i - n_blast)
+                                                                % len(ALL_IDB2_OTHER_CYCLE)]
         name = f"Im{i + 1:03d}_{int(blast)}"
-        jobs.append((seed, "all_idb2", i, cls, (size, size), root / f"{name}.tif",
-                     root / "masks" / f"{name}.png", 0, {}))
+        jobs.append(("cell", seed, "all_idb2", i, cls, (size, size), "smear", None,
+                     str(root / f"{name}.tif"), str(root / "masks" / f"{name}.png")))
     return jobs
 
 
 def _jobs_multiclass(root: Path, seed: int, counts: dict, size: int) -> list:
-    jobs, rows, index = [], [], 0
+    jobs, lines = [], ["image,class_name"]
+    index = 0
     for cls, n in counts.items():
         for _ in range(n):
             index += 1
             rel = f"images/{index:04d}.png"
-            rows.append({"image": rel, "class_name": cls})
-            jobs.append((seed, "multiclass", index, cls, (size, size), root / rel,
-                         root / "masks" / f"{index:04d}.png", 0, {}))
-    root.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False, lineterminator="\n")
+            lines.append(f"{rel},{cls}")
+            jobs.append(("cell", seed, "multiclass", index, cls, (size, size), "smear", None,
+                         str(root / rel), str(root / "masks" / f"{index:04d}.png")))
+    write_text(root / "labels.csv", "\n".join(lines) + "\n")
     return jobs
 
 
-def _jobs_kaggle(root: Path, seed: int, train_cells: int, copies: int, test_cells: int) -> list:
+def _jobs_kaggle(root: Path, seed: int, train_cells: int, copies: int, test_cells: int
+                 ) -> list:
     jobs, cell_id = [], 0
-    images, masks = root / "dataset2-master" / "images", root / "masks"
     for split, n_cells, n_copies in (("TRAIN", train_cells, copies), ("TEST", test_cells, 1)):
-        for c, cls in enumerate(KAGGLE_CLASSES):
+        for cls in KAGGLE_CLASSES:
+            image_dir = root / "dataset2-master" / "images" / split / cls
+            mask_dir = root / "masks" / "dataset2-master" / "images" / split / cls
             for _ in range(n_cells):
-                cell_id += 1
-                for copy in range(n_copies):
-                    name = f"_{copy}_{cell_id}"
-                    rel = Path(split) / cls
-                    jobs.append((seed, "kaggle", cell_id, cls.lower(), (240, 320),
-                                 images / rel / f"{name}.jpeg", masks / rel / f"{name}.png",
-                                 copy if split == "TRAIN" else 0, {}))
+                cell_id += 1  # unique over the whole set: TEST never repeats a TRAIN cell
+                jobs.append(("kaggle", seed, cell_id, cls.lower(), n_copies, str(image_dir),
+                             str(mask_dir)))
     return jobs
 
 
 def _jobs_cnmc(root: Path, seed: int, folds: int, all_patients: int, hem_patients: int,
                cells: int, size: int) -> list:
-    jobs, index, patient = [], 0, 0
+    jobs, index = [], 0
+    numbers = {"all": 0, "hem": 0}
     for fold in range(folds):
         for label, n_patients in (("all", all_patients), ("hem", hem_patients)):
+            cls = "lymphoblast" if label == "all" else "lymphocyte"
             for _ in range(n_patients):
-                patient += 1
-                offset = np.random.default_rng([seed, 99, patient]).normal(0, 9, 3).astype(np.float32)
-                pid = str(patient) if label == "all" else f"H{patient}"
+                numbers[label] += 1
+                p = numbers[label]
+                pid = str(p) if label == "all" else f"H{p}"
+                # The patient's stain batch: the same for all their cells, so a split that puts
+                # one patient on both sides lets a model match stains instead of cells.
+                offset = _image_rng(seed, "cnmc", 10 ** 6 + p, int(label == "hem")).normal(
+                    0.0, 0.15, 3)
                 for n in range(cells):
                     index += 1
                     name = f"UID_{pid}_{n // 3 + 1}_{n % 3 + 1}_{label}"
                     rel = Path(f"fold_{fold}") / label
-                    cls = "lymphoblast" if label == "all" else "lymphocyte"
-                    jobs.append((seed, "cnmc", index, cls, (size, size),
-                                 root / rel / f"{name}.bmp", root / "masks" / rel / f"{name}.png",
-                                 0, {"background": "black", "patient_offset": offset}))
+                    jobs.append(("cell", seed, "cnmc", index, cls, (size, size), "black",
+                                 tuple(float(x) for x in offset), str(root / rel / f"{name}.bmp"),
+                                 str(root / "masks" / rel / f"{name}.png")))
     return jobs
 
 
 def _jobs_all_idb1(root: Path, seed: int, n_images: int, n_with_blasts: int, height: int,
                    width: int) -> list:
-    jobs = []
-    for i in range(n_images):
-        with_blasts = i < n_with_blasts
-        rng = np.random.default_rng([seed, 98, i])
-        n_cells = int(rng.integers(6, 16))
-        n_blasts = int(rng.integers(2, max(3, n_cells // 2 + 1))) if with_blasts else 0
-        jobs.append((seed, i, (height, width), n_cells, n_blasts,
-                     root / f"Im{i + 1:03d}_{int(with_blasts)}.jpg"))
-    return jobs
+    return [("smear", seed, i, (height, width), i < n_with_blasts,
+             str(root / f"Im{i + 1:03d}_{int(i < n_with_blasts)}.jpg")) for i in range(n_images)]
 
 
-def _options(kind: str, size_options: dict) -> dict:
+_JOB_BUILDERS = {"all_idb2": _jobs_all_idb2, "multiclass": _jobs_multiclass,
+                 "kaggle": _jobs_kaggle, "cnmc": _jobs_cnmc, "all_idb1": _jobs_all_idb1}
+
+
+def _options(kind: str, size_options: dict, where: str | os.PathLike = "synthetic") -> dict:
+    """Defaults of ``kind`` updated by ``size_options``, checked."""
     if kind not in KINDS:
-        from .errors import InputError
-        raise InputError(f"synthetic kind {kind!r}: unknown (known: {', '.join(KINDS)})")
-    unknown = set(size_options) - set(DEFAULTS[kind])
+        raise InputError(f"{where}: unknown synthetic kind {kind!r} (known: {', '.join(KINDS)})")
+    unknown = sorted(set(size_options) - set(DEFAULTS[kind]))
     if unknown:
-        raise TypeError(f"synthetic {kind}: unknown options {sorted(unknown)}")
-    return {**DEFAULTS[kind], **size_options}
+        raise InputError(f"{where}: unknown option(s) {unknown} for synthetic {kind} "
+                         f"(known: {sorted(DEFAULTS[kind])})")
+    options = {**DEFAULTS[kind], **size_options}
+    for key, value in options.items():
+        values = value.values() if isinstance(value, dict) else [value]
+        if not all(isinstance(x, (int, np.integer)) and x >= 0 for x in values):
+            raise InputError(f"{where}: synthetic {kind} option {key} must be non-negative "
+                             f"integers, got {value!r}")
+    if kind == "multiclass":
+        bad = sorted(set(options["counts"]) - set(CELL_CLASSES))
+        if bad:
+            raise InputError(f"{where}: unknown cell classes {bad} (known: {CELL_CLASSES})")
+    if kind == "all_idb1" and options["n_with_blasts"] > options["n_images"]:
+        raise InputError(f"{where}: n_with_blasts > n_images")
+    for key in ("size", "height", "width"):
+        if key in options and options[key] < 16:
+            raise InputError(f"{where}: synthetic {kind} {key} must be at least 16 pixels")
+    return options
+
+
+def _temp_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}.tmp-{socket.gethostname()}-"
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Delete temporary folders left by killed generations of this set on this machine."""
+    prefix = _temp_prefix(out_dir)
+    if not out_dir.parent.is_dir():
+        return
+    for path in out_dir.parent.glob(prefix + "*"):
+        pid = path.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # a helper's job list
+                path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_jobs(jobs: list, workers: int, scratch: Path) -> int:
+    """Run jobs here and in ``workers - 1`` helper processes; returns the file count.
+
+    Helpers are plain ``python -m leukocyte_cnn.synthetic <jobs.json>`` processes: unlike
+    multiprocessing's spawn they never re-run the caller's script (a notebook, or a script
+    without a ``__main__`` guard), and unlike fork they are safe when the caller already runs
+    TensorFlow's threads. Their job lists go through JSON files named ``<scratch>.jobs-K.json``.
+    Each image has its own generator, so the files are the same whatever the split. A helper
+    that fails has its share redone here.
+    """
+    if workers <= 1 or len(jobs) < 2:
+        return sum(_run_job(job) for job in jobs)
+    shares = [jobs[k::workers] for k in range(workers)]  # interleaved: similar work each
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    helpers = []
+    try:
+        for k, share in enumerate(shares[1:], 1):
+            job_file = scratch.parent / f"{scratch.name}.jobs-{k}.json"
+            write_text(job_file, json.dumps(share))
+            proc = subprocess.Popen([sys.executable, "-m", "leukocyte_cnn.synthetic",
+                                     str(job_file)], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            helpers.append((proc, share, job_file))
+        n_files = sum(_run_job(job) for job in shares[0])
+        for proc, share, _ in helpers:
+            out, err = proc.communicate()
+            if proc.returncode == 0 and out.strip().isdigit():
+                n_files += int(out)
+            else:  # redo its share here: same files, just slower
+                print(f"synthetic: a helper process failed ({err.decode(errors='replace')[-300:]}"
+                      "); generating its images here", file=sys.stderr, flush=True)
+                n_files += sum(_run_job(job) for job in share)
+        return n_files
+    finally:
+        for proc, _, job_file in helpers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            job_file.unlink(missing_ok=True)
+
+
+def _helper_main(job_file: str) -> None:
+    """Entry of a helper process started by :func:`_run_jobs`: jobs in, file count out."""
+    jobs = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    print(sum(_run_job(tuple(job)) for job in jobs), flush=True)
 
 
 def generate(kind: str, out_dir: str | os.PathLike, seed: int = 0, workers: int | None = None,
-             **size_options) -> Path:
-    """Render the set ``kind`` into ``out_dir`` (written to a temporary sibling, then renamed)."""
-    options = _options(kind, size_options)
+             replace: bool = True, **size_options) -> Path:
+    """Render the set ``kind`` into ``out_dir``; returns ``out_dir``.
+
+    Files go into a temporary sibling folder that is renamed into place once complete (with
+    the ``.complete`` marker written last inside it), so an interrupted generation never leaves
+    a half set. An existing ``out_dir`` is replaced, unless ``replace`` is False and it is
+    complete (another process finished the same set meanwhile: same seed, same bytes).
+    ``workers`` processes (default: 2 when there are many images, else 1) give the same files.
+    """
     out_dir = Path(out_dir)
+    options = _options(kind, size_options, out_dir)
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"{out_dir}: seed must be a non-negative integer, got {seed!r}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    _remove_stale_temps(out_dir)
+    tmp = out_dir.parent / f"{_temp_prefix(out_dir)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
-        builders: dict[str, Callable] = {"all_idb2": _jobs_all_idb2, "multiclass": _jobs_multiclass,
-                                         "kaggle": _jobs_kaggle, "cnmc": _jobs_cnmc,
-                                         "all_idb1": _jobs_all_idb1}
-        jobs = builders[kind](tmp, seed, **options)
-        work = _smear_job if kind == "all_idb1" else _cell_job
-        workers = workers or min(2, os.cpu_count() or 1)
-        if workers > 1 and len(jobs) > 20:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(work, jobs, chunksize=8))
+        jobs = _JOB_BUILDERS[kind](tmp, int(seed), **options)
+        if workers is None:  # two processes pay off once their start-up (~1 s) is small
+            workers = min(2, os.cpu_count() or 1) if len(jobs) >= 150 else 1
+        n_files = _run_jobs(jobs, workers, tmp)
+        write_json(tmp / COMPLETE, {"kind": kind, "seed": int(seed), "options": options,
+                                    "files": n_files})
+        if not replace and (out_dir / COMPLETE).is_file():
+            return out_dir  # the finally clause drops our identical copy
+        if out_dir.exists():  # replace: move the old set aside first, then drop it
+            old = out_dir.parent / f"{tmp.name}-old"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
         else:
-            for job in jobs:
-                work(job)
-        (tmp / COMPLETE).write_text(f"kind {kind}\nseed {seed}\noptions {sorted(options.items())}\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+            os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -483,23 +1084,32 @@ def generate(kind: str, out_dir: str | os.PathLike, seed: int = 0, workers: int 
 
 def synthetic_root(kind: str, data_dir: str | os.PathLike = "data", seed: int = 0,
                    **size_options) -> Path:
-    """Where a set lives: ``data/synthetic/<kind>`` (+ a tag when seed or sizes differ)."""
-    import hashlib
-
-    options = _options(kind, size_options)
+    """Where a set lives: ``<data_dir>/synthetic/<kind>``, or ``<kind>_<hash>`` when the seed
+    or the size options differ from the defaults, so different sets never mix."""
+    options = _options(kind, size_options, Path(data_dir) / "synthetic" / kind)
     tag = ""
     if options != DEFAULTS[kind] or seed != 0:
-        tag = "_" + hashlib.sha256(repr((seed, sorted(options.items()))).encode()).hexdigest()[:8]
+        text = json.dumps({"seed": int(seed), "options": options}, sort_keys=True)
+        tag = "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return Path(data_dir) / "synthetic" / f"{kind}{tag}"
 
 
 def ensure_synthetic(kind: str, data_dir: str | os.PathLike = "data", seed: int = 0,
                      **size_options) -> Path:
-    """The set's folder, generated first if it is not complete (first use of a script)."""
+    """The set's folder, generated first when its ``.complete`` marker is missing."""
     root = synthetic_root(kind, data_dir, seed, **size_options)
-    if not (root / COMPLETE).exists():
+    if not (root / COMPLETE).is_file():
         start = time.perf_counter()
-        generate(kind, root, seed, **size_options)
+        try:
+            generate(kind, root, seed, replace=False, **size_options)
+        except OSError as exc:
+            if (root / COMPLETE).is_file():  # another process finished the same set first
+                return root
+            raise InputError(f"{root}: cannot write the synthetic set ({exc})") from None
         print(f"generated synthetic {kind} set in {root} ({time.perf_counter() - start:.1f} s)",
               flush=True)
     return root
+
+
+if __name__ == "__main__":
+    _helper_main(sys.argv[1])
