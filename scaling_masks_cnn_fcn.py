@@ -122,6 +122,36 @@ def unet_masks_for(args, split, fold: int, quick: bool):
     return root
 
 
+def best_per_network(numeric, networks) -> dict:
+    """The setting with the highest mean test accuracy for each network."""
+    best = {}
+    for network in networks:
+        rows = numeric[numeric["network"] == network] if len(numeric) else numeric
+        if len(rows):
+            best[network] = rows.sort_values("accuracy_mean", ascending=False).iloc[0]["setting"]
+    return best
+
+
+def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, size, otsu_root):
+    """Feature maps of the setting's first trial for the fold's first test image (sorted by
+    name), masked as the setting was trained."""
+    from leukocyte_cnn import studies
+    from leukocyte_cnn.masks import ensure_otsu_masks, mask_paths
+
+    rows = split.fold(fold)
+    test = rows[rows.role == "test"].sort_values("image").head(1)
+    if setting.params["mask"] == "otsu":
+        test = test.assign(mask=ensure_otsu_masks(test, otsu_root, min_votes=OTSU_MIN_VOTES))
+    elif setting.params["mask"] == "unet":
+        test = test.assign(mask=mask_paths(unet_masks_for(args, split, fold, args.quick),
+                                           test["image"]))
+    return studies.plot_feature_maps(
+        studies.trial_fold_dir(run_dir, setting.name, 0, fold) / "model.keras", test.iloc[0],
+        size, run_dir / f"feature_maps_{setting.name}.png", channels=FEATURE_MAP_CHANNELS,
+        inner=f"copenhagen_{network}",
+        title=f"{setting.name}: feature maps of test image {test.iloc[0]['image']}")
+
+
 def main(args: argparse.Namespace):
     from leukocyte_cnn import studies
     from leukocyte_cnn.experiment import start_run, train_classifier_fold
@@ -138,9 +168,11 @@ def main(args: argparse.Namespace):
         settings.update(QUICK)
     epochs = args.epochs or settings["EPOCHS"]
     trials = args.trials or settings["TRIALS"]
-    scalings = studies.parse_names(args.scalings, list(SCALINGS), "--scalings") or list(settings["SCALINGS"])
+    scalings = (studies.parse_names(args.scalings, list(SCALINGS), "--scalings")
+                or list(settings["SCALINGS"]))
     masks = studies.parse_names(args.masks, list(MASKS), "--masks") or list(settings["MASKS"])
-    networks = studies.parse_names(args.networks, list(NETWORKS), "--networks") or list(settings["NETWORKS"])
+    networks = (studies.parse_names(args.networks, list(NETWORKS), "--networks")
+                or list(settings["NETWORKS"]))
     split = studies.resolve_study_split(args)
     class_names = split.class_names
     size = tuple(settings["IMAGE_SIZE"])
@@ -158,7 +190,8 @@ def main(args: argparse.Namespace):
 
     def with_masks(fold, mask: str):
         """The fold's tables with a ``mask`` column (one file per image), or unchanged."""
-        tables = [studies.limit_per_class(t, cap, args.seed) for t in (fold.train, fold.val, fold.test)]
+        tables = [studies.limit_per_class(t, cap, args.seed)
+                  for t in (fold.train, fold.val, fold.test)]
         if mask == "none":
             return tables
         if mask == "otsu":
@@ -199,25 +232,10 @@ def main(args: argparse.Namespace):
     numeric, shown = studies.comparison_table(per_trial, grid, CONVERGENCE_ACCURACY)
     studies.plot_validation_curves(run_dir, grid, run_dir / "val_accuracy_curves.png")
     studies.pooled_confusion_matrices(run_dir, grid, class_names)
-    best = {}
-    for network in networks:
-        rows = numeric[numeric["network"] == network] if len(numeric) else numeric
-        if len(rows):
-            best[network] = rows.sort_values("accuracy_mean", ascending=False).iloc[0]["setting"]
+    best = best_per_network(numeric, networks)
     for network, setting in best.items():
-        params = next(s.params for s in grid if s.name == setting)
-        fold_rows = split.fold(folds[0])
-        test = fold_rows[fold_rows.role == "test"].sort_values("image").head(1)
-        if params["mask"] == "otsu":
-            test = test.assign(mask=ensure_otsu_masks(test, otsu_root, min_votes=OTSU_MIN_VOTES))
-        elif params["mask"] == "unet":
-            test = test.assign(mask=mask_paths(unet_masks_for(args, split, folds[0], args.quick),
-                                               test["image"]))
-        studies.plot_feature_maps(
-            studies.trial_fold_dir(run_dir, setting, 0, folds[0]) / "model.keras",
-            test.iloc[0], size, run_dir / f"feature_maps_{setting}.png",
-            channels=FEATURE_MAP_CHANNELS, inner=f"copenhagen_{network}",
-            title=f"{setting}: feature maps of test image {test.iloc[0]['image']}")
+        draw_feature_maps(args, split, run_dir, folds[0], network,
+                          next(s for s in grid if s.name == setting), size, otsu_root)
     notes = [f"mean ± sample std [min, max] over up to {trials} trial(s) per setting, each a "
              f"fresh model; Adam {LEARNING_RATE:g}, batch {settings['BATCH_SIZE']}, images "
              f"{size[0]}x{size[1]}, at most {epochs} epochs, early stopping on validation loss",
