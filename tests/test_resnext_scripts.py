@@ -1,0 +1,295 @@
+"""The ResNeXt experiments end to end: resnext_from_scratch.py and resnext_transfer_learning.py.
+
+Tiny ResNeXt-14s (8-channel first stage) on 32 px copies of hand-made cell images (one
+coloured disc per class on a noisy background) in ``tmp_path``, one epoch per model, so the
+whole file trains eight small models. What is checked: the run folders the scripts write,
+that no fold ever fed its test images (read back from each fold's ``inputs.csv`` and compared
+with the split file), that early stopping watched the validation loss of validation images,
+that fine-tuning starts from the source weights, that bad checkpoints are refused with one
+line before anything trains, and the learning curve's table and subsets.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import resnext_from_scratch as scratch
+import resnext_transfer_learning as transfer
+from leukocyte_cnn.errors import InputError
+from leukocyte_cnn.folds import read_split_csv
+from leukocyte_cnn.images import save_rgb
+from leukocyte_cnn.transfer import (images_path, sidecar_path, subsample_per_class)
+
+TARGET_CLASSES = ("blast", "lymphocyte", "neutrophil")
+SOURCE_CLASSES = ("basophil", "eosinophil", "monocyte", "platelet")
+TINY = ["--variant", "resnext14", "--image-size", "32", "--cardinality", "2",
+        "--bottleneck-width", "2", "--width", "8", "--stem-filters", "8", "--epochs", "1",
+        "--patience", "1", "--batch-size", "8"]
+
+
+def write_cells(root: Path, classes, per_class: int, seed: int, size: int = 40) -> Path:
+    """A folder-per-class dataset: one disc of a class colour per image on a noisy background."""
+    rng = np.random.default_rng(seed)
+    colours = [(150, 40, 170), (40, 110, 210), (210, 70, 60), (60, 170, 90)]
+    yy, xx = np.mgrid[:size, :size]
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            image = rng.integers(170, 230, (size, size, 3)).astype(np.float64)
+            cy, cx = rng.integers(size // 2 - 4, size // 2 + 5, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(7, 12) ** 2
+            image[disc] = np.array(colours[c]) + rng.normal(0, 12, (disc.sum(), 3))
+            save_rgb(root / name / f"{name}_{i:02d}.png", np.clip(image, 0, 255).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    """Target and source datasets, and one source model pretrained on the source (one fit)."""
+    base = tmp_path_factory.mktemp("resnext")
+    target = write_cells(base / "target", TARGET_CLASSES, per_class=10, seed=1)
+    source = write_cells(base / "source", SOURCE_CLASSES, per_class=10, seed=2)
+    results = base / "pretrain_results"
+    checkpoint = transfer.main(transfer.parse_args(
+        ["--pretrain", "--source-dataset", "folder", "--source-data-root", str(source),
+         "--results-dir", str(results), "--checkpoint-name", "source", *TINY]))
+    return {"target": target, "source": source, "checkpoint": Path(checkpoint)}
+
+
+def target_args(data: dict, results: Path, *extra: str) -> list[str]:
+    return ["--dataset", "folder", "--data-root", str(data["target"]), "--k", "2",
+            "--target", "6", "--results-dir", str(results), *TINY, *extra]
+
+
+def check_no_fold_fed_its_test_images(run_dir: Path, split_csv: Path, folds) -> None:
+    """Each fold's recorded inputs against the split: train from train (or copies of it),
+    val exactly the split's val, test exactly its test; early stopping on val_loss."""
+    split = read_split_csv(split_csv)
+    for k in folds:
+        rows = split[split["fold"] == k]
+        expected = {role: set(rows.loc[rows["role"] == role, "image"]) for role in ("train", "val", "test")}
+        fed = pd.read_csv(run_dir / f"fold_{k:02d}" / "inputs.csv", dtype=str)
+        trained = set(fed.loc[fed["role"] == "train", "source_image"])
+        validated = set(fed.loc[fed["role"] == "val", "image"])
+        tested = set(fed.loc[fed["role"] == "test", "image"])
+        assert trained and trained <= expected["train"]
+        assert validated == expected["val"] and tested == expected["test"]
+        assert not (trained | validated) & tested
+        # the training files are the augmented copies or the originals, never a test file
+        test_paths = set(fed.loc[fed["role"] == "test", "path"])
+        assert not set(fed.loc[fed["role"] != "test", "path"]) & test_paths
+        log = pd.read_csv(run_dir / f"fold_{k:02d}" / "epochs.csv")
+        assert set(log["monitor"]) == {"val_loss"} and log["val_loss"].notna().all()
+        predictions = pd.read_csv(run_dir / f"fold_{k:02d}" / "predictions.csv", dtype={"image": str})
+        assert set(predictions["image"]) == expected["test"]
+
+
+def test_from_scratch_writes_the_run_folder_and_no_fold_sees_its_test_images(data, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # split files and balanced folds go to tmp_path/data
+    summary = scratch.main(scratch.parse_args(target_args(data, tmp_path / "results")))
+    run_dir = tmp_path / "results" / "resnext_from_scratch_folder"
+    settings = json.loads((run_dir / "settings.json").read_text())["config"]
+    assert settings["architecture"] == {"variant": "resnext14", "image_size": 32, "cardinality": 2,
+                                        "bottleneck_width": 2, "first_stage_channels": 8,
+                                        "stem_filters": 8}
+    split_csv = Path(settings["split_file"])
+    assert split_csv.name.startswith("folder_kfold_k2_seed0")
+    for name in ("summary.csv", "summary.md", "per_fold.csv", "confusion_matrix.png"):
+        assert (run_dir / name).is_file(), name
+    assert set(summary["metric"]) >= {"accuracy", "macro_f1", "roc_auc"}
+    assert int(summary.loc[summary["metric"] == "accuracy", "n_folds"].iloc[0]) == 2
+    check_no_fold_fed_its_test_images(run_dir, split_csv, folds=(0, 1))
+    # trained on the class-balanced folds: 6 images per class, made from training images only
+    fed = pd.read_csv(run_dir / "fold_00" / "inputs.csv")
+    assert fed[fed["role"] == "train"].groupby("class_name").size().tolist() == [6, 6, 6]
+    # every target image is tested exactly once over the two folds
+    tested = pd.concat([pd.read_csv(run_dir / f"fold_{k:02d}" / "predictions.csv") for k in (0, 1)])
+    assert len(tested) == tested["image"].nunique() == 30
+
+
+def test_pretrain_writes_checkpoint_sidecar_and_source_listing(data):
+    checkpoint = data["checkpoint"]
+    meta = json.loads(sidecar_path(checkpoint).read_text())
+    assert meta["class_names"] == list(SOURCE_CLASSES)
+    assert meta["input_shape"] == [32, 32, 3]
+    assert meta["preprocessing"] == "rescaling_in_model" and meta["input_pixels"] == "[0, 255]"
+    assert meta["input_scaling"] == {"scale": pytest.approx(1 / 255), "offset": 0.0}
+    assert meta["source_dataset"] == "folder" and len(meta["source_dataset_hash"]) == 64
+    assert meta["seed"] == 0 and 0.0 <= meta["val_accuracy"] <= 1.0
+    assert meta["n_train"] + meta["n_val"] == 40 and meta["n_val"] == 8  # 1 of 5 folds held out
+    listing = pd.read_csv(images_path(checkpoint))
+    assert len(listing) == 40 and listing["sha256"].nunique() == 40
+    assert sorted(listing["role"].unique()) == ["train", "val"]
+
+
+def test_fine_tuning_starts_from_the_source_weights(data, tmp_path, monkeypatch):
+    import keras
+
+    monkeypatch.chdir(tmp_path)
+    transfer.main(transfer.parse_args(target_args(
+        data, tmp_path / "results", "--source-checkpoint", str(data["checkpoint"]),
+        "--retrain", "head", "--folds", "0")))
+    run_dir = tmp_path / "results" / "resnext_transfer_folder"
+    source = keras.models.load_model(data["checkpoint"], safe_mode=True)
+    tuned = keras.models.load_model(run_dir / "fold_00" / "model.keras", safe_mode=True)
+    for layer in ("stem_conv", "stage1_block1_group_conv", "stage3_block2_expand_conv"):
+        assert np.array_equal(tuned.get_layer(layer).get_weights()[0],
+                              source.get_layer(layer).get_weights()[0]), layer
+    assert tuned.get_layer("head_dense").get_weights()[0].shape[-1] == len(TARGET_CLASSES)
+    assert source.get_layer("head_dense").get_weights()[0].shape[-1] == len(SOURCE_CLASSES)
+    settings = json.loads((run_dir / "settings.json").read_text())["config"]
+    assert settings["source"]["sha256"] and settings["knobs"]["RETRAIN"] == "head"
+    check_no_fold_fed_its_test_images(run_dir, Path(settings["split_file"]), folds=(0,))
+
+
+def _copy_checkpoint(data, folder: Path, name: str = "copy") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.keras"
+    shutil.copy(data["checkpoint"], path)
+    shutil.copy(sidecar_path(data["checkpoint"]), sidecar_path(path))
+    shutil.copy(images_path(data["checkpoint"]), images_path(path))
+    return path
+
+
+def _bad_checkpoint(kind: str, data: dict, folder: Path) -> Path:
+    import keras
+
+    import resnext_network as rx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny = dict(cardinality=2, bottleneck_width=2, first_stage_channels=8, stem_filters=8)
+    if kind == "missing":
+        return folder / "nothing_here.keras"
+    if kind == "not_keras":
+        path = folder / "garbage.keras"
+        path.write_bytes(b"this is not a zip archive")
+        return path
+    if kind == "wrong_shape":
+        path = folder / "at48.keras"
+        rx.resnext14(input_shape=(48, 48, 3), num_classes=4, **tiny).save(path)
+        return path
+    if kind == "no_head":
+        path = folder / "features.keras"
+        rx.resnext14(input_shape=(32, 32, 3), num_classes=4, include_top=False, **tiny).save(path)
+        return path
+    if kind == "no_rescaling":
+        path = folder / "prescaled.keras"
+        rx.resnext14(input_shape=(32, 32, 3), num_classes=4, input_scaling=None, **tiny).save(path)
+        return path
+    path = _copy_checkpoint(data, folder)
+    if kind == "standardised":
+        meta = json.loads(sidecar_path(path).read_text())
+        meta["preprocessing"] = "standardised"
+        sidecar_path(path).write_text(json.dumps(meta))
+    elif kind == "saw_target":
+        listing = pd.read_csv(images_path(path))
+        target_file = sorted((data["target"] / "blast").glob("*.png"))[3]
+        from leukocyte_cnn.transfer import file_sha256
+        listing.loc[0, "sha256"] = file_sha256(target_file)
+        listing.to_csv(images_path(path), index=False)
+    return path
+
+
+BAD_CHECKPOINTS = {
+    "missing": r"nothing_here\.keras: checkpoint not found",
+    "not_keras": r"garbage\.keras: not a Keras checkpoint",
+    "wrong_shape": r"at48\.keras: checkpoint takes 48x48x3 images but this run feeds 32x32x3; "
+                   r"pass --image-size 48",
+    "no_head": r"features\.keras: no 'head_dense' layer",
+    "no_rescaling": r"prescaled\.keras: model has no Rescaling input layer",
+    "standardised": r"copy\.json: source preprocessing is 'standardised'.*feeds \[0, 255\]",
+    "saw_target": r"copy\.images\.csv: the source model trained on 1 image\(s\) of the target",
+}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kind", sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoints_are_refused_in_one_line_before_training(kind, data, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _bad_checkpoint(kind, data, tmp_path / "checkpoints")
+    results = tmp_path / "results"
+    args = transfer.parse_args(target_args(data, results, "--source-checkpoint", str(path)))
+    with pytest.raises(InputError, match=BAD_CHECKPOINTS[kind]) as caught:
+        transfer.main(args)
+    assert "\n" not in str(caught.value)
+    assert not results.exists() or not any(results.iterdir())  # no run folder, nothing trained
+
+
+@pytest.mark.reliability
+def test_fine_tuning_without_a_checkpoint_says_what_to_pass(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"--source-checkpoint: required .*--pretrain"):
+        transfer.main(transfer.parse_args(target_args(data, tmp_path / "results")))
+
+
+def test_subsamples_are_nested_seeded_and_only_from_training_images():
+    rows = pd.DataFrame({"image": [f"{c}/{i:02d}.png" for c in "abc" for i in range(12)],
+                         "label": np.repeat([0, 1, 2], 12), "role": "train"})
+    small = subsample_per_class(rows, 3, seed=0, fold=1)
+    large = subsample_per_class(rows, 8, seed=0, fold=1)
+    assert small.groupby("label").size().tolist() == [3, 3, 3]
+    assert set(small["image"]) < set(large["image"])                     # nested
+    assert small.equals(subsample_per_class(rows, 3, seed=0, fold=1))    # seeded
+    assert not small.equals(subsample_per_class(rows, 3, seed=0, fold=2))
+    assert len(subsample_per_class(rows, 50, seed=0, fold=1)) == 36      # a class keeps all it has
+    with pytest.raises(ValueError, match="non-training"):
+        subsample_per_class(rows.assign(role=["train"] * 35 + ["test"]), 3, seed=0, fold=1)
+
+
+def test_learning_curve_has_one_row_per_size_and_mode_and_draws_only_training_images(
+        data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table = transfer.main(transfer.parse_args(target_args(
+        data, tmp_path / "results", "--source-checkpoint", str(data["checkpoint"]),
+        "--train-sizes", "2,3", "--folds", "0")))
+    run_dir = tmp_path / "results" / "resnext_learning_curve_folder"
+    written = pd.read_csv(run_dir / "learning_curve.csv")
+    assert list(zip(written["size"], written["mode"])) == [
+        (2, "scratch"), (2, "transfer"), (3, "scratch"), (3, "transfer")]
+    assert len(table) == 4 and (written["n_folds"] == 1).all()
+    assert written["accuracy_mean"].between(0, 1).all()
+    assert (run_dir / "learning_curve.md").read_text().count("\n| ") == 4
+    assert (run_dir / "learning_curve.png").stat().st_size > 0
+    split = read_split_csv(json.loads((run_dir / "settings.json").read_text())["config"]["split_file"])
+    split_train = set(split.query("fold == 0 and role == 'train'")["image"])
+    chosen = {}
+    for size in (2, 3):
+        for mode in ("scratch", "transfer"):
+            fold_dir = run_dir / f"size_{size:03d}_{mode}" / "fold_00"
+            fed = pd.read_csv(fold_dir / "inputs.csv", dtype=str)
+            train = fed[fed["role"] == "train"]
+            assert train.groupby("class_name").size().tolist() == [size] * 3
+            assert set(train["image"]) <= split_train   # never a val or test image
+            chosen[size, mode] = set(train["image"])
+        assert chosen[size, "scratch"] == chosen[size, "transfer"]  # both arms see the same images
+    assert chosen[2, "scratch"] < chosen[3, "scratch"]
+
+
+def test_training_batch_never_leaves_a_single_image_over():
+    # a last batch of one image crashes TF 2.21's oneDNN strided 1x1 conv backward pass
+    assert scratch.training_batch_size(16, 8) == 8
+    assert scratch.training_batch_size(9, 8) == 9      # 8 + 1 -> one batch of 9
+    assert scratch.training_batch_size(17, 8) == 9     # 9 + 8
+    assert scratch.training_batch_size(13, 4) == 5     # 5 + 5 + 3
+    assert scratch.training_batch_size(5, 8) == 8      # one batch of 5
+    for n in range(2, 200):
+        size = scratch.training_batch_size(n, 32)
+        assert n % size != 1 or n <= size
+
+
+@pytest.mark.slow
+def test_from_scratch_resnext_beats_chance_on_separable_cells(data, tmp_path, monkeypatch):
+    """Three classes (chance 0.33): the tiny ResNeXt must reach 0.8 pooled test accuracy."""
+    monkeypatch.chdir(tmp_path)
+    args = target_args(data, tmp_path / "results")
+    args[args.index("--epochs") + 1] = "25"
+    args[args.index("--patience") + 1] = "8"
+    summary = scratch.main(scratch.parse_args(args))
+    accuracy = float(summary.loc[summary["metric"] == "accuracy", "pooled"].iloc[0])
+    assert accuracy >= 0.8, accuracy
