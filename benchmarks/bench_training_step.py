@@ -1,0 +1,222 @@
+"""Training-step speed of the repository's networks on this machine, with FLOPs and GFLOP/s.
+
+For each network (the linear CNN at 257 and 64 px, the ELU CNN of the 4-class study, the
+CPU-sized ResNeXt-29 at 64 px) one Keras training step (forward, backward, optimizer update)
+is timed on a batch of random float32 pixels held in memory: no input pipeline, warm-up
+steps (graph tracing, oneDNN kernel selection) excluded. Figures:
+
+* images/s of training;
+* forward FLOPs per image, counted analytically per layer: a convolution costs
+  2·H_out·W_out·k_h·k_w·C_in/groups·C_out, a dense layer 2·in·out (one multiply-add = 2
+  FLOPs; biases, BatchNorm, activations and pooling are left out: they are < 2 % here);
+* training FLOPs per image taken as 3 × forward (forward + two backward products: the
+  usual convention; the first layer's input gradient, which Keras skips, is included);
+* achieved GFLOP/s = images/s × training FLOPs per image;
+* CPU milliseconds per image (all threads of the process): unlike the wall time it hardly
+  changes when other processes share the machine, so ratios of it are the robust ones.
+
+Grouped convolutions (ResNeXt) run on TensorFlow's own CPU kernel via
+``leukocyte_cnn.grouped_conv.use_native_grouped_conv``, as the ResNeXt scripts do (Keras'
+default XLA path for them is ~150x slower on a CPU).
+
+``--xla`` also times each network compiled with ``jit_compile=True`` and ``--mixed-precision``
+under the ``mixed_float16`` policy, each printed as a ratio to float32 measured in the same
+run. Both are GPU switches: on a CPU XLA was slower and float16 is emulated (slow). Shown
+here to say so with numbers, not to recommend them for a CPU. TensorFlow's op determinism is
+left off here: with it on, Keras silently turns ``jit_compile=True`` off (see
+``docs/gpu_and_cluster.md``).
+
+Run: ``.venv/bin/python benchmarks/bench_training_step.py [--quick] [--xla] [--mixed-precision]``
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import common
+
+BATCH_SIZE = 32            # images per training step
+WARMUP_STEPS = 2           # untimed steps first (tracing, kernel selection)
+MIN_STEPS = 2              # timed steps at least ...
+SECONDS_PER_CASE = 15.0    # ... and more until this much time is spent
+REPEATS = 3                # timed rounds per case; the fastest counts (least disturbed)
+SEED = 0
+# (name, builder, input (H, W), classes): the networks as the studies use them
+CASES = [
+    ("linear_cnn 257px", "linear_cnn", (257, 257), 2),
+    ("linear_cnn 64px", "linear_cnn", (64, 64), 2),
+    ("elu_cnn 120x160", "elu_cnn", (120, 160), 4),
+    ("resnext29 64px", "resnext29", (64, 64), 7),
+]
+# --quick: smaller ELU input, shorter timing
+QUICK = dict(SECONDS_PER_CASE=4.0, REPEATS=1, ELU_SIZE=(64, 64))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="ELU CNN at 64 px, ~4 s per case, one round (a smoke run)")
+    parser.add_argument("--xla", action="store_true",
+                        help="also time each network with jit_compile=True (ratio to fp32)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="also time each network under mixed_float16 (ratio to fp32)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"images per step (default {BATCH_SIZE})")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated case names to run, e.g. 'resnext29 64px'")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build(builder: str, size: tuple[int, int], classes: int):
+    """A fresh, uncompiled network as its training script builds it."""
+    from leukocyte_cnn.networks import elu_cnn, linear_cnn
+    from resnext_network import resnext29
+
+    shape = (*size, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "only 4 of 6 conv blocks fit" at 64 px: expected
+        if builder == "linear_cnn":
+            return linear_cnn(input_shape=shape, num_classes=classes)
+        if builder == "elu_cnn":
+            return elu_cnn(input_shape=shape, num_classes=classes)
+        if builder == "resnext29":
+            return resnext29(input_shape=shape, num_classes=classes)
+    raise ValueError(builder)
+
+
+def forward_flops(model) -> int:
+    """Forward FLOPs per image of the conv and dense layers (2 per multiply-add)."""
+    import keras
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Conv2D):  # Conv2DTranspose is not used here
+            kh, kw = layer.kernel_size
+            c_in = int(layer.input.shape[-1])
+            _, h_out, w_out, c_out = layer.output.shape
+            total += 2 * h_out * w_out * kh * kw * (c_in // layer.groups) * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * int(layer.input.shape[-1]) * layer.units
+    return int(total)
+
+
+def profiler_flops(model) -> int | None:
+    """Forward FLOPs per image from ``tf.compat.v1.profiler`` as a cross-check, or ``None``."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # the v1 profiler warns about its own deprecated calls
+    try:
+        spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+        graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+        opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        opts["output"] = "none"
+        return int(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
+    except Exception:  # noqa: BLE001 - a cross-check only; the analytic count stands
+        return None
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_training(builder: str, size, classes: int, *, batch: int, xla: bool, mixed: bool,
+                  seconds: float, repeats: int) -> tuple[float, float, bool]:
+    """Best images/s and CPU ms per image of a training step over ``repeats`` rounds, and
+    whether XLA was really on."""
+    import keras
+    import numpy as np
+
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        keras.utils.set_random_seed(SEED)
+        model = build(builder, size, classes)
+        binary = model.output_shape[-1] == 1
+        model.compile(optimizer="adam",
+                      loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+                      jit_compile=bool(xla))
+        rng = np.random.default_rng(SEED)
+        x = rng.uniform(0, 255, (batch, *size, 3)).astype("float32")
+        y = rng.integers(0, 2 if binary else classes, (batch, 1) if binary else (batch,))
+        y = y.astype("float32" if binary else "int32")
+        for _ in range(WARMUP_STEPS):
+            model.train_on_batch(x, y)
+        best, cpu = 0.0, float("inf")
+        for _ in range(repeats):
+            steps, start, start_cpu = 0, time.perf_counter(), time.process_time()
+            while steps < MIN_STEPS or time.perf_counter() - start < seconds:
+                model.train_on_batch(x, y)
+                steps += 1
+            best = max(best, steps * batch / (time.perf_counter() - start))
+            cpu = min(cpu, 1e3 * (time.process_time() - start_cpu) / (steps * batch))
+        return best, cpu, bool(model.jit_compile)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = dict(SECONDS_PER_CASE=SECONDS_PER_CASE, REPEATS=REPEATS, ELU_SIZE=(120, 160))
+    if args.quick:
+        settings.update(QUICK)
+    from leukocyte_cnn.grouped_conv import use_native_grouped_conv
+
+    native_grouped = use_native_grouped_conv()
+    common.print_header("training step: images/s, FLOPs, GFLOP/s (batch %d, random pixels in "
+                        "memory, warm-up excluded)" % args.batch_size)
+    print("convention: FLOPs = 2 x multiply-adds of conv and dense layers; training = 3 x "
+          "forward; 'profiler' = tf.compat.v1.profiler's forward count (all ops) as a check")
+    print(f"grouped convolutions on TensorFlow's CPU kernel: {native_grouped}\n", flush=True)
+    cases = [(n, b, settings["ELU_SIZE"] if b == "elu_cnn" else s, c) for n, b, s, c in CASES]
+    if args.quick:
+        cases = [(n.replace("120x160", "64px"), b, s, c) for n, b, s, c in cases]
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        cases = [case for case in cases if case[0] in wanted]
+
+    header = (f"{'network':18s} {'params':>10s} {'fwd MFLOP/img':>14s} {'profiler':>10s} "
+              f"{'train img/s':>12s} {'GFLOP/s':>8s} {'CPU ms/img':>11s}")
+    print(header, flush=True)
+    rows = []
+    for name, builder, size, classes in cases:
+        model = build(builder, size, classes)
+        fwd = forward_flops(model)
+        prof = profiler_flops(model)
+        params = model.count_params()
+        del model
+        timing = dict(batch=args.batch_size, seconds=settings["SECONDS_PER_CASE"],
+                      repeats=settings["REPEATS"])
+        fp32, cpu, _ = time_training(builder, size, classes, xla=False, mixed=False, **timing)
+        gflops = fp32 * 3 * fwd / 1e9
+        prof_text = f"{prof / 1e6:10.1f}" if prof else f"{'n/a':>10s}"
+        print(f"{name:18s} {params:10,d} {fwd / 1e6:14.1f} {prof_text} {fp32:12.1f} "
+              f"{gflops:8.1f} {cpu:11.2f}", flush=True)
+        row = {"name": name, "fp32": (fp32, cpu)}
+        if args.xla:
+            *row["xla"], row["xla_on"] = time_training(builder, size, classes, xla=True,
+                                                       mixed=False, **timing)
+        if args.mixed_precision:
+            *row["mixed"], _ = time_training(builder, size, classes, xla=False, mixed=True,
+                                             **timing)
+        rows.append(row)
+
+    if args.xla or args.mixed_precision:
+        print("\nswitches vs float32 measured just before: speed ratio of images/s (wall) and "
+              "of CPU time per image (> 1 = faster). GPU switches, NOT for this CPU:")
+        for row in rows:
+            base, base_cpu = row["fp32"]
+            parts = [f"fp32 {base:.1f} img/s"]
+            for key, flag in (("xla", "--xla"), ("mixed", "--mixed-precision")):
+                if key in row:
+                    speed, cpu = row[key]
+                    note = " (XLA was NOT on)" if key == "xla" and not row["xla_on"] else ""
+                    parts.append(f"{flag} {speed:.1f} img/s = {speed / base:.2f}x "
+                                 f"(CPU {base_cpu / cpu:.2f}x){note}")
+            print(f"  {row['name']:18s} " + "; ".join(parts))
+    print(f"\nload average at the end: {common.load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(parse_args()))

@@ -1,0 +1,204 @@
+"""What every benchmark shares: the machine line, test images, timing, peak memory, verdicts.
+
+Benchmarks print figures, the baseline measured in the same run, the ratio and one
+``PASS``/``FAIL`` line per target. Absolute figures depend on the machine and on what else
+runs on it; the ratios, measured side by side in one process, are what the README reports.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUT_DIR = REPO_ROOT / "benchmarks" / "out"  # git-ignored
+DATA_DIR = REPO_ROOT / "data"              # git-ignored; synthetic sets are cached here
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Kaggle "blood cells" geometry: 320x240 JPEGs, trained at 120x160 (height, width).
+KAGGLE_SOURCE_SIZE = (240, 320)
+KAGGLE_TRAIN_SIZE = (120, 160)
+KAGGLE_CLASSES = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
+NOISE_SIGMA = 2.5  # pixel noise of rendered JPEGs; gives ~9 KB files like the real Kaggle ones
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def machine_line() -> str:
+    """One line: CPU, cores, TF version, date and the load average when the run started."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return (f"machine: {cpu_model()}, {os.cpu_count()} cores, "
+            f"{'%d GPU(s)' % len(gpus) if gpus else 'no GPU'}; TensorFlow {tf.__version__}; "
+            f"{_dt.datetime.now().isoformat(timespec='minutes')}; load average {load_average()}")
+
+
+def print_header(title: str) -> None:
+    print(f"== {title}")
+    print(machine_line(), flush=True)
+
+
+# --------------------------------------------------------------------------- test images
+
+
+def render_cell_jpegs(folder: Path, n: int, size: tuple[int, int] = KAGGLE_SOURCE_SIZE,
+                      seed: int = 0, quality: int = 90) -> list[Path]:
+    """``n`` Kaggle-like JPEGs (pink background, red cells, one purple nucleus), rendered
+    with NumPy; used when the synthetic generator is not available. Cached by count."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{KAGGLE_CLASSES[i % 4]}_{i:05d}.jpeg" for i in range(n)]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    if not missing:
+        return paths
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    for i in missing:
+        img = np.empty((h, w, 3), np.float32)
+        img[:] = (235, 200, 205)
+        for _ in range(12):  # red cells
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(18, 30)
+            d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+            ring = np.clip(1.0 - np.abs(d - r * 0.7) / (r * 0.5), 0, 1)[..., None]
+            img = img * (1 - 0.5 * ring) + 0.5 * ring * np.array((215, 120, 130))
+        cy, cx, r = h / 2 + rng.normal(0, 10), w / 2 + rng.normal(0, 10), rng.uniform(25, 40)
+        d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+        nucleus = np.clip((r - d) / 4, 0, 1)[..., None]
+        img = img * (1 - nucleus) + nucleus * np.array((110, 60, 150))
+        img += rng.normal(0, NOISE_SIGMA, img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+            paths[i], format="JPEG", quality=quality)
+    return paths
+
+
+# The Kaggle-sized synthetic set of bench_memory.py (9,960 TRAIN + 2,488 TEST images).
+KAGGLE_SIZED = dict(train_cells=830, copies=3, test_cells=622)
+
+
+def synthetic_kaggle(train_cells: int, copies: int, test_cells: int, seed: int = 0,
+                     generate: bool = True):
+    """The synthetic Kaggle set (generated once under ``data/``) as a reader table; ``None``
+    when ``leukocyte_cnn.synthetic`` is missing or (``generate=False``) the set is not there."""
+    try:
+        from leukocyte_cnn.synthetic import COMPLETE, ensure_synthetic, synthetic_root
+    except ImportError:
+        return None
+    from leukocyte_cnn.datasets import read_dataset
+
+    options = dict(train_cells=train_cells, copies=copies, test_cells=test_cells)
+    if not generate and not (synthetic_root("kaggle", DATA_DIR, seed, **options)
+                             / COMPLETE).exists():
+        return None
+    root = ensure_synthetic("kaggle", DATA_DIR, seed, **options)
+    # Point the reader at the images: from the set root it finds masks/{TRAIN,TEST} first.
+    return read_dataset("kaggle", root / "dataset2-master")
+
+
+def kaggle_like_files(n: int, seed: int = 0) -> tuple[list[str], list[int], str]:
+    """``n`` 320x240 JPEGs with labels, and a word on where they came from.
+
+    Prefers the Kaggle-sized synthetic set when it exists (``bench_memory.py`` makes it),
+    else a synthetic set just big enough (generated once, cached); takes TRAIN images evenly
+    spread over the sorted table so every class is present. Falls back to NumPy-rendered
+    JPEGs under ``benchmarks/out/`` when ``leukocyte_cnn.synthetic`` is missing.
+    """
+    import numpy as np
+
+    table = synthetic_kaggle(**KAGGLE_SIZED, seed=seed, generate=False)
+    if table is None:
+        cells = max(20, -(-n // (3 * 4)))  # 3 copies x 4 classes; 20 = the default set
+        table = synthetic_kaggle(train_cells=cells, copies=3, test_cells=15, seed=seed)
+    if table is not None:
+        train = table[table["source_split"] == "TRAIN"].reset_index(drop=True)
+        if len(train) >= n:
+            train = train.iloc[np.linspace(0, len(train) - 1, n).round().astype(int)]
+            return (train["path"].tolist(), train["label"].astype(int).tolist(),
+                    f"{n} TRAIN JPEGs 320x240 of the synthetic Kaggle set data/synthetic/"
+                    f"{Path(train['path'].iloc[0]).parents[4].name} ({len(table)} images)")
+    paths = render_cell_jpegs(OUT_DIR / "kaggle_like_jpegs", n, seed=seed)
+    return ([str(p) for p in paths], [i % 4 for i in range(n)],
+            f"{n} NumPy-rendered 320x240 JPEGs (quality 90) in benchmarks/out/")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Smallest wall time of ``repeats`` calls (the least disturbed by other processes)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def iterate(ds) -> int:
+    """Pull every element of a dataset; return the number of images seen."""
+    n = 0
+    for batch in ds:
+        x = batch[0] if isinstance(batch, tuple) else batch
+        n += int(x.shape[0])
+    return n
+
+
+# --------------------------------------------------------------------------- peak memory
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_child(script: Path, args: Sequence[str], timeout: float | None = None) -> dict:
+    """Run ``python script args...`` in a fresh process; its last stdout line is JSON.
+
+    A fresh process per measurement keeps one measurement's peak out of the next one.
+    """
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise RuntimeError(f"{script.name} {' '.join(args)}: exit code {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def verdict(name: str, ok: bool, measured: str, target: str) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'}  {name}: {measured} (target {target})", flush=True)
+    return ok
