@@ -57,8 +57,8 @@ CELL_CLASSES = ("lymphoblast", *NORMAL_CLASSES, "thrombocyte")
 KAGGLE_CLASSES = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
 CLASS_NAMES = {  # the class list each set's reader reports, ordered by label
     "all_idb2": ("other", "lymphoblast"),
-    "multiclass": ("lymphoblast", "neutrophil", "lymphocyte", "monocyte", "eosinophil",
-                   "basophil", "thrombocyte"),
+    "multiclass": ("basophil", "eosinophil", "lymphoblast", "lymphocyte", "monocyte",
+                   "neutrophil", "thrombocyte"),  # the CSV reader orders names alphabetically
     "kaggle": KAGGLE_CLASSES,
     "all_idb1": ("no_blasts", "blasts"),
     "cnmc": ("hem", "all"),
@@ -507,8 +507,8 @@ def _recipe_eosinophil(cell: _Cell):
     nuc = _soft(np.minimum(nuc_sd, cell.cell_sd - 1.0))
     chromatin = rng.uniform(0.8, 1.0) * (0.85 + 0.25 / (1.0 + np.exp(-2.0 * cell.noise(0.6))))
     region = (cell.cell_sd > 0.35 * cell.ppu) & (nuc_sd < 0.5 * cell.ppu)
-    granules = _cytoplasm_granules(cell, region, spacing_um=0.62, size_um=0.28,
-                                   strength=(0.35, 0.7))
+    granules = _cytoplasm_granules(cell, region, spacing_um=0.5, size_um=0.22,
+                                   strength=(0.3, 0.6))
     cyto = rng.uniform(0.6, 0.9)
     return nuc_sd, centre, [(np.full_like(nuc, cyto) * (1.0 - 0.6 * nuc), "cyto_pink"),
                             (granules * _soft(cell.cell_sd), "granule_eos"),
@@ -572,11 +572,9 @@ def _draw_diameter(class_name: str, rng: np.random.Generator) -> float:
     return float(np.clip(rng.normal(mean, sd), low, high))
 
 
-def _leukocyte(class_name: str, ppu: float, rng: np.random.Generator,
-               diameter_um: float | None = None) -> _Patch:
-    """Render one white cell of ``class_name`` in its own window."""
-    diameter = _draw_diameter(class_name, rng) if diameter_um is None else diameter_um
-    radius = diameter / 2 * ppu
+def _leukocyte(class_name: str, ppu: float, rng: np.random.Generator) -> _Patch:
+    """Render one white cell of ``class_name`` (``ppu`` pixels per µm) in its own window."""
+    radius = _draw_diameter(class_name, rng) / 2 * ppu
     half = int(np.ceil(radius * 1.08)) + 3
     angle = rng.uniform(0, 2 * np.pi)
     u, v = _rotated(half, angle)
@@ -786,7 +784,8 @@ def render_smear(size: tuple[int, int], rng: np.random.Generator, n_cells: int,
 # Fixed encoder options per suffix (the same array always gives the same bytes), chosen like
 # the real sets: ALL-IDB2 ships uncompressed TIFF, Kaggle's JPEGs are quality 75 with 4:2:0
 # chroma (read from their quantisation tables), camera smears are high-quality JPEG. PNG uses
-# the fastest zlib level: noisy renders barely compress and level 6 tripled the write time.
+# zlib level 1 with the strategy that suits the content (measured: run-length for masks,
+# 0.45 ms and smallest; Huffman-only for noisy renders, smallest and 4x faster than level 6).
 _ENCODERS: dict[str, tuple[str, dict]] = {
     ".tif": ("TIFF", {"compression": "raw"}),
     ".png": ("PNG", {"compress_level": 1}),
@@ -794,13 +793,18 @@ _ENCODERS: dict[str, tuple[str, dict]] = {
     ".jpg": ("JPEG", {"quality": 90, "subsampling": 2, "optimize": False}),
     ".bmp": ("BMP", {}),
 }
+_Z_HUFFMAN_ONLY, _Z_RLE = 2, 3  # zlib strategies
 
 
-def _save(path: str | os.PathLike, array: np.ndarray) -> None:
+def _save(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:
     """Write an image with the fixed encoder options of its suffix, atomically."""
-    image_format, options = _ENCODERS[Path(path).suffix.lower()]
+    image_format, options = _ENCODERS[os.path.splitext(path)[1].lower()]
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    if image_format == "PNG":
+        options = {**options, "compress_type": _Z_RLE if image.mode == "L" else _Z_HUFFMAN_ONLY}
     with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format=image_format, **options)
+        image.save(tmp, format=image_format, **options)
 
 
 def _image_rng(seed: int, kind: str, index: int, *more: int) -> np.random.Generator:
@@ -808,26 +812,22 @@ def _image_rng(seed: int, kind: str, index: int, *more: int) -> np.random.Genera
     return np.random.default_rng([seed, KINDS.index(kind), index, *more])
 
 
-def _augment_copy(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _augment_copy(image: Image.Image, mask: Image.Image, rng: np.random.Generator
+                  ) -> tuple[Image.Image, Image.Image]:
     """A Kaggle-style augmented copy: flips, small rotation (black corners), shift."""
-    h, w = mask.shape
+    w = image.width
     angle = float(rng.uniform(-20, 20))
     dx, dy = (int(k) for k in rng.integers(-int(0.06 * w), int(0.06 * w) + 1, 2))
-    flips = rng.integers(0, 2, 2)
-    out_image, out_mask = Image.fromarray(image), Image.fromarray(mask)
-    if flips[0]:
-        out_image = out_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        out_mask = out_mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if flips[1]:
-        out_image = out_image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-        out_mask = out_mask.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    for flip, how in zip(rng.integers(0, 2, 2), (Image.Transpose.FLIP_LEFT_RIGHT,
+                                                 Image.Transpose.FLIP_TOP_BOTTOM)):
+        if flip:
+            image, mask = image.transpose(how), mask.transpose(how)
     # Nearest-neighbour: 11x faster than Pillow's bilinear here, and the renders are already
     # smooth; TRAIN and TEST copies go through the same transform, so its traces say nothing
     # about the class or the split.
-    out_image = out_image.rotate(angle, Image.NEAREST, translate=(dx, dy), fillcolor=(0, 0, 0))
-    out_mask = out_mask.rotate(angle, Image.NEAREST, translate=(dx, dy), fillcolor=0)
-    return np.asarray(out_image), np.asarray(out_mask)
+    image = image.rotate(angle, Image.NEAREST, translate=(dx, dy), fillcolor=(0, 0, 0))
+    mask = mask.rotate(angle, Image.NEAREST, translate=(dx, dy), fillcolor=0)
+    return image, mask
 
 
 def _run_job(job: tuple) -> int:
@@ -847,11 +847,12 @@ def _run_job(job: tuple) -> int:
     if task == "kaggle":
         _, seed, cell_id, class_name, copies, image_dir, mask_dir = job
         image, mask = render_cell(class_name, KAGGLE_SIZE, _image_rng(seed, "kaggle", cell_id))
+        image, mask = Image.fromarray(image), Image.fromarray(mask)
         for copy in range(copies):
             aug_image, aug_mask = _augment_copy(image, mask,
                                                 _image_rng(seed, "kaggle", cell_id, copy + 1))
-            _save(Path(image_dir) / f"_{copy}_{cell_id}.jpeg", aug_image)
-            _save(Path(mask_dir) / f"_{copy}_{cell_id}.png", aug_mask)
+            _save(os.path.join(image_dir, f"_{copy}_{cell_id}.jpeg"), aug_image)
+            _save(os.path.join(mask_dir, f"_{copy}_{cell_id}.png"), aug_mask)
         return 2 * copies
     if task == "smear":
         _, seed, index, size, with_blasts, image_path = job

@@ -15,8 +15,9 @@ from PIL import Image
 
 import generate_synthetic_data
 from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.synthetic import (CELL_CLASSES, COMPLETE, KINDS, ensure_synthetic, generate,
-                                     render_cell, render_smear, synthetic_root)
+from leukocyte_cnn.synthetic import (CELL_CLASSES, CLASS_NAMES, COMPLETE, KINDS,
+                                     ensure_synthetic, generate, render_cell, render_smear,
+                                     synthetic_root)
 
 SMALL = {
     "all_idb2": {"n_blast": 4, "n_other": 5, "size": 64},
@@ -109,7 +110,8 @@ def test_multiclass_layout_and_counts(sets):
 def test_kaggle_layout_copies_and_disjoint_cells(sets):
     images = sets["kaggle"] / "dataset2-master" / "images"
     files = sorted(p for p in images.rglob("*") if p.is_file())
-    pattern = re.compile(r"(TRAIN|TEST)/(EOSINOPHIL|LYMPHOCYTE|MONOCYTE|NEUTROPHIL)/_(\d+)_(\d+)\.jpeg")
+    pattern = re.compile(
+        r"(TRAIN|TEST)/(EOSINOPHIL|LYMPHOCYTE|MONOCYTE|NEUTROPHIL)/_(\d+)_(\d+)\.jpeg")
     parsed = [pattern.fullmatch(p.relative_to(images).as_posix()) for p in files]
     assert all(parsed) and len(files) == 4 * (2 * 2 + 1)
     cells = {}
@@ -154,6 +156,16 @@ def test_all_idb1_layout_and_xyc(sets):
         lines = smear.with_suffix(".xyc").read_text().splitlines()
         assert bool(lines) == smear.stem.endswith("_1")  # empty file for smears without blasts
         assert all(re.fullmatch(r"\d+ \d+", line) for line in lines)
+
+
+def test_the_readers_see_the_documented_classes(sets):
+    """Contract with leukocyte_cnn.datasets: each set reads with its real reader."""
+    from leukocyte_cnn.datasets import class_names, read_dataset
+
+    for kind, root in sets.items():
+        table = read_dataset("csv" if kind == "multiclass" else kind, root)
+        assert tuple(class_names(table)) == CLASS_NAMES[kind], kind
+    assert set(CLASS_NAMES["multiclass"]) == set(CELL_CLASSES)
 
 
 def test_marker_is_written_last_and_names_the_set(sets):
@@ -211,6 +223,19 @@ def test_every_cell_class_renders_with_both_backgrounds():
                 assert not image[far].any(), name
     with pytest.raises(ValueError, match="unknown cell class"):
         render_cell("erythroblast", (60, 60), np.random.default_rng(0))
+
+
+def test_mask_marks_the_centred_cell_only():
+    """Stray platelets and cut red cells around the cell are not labelled."""
+    from scipy import ndimage
+
+    for name in CELL_CLASSES[:-1]:  # the white cells (a platelet clump has several pieces)
+        for seed in range(4):
+            image, mask = render_cell(name, (70, 70), np.random.default_rng([seed, 3]))
+            labelled, n = ndimage.label(mask > 0)
+            assert n == 1, (name, seed)
+            ys, xs = np.nonzero(labelled)
+            assert abs(ys.mean() - 35) < 8 and abs(xs.mean() - 35) < 8, (name, seed)
 
 
 def test_blasts_are_larger_than_lymphocytes_but_sizes_overlap():
