@@ -28,14 +28,14 @@ WORKERS = None  # processes; None: 2 for large sets, else 1
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from leukocyte_cnn.synthetic import KINDS
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", default=KIND, choices=("all", *KINDS),
-                        help="which synthetic set to generate")
+                        help=f"which synthetic set to generate (default {KIND})")
     parser.add_argument("--data-dir", default=DATA_DIR,
-                        help="data folder; sets go to <data-dir>/synthetic/<kind>")
+                        help=f"data folder; sets go to <data-dir>/synthetic/<kind> "
+                             f"(default {DATA_DIR})")
     parser.add_argument("--seed", type=int, default=SEED,
-                        help="seed; the same seed gives byte-identical files")
+                        help=f"seed; the same seed gives byte-identical files (default {SEED})")
     parser.add_argument("--force", action="store_true",
                         help="regenerate even if the set is complete (replaced atomically)")
     parser.add_argument("--workers", type=int, default=WORKERS,
