@@ -5,9 +5,9 @@ Wolf; Ronneberger et al. 2015): grayscale 120x160 images in, one sigmoid mask ou
 poolings, 16 filters at the first level. The deck trained it on its own Otsu masks; here it
 learns from ground-truth masks where the dataset has them for every training image (the
 synthetic sets, Zheng 2018) and from Otsu masks otherwise (TARGETS). It then writes a mask
-for every image of the split (PNG, 0/255, at the image's own size, mirroring the image tree)
-into ``data/masks/unet/<split>[_quick]/fold_XX/``, where ``scaling_masks_cnn_fcn.py`` finds
-them.
+for every image of the split (PNG, 0/255, at the image's own size, mirroring the image tree;
+with --quick only for the few images per class that quick runs use) into
+``data/masks/unet/<split>[_quick]/fold_XX/``, where ``scaling_masks_cnn_fcn.py`` finds them.
 
 What we fixed: the U-Net trains on the fold's training images only and stops early on its
 validation images; test images are only ever predicted, so masks of test images carry no
@@ -35,7 +35,7 @@ PATIENCE = 5              # epochs without validation-loss improvement before st
 SHUFFLE_BUFFER = 1024     # (image, mask) pairs shuffled at a time (bounded memory)
 MASK_THRESHOLD = 0.5      # predicted probability at or above which a pixel is "cell"
 OTSU_MIN_VOTES = 2        # Otsu masks: channels (of 3) that must call a pixel dark
-MAX_IMAGES_PER_CLASS = None  # cap on training/validation images per class (masks: all images)
+MAX_IMAGES_PER_CLASS = None  # cap per class and role (None: all images)
 DATA_DIR = "data"         # mask sets go to data/masks/...
 # --quick: 48x64 images, a few training images per class, 15 epochs of batch 8 (with fewer
 # steps, or 8 start filters, the U-Net still predicted background everywhere: IoU 0)
@@ -196,8 +196,11 @@ def main(args: argparse.Namespace):
         if (out / "mask_scores.csv").is_file() and mask_set_is_complete(mask_root):
             print(f"fold {k}: finished earlier, kept ({mask_root})", flush=True)
             continue
+        # With MAX_IMAGES_PER_CLASS (quick runs) every role is capped the way the classifier
+        # scripts cap it (same function, same seed), so masks exist for the images they use.
         rows = split.fold(k)
-        rows = rows[rows["role"].isin(["train", "val", "test"])].reset_index(drop=True)
+        rows = pd.concat([studies.limit_per_class(rows[rows.role == role], cap, args.seed)
+                          for role in ("train", "val", "test")], ignore_index=True)
         rows["truth"] = truth_mask_column(rows, split.settings["dataset"],
                                           args.data_root or split.settings.get("data_root"),
                                           split.settings.get("reader_options", {})).to_numpy()
@@ -208,8 +211,6 @@ def main(args: argparse.Namespace):
             raise InputError(f"{split.csv_path}: --targets truth, but not every training "
                              "image has a ground-truth mask in this dataset")
         target = "truth" if targets == "truth" or (targets == "auto" and has_truth) else "otsu"
-        train = studies.limit_per_class(train, cap, args.seed)
-        val = studies.limit_per_class(val, cap, args.seed)
         if target == "truth" and len(val) and (val["truth"] == "").any():
             val = val[val["truth"] != ""]
         print(f"fold {k}: U-Net on {len(train)} training images ({target} masks), "
