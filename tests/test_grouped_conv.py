@@ -1,0 +1,67 @@
+"""The CPU convolution fixes (leukocyte_cnn.grouped_conv) keep Keras' results.
+
+Grouped convolutions must equal a per-group reference (outputs and gradients), and a strided
+1x1 convolution must equal the plain strided convolution's output and train on a shape whose
+weight gradient crashes oneDNN without the fix (batch 32 of 64x64x8 inputs: the process
+would die here, failing the run).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fixes() -> dict:
+    active = use_cpu_convolution_fixes()
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the fixes are for CPUs; a GPU is present")
+    return active
+
+
+def test_fixes_are_active_and_idempotent(fixes):
+    assert fixes == {"grouped": True, "strided_1x1": True}
+    assert use_cpu_convolution_fixes() == fixes
+
+
+def test_grouped_conv_layer_equals_one_convolution_per_group(fixes):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(3, 12, 12, 8)).astype("float32"))
+    layer = keras.layers.Conv2D(8, 3, strides=2, padding="same", groups=4, use_bias=False)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = layer(x)
+        loss = tf.reduce_sum(out * tf.range(1.0, 9.0))
+    grad_x, grad_k = tape.gradient(loss, [x, layer.kernel.value])
+    kernel = tf.constant(layer.kernel.numpy())
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        ref = tf.concat([tf.nn.conv2d(xs, ks, 2, "SAME")
+                         for xs, ks in zip(tf.split(x, 4, -1), tf.split(kernel, 4, -1))], -1)
+        ref_loss = tf.reduce_sum(ref * tf.range(1.0, 9.0))
+    ref_x, ref_k = tape.gradient(ref_loss, [x, kernel])
+    np.testing.assert_allclose(out, ref, atol=1e-4)
+    np.testing.assert_allclose(grad_x, ref_x, atol=1e-3)
+    np.testing.assert_allclose(grad_k, ref_k, atol=1e-3)
+
+
+@pytest.mark.parametrize("side,padding", [(64, "same"), (63, "same"), (63, "valid")])
+def test_strided_1x1_conv_keeps_its_output_and_trains_on_the_crashing_shape(fixes, side, padding):
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(32, side, side, 8)).astype("float32"))
+    layer = keras.layers.Conv2D(16, 1, strides=2, padding=padding, use_bias=False)
+    with tf.GradientTape() as tape:
+        out = layer(x)
+        loss = tf.reduce_mean(out ** 2)
+    grad = tape.gradient(loss, layer.kernel.value)  # oneDNN's kernel aborts here without the fix
+    plain = tf.nn.conv2d(x, layer.kernel, 2, padding.upper())  # the forward pass is safe
+    np.testing.assert_allclose(out, plain, atol=1e-4)
+    # dL/dk by hand: every output pixel is k applied to one input pixel (every second one)
+    sampled = x[:, ::2, ::2, :].numpy().reshape(-1, 8)
+    expected = sampled.T @ (2 * out.numpy().reshape(-1, 16) / out.numpy().size)
+    np.testing.assert_allclose(grad.numpy()[0, 0], expected, rtol=1e-3, atol=1e-6)
