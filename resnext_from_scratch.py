@@ -14,10 +14,10 @@ predicted once, by the best checkpoint. Each fold records the images it fed
 
 The default network is CPU-sized: ResNeXt-29 (3 stages x 3 blocks, small-image stem,
 cardinality 8, 4-wide bottlenecks: 0.37 M parameters) at 96 px; ``--variant resnext50_32x4d
---image-size 224`` is the paper's network for a GPU. Grouped convolutions run on TensorFlow's
-own CPU kernel (``leukocyte_cnn.grouped_conv``), which Keras would otherwise route through a
-~150x slower XLA path. Outputs per fold and summary are those of every training script here
-(``docs/architecture.md``).
+--image-size 224`` is the paper's network for a GPU. On a CPU, grouped convolutions run on
+TensorFlow's own kernel instead of Keras' ~150x slower XLA path, and the strided 1x1 shortcut
+convolutions avoid a oneDNN crash (``leukocyte_cnn.grouped_conv``). Outputs per fold and
+summary are those of every training script here (``docs/architecture.md``).
 """
 from __future__ import annotations
 
@@ -181,20 +181,6 @@ def record_fold_inputs(fold, train_table) -> None:
     write_csv(fold.directory / "inputs.csv", pd.concat(parts, ignore_index=True))
 
 
-def training_batch_size(n_images: int, batch_size: int) -> int:
-    """``batch_size``, grown by one until the last training batch holds more than one image.
-
-    TensorFlow 2.21's oneDNN CPU kernels crash the process (segmentation fault) in the
-    backward pass of a strided 1x1 convolution, the ResNeXt shortcut, on a batch of one
-    image, which a training set of ``k * batch_size + 1`` images produces every epoch (the
-    learning curve's small sets do). A batch of one also gives BatchNorm no statistics.
-    """
-    size = batch_size
-    while n_images > size and n_images % size == 1:
-        size += 1
-    return size
-
-
 def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
                        learning_rate: float | None = None, xla: bool = False):
     """One fold: record its inputs, then train ``build()`` with online flips and rotations,
@@ -209,8 +195,7 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
     size = int(settings["IMAGE_SIZE"])
     return train_classifier_fold(
         fold, build, class_names=class_names, image_size=(size, size),
-        batch_size=training_batch_size(len(train_table), settings["BATCH_SIZE"]),
-        epochs=settings["EPOCHS"],
+        batch_size=settings["BATCH_SIZE"], epochs=settings["EPOCHS"],
         patience=settings["PATIENCE"], optimizer=settings["OPTIMIZER"],
         learning_rate=learning_rate or settings["LEARNING_RATE"], train_table=train_table,
         xla=xla, augment=online_augmentation(rotation_degrees=settings["ROTATION_DEGREES"],
@@ -221,7 +206,7 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
 def main(args: argparse.Namespace):
     from leukocyte_cnn.experiment import start_run
     from leukocyte_cnn.gpu import configure_devices
-    from leukocyte_cnn.grouped_conv import use_native_grouped_conv
+    from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes
     from leukocyte_cnn.reporting import summarize_run
     from leukocyte_cnn.training import parse_fold_list, run_folds
 
@@ -230,7 +215,7 @@ def main(args: argparse.Namespace):
     split = resolve_resnext_split(args, settings["K"])
     folds = parse_fold_list(args.folds, split.folds)
     configure_devices(args.mixed_precision, args.xla)
-    use_native_grouped_conv()
+    use_cpu_convolution_fixes()
     n_params = build_model(arch, len(split.class_names)).count_params()
     run_dir = start_run(args, "resnext_from_scratch", knobs=settings, split=split,
                         title=f"ResNeXt from scratch ({arch['variant']}, {n_params:,} parameters, "

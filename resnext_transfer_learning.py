@@ -41,7 +41,8 @@ CARDINALITY = None         # groups of every 3x3 conv; None: the variant's (8; 3
 BOTTLENECK_WIDTH = None    # channels per group in the first stage; None: the variant's (4)
 WIDTH = None               # first-stage output channels, doubled per stage; None: variant's (64)
 STEM_FILTERS = None        # filters of the stem conv; None: the variant's (32; 64 for resnext50)
-RETRAIN = "last_stage"     # part fine-tuned (thesis: retrainBlock): head, last_stage, last_two_stages, all
+RETRAIN = "last_stage"     # part fine-tuned (thesis: retrainBlock): head, last_stage,
+                           # last_two_stages or all
 OPTIMIZER = "adam"         # Adam for pretraining, fine-tuning and the from-scratch arm
 LEARNING_RATE = 1e-3       # pretraining and from-scratch training
 FINE_TUNE_LEARNING_RATE = 1e-3  # fine-tuning (the new head starts from random weights)
@@ -76,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "synthetic_* sets)")
     parser.add_argument("--checkpoint-name", default=None,
                         help="--pretrain: file name (without .keras) under "
-                             "<results-dir>/checkpoints (default: from source, variant, size, seed)")
+                             "<results-dir>/checkpoints (default: from source, variant, size "
+                             "and seed)")
     parser.add_argument("--source-checkpoint", default=None,
                         help="the pretrained .keras model to fine-tune (required unless "
                              "--pretrain); its .json sidecar is read from beside it")
@@ -108,7 +110,7 @@ def transfer_settings(args: argparse.Namespace) -> dict:
 
 
 def source_parts(args: argparse.Namespace, seed: int):
-    """The source data as (training rows, held-out rows, class names, dataset hash).
+    """The source data: (training rows, held-out rows, class names, dataset hash, method).
 
     Held out: the owner's TEST split (or first ``fold_k``) when the data ships one, else one
     stratified fold of ``SOURCE_HELD_OUT_FOLDS``, by group when images share patients or cells.
@@ -185,7 +187,7 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
 
 
 def checked_source_and_split(args: argparse.Namespace, settings: dict):
-    """The checked checkpoint, then the target split, then their disjointness: all before training."""
+    """Check the checkpoint, load the target split, check they share no image: before training."""
     import resnext_from_scratch as scratch
     from leukocyte_cnn.transfer import check_source_checkpoint, check_source_disjoint, describe
 
@@ -194,9 +196,8 @@ def checked_source_and_split(args: argparse.Namespace, settings: dict):
     split = scratch.resolve_resnext_split(args, settings["K"])
     kept = split.table[split.table["role"] != "excluded"]
     checked = check_source_disjoint(source, split.settings.get("dataset_hash"), kept)
-    print(f"{source.path}: {describe(source.metadata)}; none of the {checked} target images "
-          "is among its source images" if checked else f"{source.path}: {describe(source.metadata)}",
-          flush=True)
+    note = f"; none of the {checked} target images is among its source images" if checked else ""
+    print(f"{source.path}: {describe(source.metadata)}{note}", flush=True)
     return source, split
 
 
@@ -271,7 +272,7 @@ def learning_curve(args: argparse.Namespace, settings: dict):
             print(f"learning curve: {size} training images per class, {mode}", flush=True)
 
             def train_fold(fold, size=size, mode=mode):
-                train = subsample_per_class(fold.train, size, seed=args.seed, fold=fold.fold)
+                fold.train = subsample_per_class(fold.train, size, seed=args.seed, fold=fold.fold)
                 if mode == "transfer":
                     build = lambda: source.load_for(n_classes, settings["RETRAIN"])  # noqa: E731
                     rate = settings["FINE_TUNE_LEARNING_RATE"]
@@ -279,7 +280,7 @@ def learning_curve(args: argparse.Namespace, settings: dict):
                     build = lambda: scratch.build_model(scratch_arch, n_classes)  # noqa: E731
                     rate = settings["LEARNING_RATE"]
                 return scratch.train_resnext_fold(fold, build, class_names=split.class_names,
-                                                  settings=settings, train_table=train,
+                                                  settings=settings, train_table=fold.train,
                                                   learning_rate=rate, xla=args.xla)
 
             run_folds(split, curve_dir(run_dir, size, mode), folds, args.seed, train_fold)
@@ -297,11 +298,11 @@ def learning_curve(args: argparse.Namespace, settings: dict):
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn.gpu import configure_devices
-    from leukocyte_cnn.grouped_conv import use_native_grouped_conv
+    from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes
 
     settings = transfer_settings(args)
     configure_devices(args.mixed_precision, args.xla)
-    use_native_grouped_conv()
+    use_cpu_convolution_fixes()
     if args.pretrain:
         return pretrain(args, settings)
     if args.train_sizes:

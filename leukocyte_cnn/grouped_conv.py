@@ -15,7 +15,8 @@
 :func:`use_cpu_convolution_fixes` (or :func:`use_native_grouped_conv`) switches both on for
 this process, after checking on small examples that the replacements give the same outputs
 (and, for grouped convolutions, the same gradients) as a reference; whatever fails its check is
-left as Keras does it. Nothing changes on a GPU, with another Keras backend or for ``channels_first``.
+left as Keras does it. Nothing changes on a GPU, with another Keras backend or for
+``channels_first``.
 Models, weights and checkpoints are untouched: a checkpoint trained with the fixes loads and
 predicts the same without them.
 """
@@ -59,7 +60,7 @@ def _grouped_matches_reference() -> bool:
 
 
 def _subsampling_matches_strided() -> bool:
-    """A strided 1x1 convolution equals subsampling + stride 1 (odd and even sizes, both paddings)."""
+    """A strided 1x1 convolution equals subsampling + stride 1 (odd/even sizes, both paddings)."""
     import numpy as np
     import tensorflow as tf
 

@@ -283,7 +283,8 @@ def learning_curve_table(run_dir: str | os.PathLike, sizes: Sequence[int],
         for mode in modes:
             directory = curve_dir(run_dir, size, mode)
             folds = per_fold_table(load_predictions(directory), class_names)
-            n_train = [read_json(t)["n_train"] for t in sorted(directory.glob("fold_*/timing.json"))]
+            timings = sorted(directory.glob("fold_*/timing.json"))
+            n_train = [read_json(timing)["n_train"] for timing in timings]
             row = {"size": int(size), "mode": mode, "n_folds": len(folds),
                    "train_images": float(np.mean(n_train)) if n_train else float("nan")}
             for metric in CURVE_METRICS:

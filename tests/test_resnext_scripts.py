@@ -2,7 +2,8 @@
 
 Tiny ResNeXt-14s (8-channel first stage) on 32 px copies of hand-made cell images (one
 coloured disc per class on a noisy background) in ``tmp_path``, one epoch per model, so the
-whole file trains eight small models. What is checked: the run folders the scripts write,
+default suite trains five small models (pretraining, one from-scratch fold, one fine-tuned
+fold, both arms of one learning-curve point). What is checked: the run folders the scripts write,
 that no fold ever fed its test images (read back from each fold's ``inputs.csv`` and compared
 with the split file), that early stopping watched the validation loss of validation images,
 that fine-tuning starts from the source weights, that bad checkpoints are refused with one
@@ -71,7 +72,8 @@ def check_no_fold_fed_its_test_images(run_dir: Path, split_csv: Path, folds) -> 
     split = read_split_csv(split_csv)
     for k in folds:
         rows = split[split["fold"] == k]
-        expected = {role: set(rows.loc[rows["role"] == role, "image"]) for role in ("train", "val", "test")}
+        expected = {role: set(rows.loc[rows["role"] == role, "image"])
+                    for role in ("train", "val", "test")}
         fed = pd.read_csv(run_dir / f"fold_{k:02d}" / "inputs.csv", dtype=str)
         trained = set(fed.loc[fed["role"] == "train", "source_image"])
         validated = set(fed.loc[fed["role"] == "val", "image"])
@@ -84,14 +86,16 @@ def check_no_fold_fed_its_test_images(run_dir: Path, split_csv: Path, folds) -> 
         assert not set(fed.loc[fed["role"] != "test", "path"]) & test_paths
         log = pd.read_csv(run_dir / f"fold_{k:02d}" / "epochs.csv")
         assert set(log["monitor"]) == {"val_loss"} and log["val_loss"].notna().all()
-        predictions = pd.read_csv(run_dir / f"fold_{k:02d}" / "predictions.csv", dtype={"image": str})
+        predictions = pd.read_csv(run_dir / f"fold_{k:02d}" / "predictions.csv",
+                                  dtype={"image": str})
         assert set(predictions["image"]) == expected["test"]
 
 
 def test_from_scratch_writes_the_run_folder_and_no_fold_sees_its_test_images(data, tmp_path,
                                                                              monkeypatch):
     monkeypatch.chdir(tmp_path)  # split files and balanced folds go to tmp_path/data
-    summary = scratch.main(scratch.parse_args(target_args(data, tmp_path / "results")))
+    summary = scratch.main(scratch.parse_args(target_args(data, tmp_path / "results",
+                                                          "--folds", "0")))
     run_dir = tmp_path / "results" / "resnext_from_scratch_folder"
     settings = json.loads((run_dir / "settings.json").read_text())["config"]
     assert settings["architecture"] == {"variant": "resnext14", "image_size": 32, "cardinality": 2,
@@ -99,17 +103,16 @@ def test_from_scratch_writes_the_run_folder_and_no_fold_sees_its_test_images(dat
                                         "stem_filters": 8}
     split_csv = Path(settings["split_file"])
     assert split_csv.name.startswith("folder_kfold_k2_seed0")
-    for name in ("summary.csv", "summary.md", "per_fold.csv", "confusion_matrix.png"):
+    for name in ("summary.csv", "summary.md", "per_fold.csv", "confusion_matrix.png",
+                 "fold_00/model.keras", "fold_00/timing.json"):
         assert (run_dir / name).is_file(), name
     assert set(summary["metric"]) >= {"accuracy", "macro_f1", "roc_auc"}
-    assert int(summary.loc[summary["metric"] == "accuracy", "n_folds"].iloc[0]) == 2
-    check_no_fold_fed_its_test_images(run_dir, split_csv, folds=(0, 1))
-    # trained on the class-balanced folds: 6 images per class, made from training images only
+    assert int(summary.loc[summary["metric"] == "accuracy", "n_folds"].iloc[0]) == 1
+    check_no_fold_fed_its_test_images(run_dir, split_csv, folds=(0,))
+    # trained on the class-balanced fold: 6 images per class, made from training images only
     fed = pd.read_csv(run_dir / "fold_00" / "inputs.csv")
     assert fed[fed["role"] == "train"].groupby("class_name").size().tolist() == [6, 6, 6]
-    # every target image is tested exactly once over the two folds
-    tested = pd.concat([pd.read_csv(run_dir / f"fold_{k:02d}" / "predictions.csv") for k in (0, 1)])
-    assert len(tested) == tested["image"].nunique() == 30
+    assert fed.loc[fed["role"] == "train", "path"].str.contains("augmented").all()
 
 
 def test_pretrain_writes_checkpoint_sidecar_and_source_listing(data):
@@ -242,54 +245,86 @@ def test_subsamples_are_nested_seeded_and_only_from_training_images():
         subsample_per_class(rows.assign(role=["train"] * 35 + ["test"]), 3, seed=0, fold=1)
 
 
-def test_learning_curve_has_one_row_per_size_and_mode_and_draws_only_training_images(
-        data, tmp_path, monkeypatch):
+def test_learning_curve_run_trains_both_arms_on_the_same_training_subset(data, tmp_path,
+                                                                          monkeypatch):
     monkeypatch.chdir(tmp_path)
     table = transfer.main(transfer.parse_args(target_args(
         data, tmp_path / "results", "--source-checkpoint", str(data["checkpoint"]),
-        "--train-sizes", "2,3", "--folds", "0")))
+        "--train-sizes", "3", "--folds", "0")))
     run_dir = tmp_path / "results" / "resnext_learning_curve_folder"
     written = pd.read_csv(run_dir / "learning_curve.csv")
-    assert list(zip(written["size"], written["mode"])) == [
-        (2, "scratch"), (2, "transfer"), (3, "scratch"), (3, "transfer")]
-    assert len(table) == 4 and (written["n_folds"] == 1).all()
-    assert written["accuracy_mean"].between(0, 1).all()
-    assert (run_dir / "learning_curve.md").read_text().count("\n| ") == 4
+    assert list(zip(written["size"], written["mode"])) == [(3, "scratch"), (3, "transfer")]
+    assert len(table) == 2 and (written["n_folds"] == 1).all()
+    assert (written["train_images"] == 9).all()  # 3 images x 3 classes
+    assert (run_dir / "learning_curve.md").is_file()
     assert (run_dir / "learning_curve.png").stat().st_size > 0
-    split = read_split_csv(json.loads((run_dir / "settings.json").read_text())["config"]["split_file"])
+    config = json.loads((run_dir / "settings.json").read_text())["config"]
+    split = read_split_csv(config["split_file"])
     split_train = set(split.query("fold == 0 and role == 'train'")["image"])
     chosen = {}
-    for size in (2, 3):
-        for mode in ("scratch", "transfer"):
-            fold_dir = run_dir / f"size_{size:03d}_{mode}" / "fold_00"
-            fed = pd.read_csv(fold_dir / "inputs.csv", dtype=str)
-            train = fed[fed["role"] == "train"]
-            assert train.groupby("class_name").size().tolist() == [size] * 3
-            assert set(train["image"]) <= split_train   # never a val or test image
-            chosen[size, mode] = set(train["image"])
-        assert chosen[size, "scratch"] == chosen[size, "transfer"]  # both arms see the same images
-    assert chosen[2, "scratch"] < chosen[3, "scratch"]
+    for mode in ("scratch", "transfer"):
+        fed = pd.read_csv(run_dir / f"size_003_{mode}" / "fold_00" / "inputs.csv", dtype=str)
+        train = fed[fed["role"] == "train"]
+        assert train.groupby("class_name").size().tolist() == [3, 3, 3]
+        assert set(train["image"]) <= split_train   # never a validation or test image
+        chosen[mode] = set(train["image"])
+    assert chosen["scratch"] == chosen["transfer"]  # both arms see the same images
+    # the scratch arm has the source's architecture, freshly initialised
+    assert config["scratch_architecture"]["first_stage_channels"] == 8
 
 
-def test_training_batch_never_leaves_a_single_image_over():
-    # a last batch of one image crashes TF 2.21's oneDNN strided 1x1 conv backward pass
-    assert scratch.training_batch_size(16, 8) == 8
-    assert scratch.training_batch_size(9, 8) == 9      # 8 + 1 -> one batch of 9
-    assert scratch.training_batch_size(17, 8) == 9     # 9 + 8
-    assert scratch.training_batch_size(13, 4) == 5     # 5 + 5 + 3
-    assert scratch.training_batch_size(5, 8) == 8      # one batch of 5
-    for n in range(2, 200):
-        size = scratch.training_batch_size(n, 32)
-        assert n % size != 1 or n <= size
+def _fake_curve_point(run_dir: Path, size: int, mode: str, correct_per_fold) -> None:
+    """Fold files of one learning-curve point: 4 test images per fold, some predicted right."""
+    for fold, correct in enumerate(correct_per_fold):
+        directory = run_dir / f"size_{size:03d}_{mode}" / f"fold_{fold:02d}"
+        directory.mkdir(parents=True)
+        labels = np.array([0, 0, 1, 1])
+        pred = np.where(np.arange(4) < correct, labels, 1 - labels)
+        pd.DataFrame({"fold": fold, "image": [f"f{fold}_{i}.png" for i in range(4)],
+                      "label": labels, "class_name": np.array(["a", "b"])[labels], "group": "g",
+                      "prob_a": np.where(pred == 0, 0.9, 0.1),
+                      "prob_b": np.where(pred == 1, 0.9, 0.1), "pred": pred},
+                     ).to_csv(directory / "predictions.csv", index=False)
+        (directory / "timing.json").write_text(json.dumps({"n_train": 2 * size}))
+
+
+def test_learning_curve_table_has_one_row_per_size_and_mode_with_mean_and_std(tmp_path):
+    from leukocyte_cnn.transfer import learning_curve_table, write_learning_curve
+
+    for size, mode, correct in [(5, "scratch", (2, 3)), (5, "transfer", (3, 3)),
+                                (10, "scratch", (3, 4)), (10, "transfer", (4, 4))]:
+        _fake_curve_point(tmp_path, size, mode, correct)
+    table = learning_curve_table(tmp_path, [5, 10], ["a", "b"])
+    assert list(zip(table["size"], table["mode"])) == [
+        (5, "scratch"), (5, "transfer"), (10, "scratch"), (10, "transfer")]
+    # 2/4 and 3/4 right: mean 0.625, sample std 0.125 * sqrt(2)
+    first = table.iloc[0]
+    assert first["accuracy_mean"] == pytest.approx(0.625)
+    assert first["accuracy_std"] == pytest.approx(0.125 * np.sqrt(2))
+    assert table.iloc[3]["accuracy_mean"] == 1.0 and table.iloc[3]["accuracy_std"] == 0.0
+    assert table["train_images"].tolist() == [10, 10, 20, 20]
+    assert table["n_folds"].tolist() == [2, 2, 2, 2]
+    write_learning_curve(table, tmp_path, title="curve")
+    markdown = (tmp_path / "learning_curve.md").read_text()
+    assert "| 5 | scratch | 2 | 10.0 | 0.625 ± 0.177 |" in markdown
+    assert markdown.count("\n| 5 |") == 2 and markdown.count("\n| 10 |") == 2
+    assert pd.read_csv(tmp_path / "learning_curve.csv").equals(table)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
 
 @pytest.mark.slow
 def test_from_scratch_resnext_beats_chance_on_separable_cells(data, tmp_path, monkeypatch):
-    """Three classes (chance 0.33): the tiny ResNeXt must reach 0.8 pooled test accuracy."""
+    """Three classes (chance 0.33): the tiny ResNeXt must reach 0.8 pooled test accuracy over
+    both folds, each image tested exactly once, no fold feeding its test images."""
     monkeypatch.chdir(tmp_path)
     args = target_args(data, tmp_path / "results")
     args[args.index("--epochs") + 1] = "25"
     args[args.index("--patience") + 1] = "8"
     summary = scratch.main(scratch.parse_args(args))
+    run_dir = tmp_path / "results" / "resnext_from_scratch_folder"
+    split_csv = json.loads((run_dir / "settings.json").read_text())["config"]["split_file"]
+    check_no_fold_fed_its_test_images(run_dir, Path(split_csv), folds=(0, 1))
+    tested = pd.concat([pd.read_csv(run_dir / f"fold_{k:02d}" / "predictions.csv") for k in (0, 1)])
+    assert len(tested) == tested["image"].nunique() == 30
     accuracy = float(summary.loc[summary["metric"] == "accuracy", "pooled"].iloc[0])
     assert accuracy >= 0.8, accuracy
