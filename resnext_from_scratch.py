@@ -16,8 +16,9 @@ The default network is CPU-sized: ResNeXt-29 (3 stages x 3 blocks, small-image s
 cardinality 8, 4-wide bottlenecks: 0.37 M parameters) at 96 px; ``--variant resnext50_32x4d
 --image-size 224`` is the paper's network for a GPU. On a CPU, grouped convolutions run on
 TensorFlow's own kernel instead of Keras' ~150x slower XLA path, and the strided 1x1 shortcut
-convolutions avoid a oneDNN crash (``leukocyte_cnn.grouped_conv``). Outputs per fold and
-summary are those of every training script here (``docs/architecture.md``).
+convolutions avoid a oneDNN crash (``leukocyte_cnn.grouped_conv``, switched on by
+``configure_devices`` for every training script). Outputs per fold and summary are those of
+every training script here (``docs/architecture.md``).
 """
 from __future__ import annotations
 
@@ -206,7 +207,6 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
 def main(args: argparse.Namespace):
     from leukocyte_cnn.experiment import start_run
     from leukocyte_cnn.gpu import configure_devices
-    from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes
     from leukocyte_cnn.reporting import summarize_run
     from leukocyte_cnn.training import parse_fold_list, run_folds
 
@@ -215,7 +215,6 @@ def main(args: argparse.Namespace):
     split = resolve_resnext_split(args, settings["K"])
     folds = parse_fold_list(args.folds, split.folds)
     configure_devices(args.mixed_precision, args.xla)
-    use_cpu_convolution_fixes()
     n_params = build_model(arch, len(split.class_names)).count_params()
     run_dir = start_run(args, "resnext_from_scratch", knobs=settings, split=split,
                         title=f"ResNeXt from scratch ({arch['variant']}, {n_params:,} parameters, "

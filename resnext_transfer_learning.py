@@ -298,11 +298,9 @@ def learning_curve(args: argparse.Namespace, settings: dict):
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn.gpu import configure_devices
-    from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes
 
     settings = transfer_settings(args)
     configure_devices(args.mixed_precision, args.xla)
-    use_cpu_convolution_fixes()
     if args.pretrain:
         return pretrain(args, settings)
     if args.train_sizes:

@@ -1,7 +1,8 @@
 """Device set-up for training scripts: mixed precision, XLA, multi-GPU, and what ran where.
 
 Every script calls :func:`configure_devices` once, before it builds a model, and passes
-:func:`compile_kwargs` to ``model.compile``. Both switches are off by default because the
+:func:`compile_kwargs` to ``model.compile``. On a CPU-only machine it also switches on the
+convolution fixes of :mod:`leukocyte_cnn.grouped_conv`. Both switches are off by default because the
 default machine here is a 2-core CPU, where they cost speed (see ``shared/NOTES.md``).
 """
 from __future__ import annotations
@@ -29,7 +30,10 @@ def configure_devices(mixed_precision: bool = False, xla: bool = False):
       ``strategy.scope()``); otherwise the default strategy, whose scope is a no-op.
 
     GPU memory growth is switched on so that two runs can share one GPU instead of the first
-    taking all its memory.
+    taking all its memory. With no GPU visible, the CPU convolution fixes of
+    :mod:`leukocyte_cnn.grouped_conv` are switched on (TensorFlow's own kernel for grouped
+    convolutions, and a crash-free strided 1x1 convolution for ResNeXt/ResNet/EfficientNet
+    shortcuts), so every training script gets them; calling this again is harmless.
     """
     import keras
     import tensorflow as tf
@@ -47,6 +51,10 @@ def configure_devices(mixed_precision: bool = False, xla: bool = False):
         else:
             warnings.warn("--mixed-precision ignored: no GPU visible, and float16 on a CPU is "
                           "slower than float32", stacklevel=2)
+    if not gpus:
+        from . import grouped_conv
+
+        grouped_conv.use_cpu_convolution_fixes()  # idempotent; checked against Keras first
     if xla and not gpus:
         warnings.warn("--xla on a CPU-only machine: XLA compilation was slower than plain "
                       "float32 here (see shared/NOTES.md)", stacklevel=2)

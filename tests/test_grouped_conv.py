@@ -65,3 +65,31 @@ def test_strided_1x1_conv_keeps_its_output_and_trains_on_the_crashing_shape(fixe
     sampled = x[:, ::2, ::2, :].numpy().reshape(-1, 8)
     expected = sampled.T @ (2 * out.numpy().reshape(-1, 16) / out.numpy().size)
     np.testing.assert_allclose(grad.numpy()[0, 0], expected, rtol=1e-3, atol=1e-6)
+
+
+def test_configure_devices_switches_the_fixes_on_without_a_gpu(monkeypatch):
+    """Every training script calls configure_devices; on a CPU that must bring the fixes."""
+    from leukocyte_cnn import gpu, grouped_conv
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the fixes are for CPUs; a GPU is present")
+    calls = []
+    real = grouped_conv.use_cpu_convolution_fixes
+    monkeypatch.setattr(grouped_conv, "use_cpu_convolution_fixes",
+                        lambda: calls.append(1) or real())
+    gpu.configure_devices()
+    gpu.configure_devices()  # idempotent: a second call patches nothing twice
+    assert len(calls) == 2
+    assert grouped_conv._STATE["patched"]
+    assert real() == {"grouped": True, "strided_1x1": True}
+
+
+def test_configure_devices_leaves_convolutions_alone_with_a_gpu(monkeypatch):
+    from leukocyte_cnn import gpu, grouped_conv
+
+    calls = []
+    monkeypatch.setattr(gpu, "_gpus", lambda: ["fake GPU"])
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda *a: None)
+    monkeypatch.setattr(grouped_conv, "use_cpu_convolution_fixes", lambda: calls.append(1))
+    gpu.configure_devices()
+    assert calls == []
