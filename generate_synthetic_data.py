@@ -79,14 +79,14 @@ def size_options(kind: str, args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> None:
-    from leukocyte_cnn.synthetic import COMPLETE, KINDS, generate, synthetic_root
+    from leukocyte_cnn.synthetic import COMPLETE, KINDS, generate, is_current, synthetic_root
 
     kinds = KINDS if args.kind == "all" else (args.kind,)
     start_all = time.perf_counter()
     for kind in kinds:
         options = size_options(kind, args)
         root = synthetic_root(kind, args.data_dir, args.seed, **options)
-        if (root / COMPLETE).is_file() and not args.force:
+        if is_current(root, kind, args.seed, **options) and not args.force:
             print(f"{kind}: {root} is complete (use --force to regenerate)", flush=True)
             continue
         start = time.perf_counter()

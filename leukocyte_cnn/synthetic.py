@@ -73,6 +73,11 @@ DEFAULTS = {  # size options of each kind; other values get their own folder
     "cnmc": {"folds": 3, "all_patients": 4, "hem_patients": 3, "cells": 10, "size": 128},
 }
 COMPLETE = ".complete"
+# Version of the renderer and the folder layouts, written into the ``.complete`` marker with the
+# kind, seed and size options. Bump it whenever a change alters the files of a set (drawing,
+# encoder options, file names, CSV columns): sets on disk with another version (or a marker
+# without one, i.e. older than this check) are then regenerated instead of silently reused.
+SYNTHETIC_FORMAT_VERSION = 2
 KAGGLE_SIZE = (240, 320)  # (height, width) of the real Kaggle images
 
 # "Other" cells of the ALL-IDB2-like set, cycled by image number: mostly lymphocytes (the cell
@@ -1043,14 +1048,47 @@ def _helper_main(job_file: str) -> None:
     print(sum(_run_job(tuple(job)) for job in jobs), flush=True)
 
 
+def _marker(kind: str, seed: int, options: dict, n_files: int) -> dict:
+    return {"format_version": SYNTHETIC_FORMAT_VERSION, "kind": kind, "seed": int(seed),
+            "options": options, "files": n_files}
+
+
+def _stale_reason(root: Path, kind: str, seed: int, options: dict) -> str | None:
+    """Why ``root`` is not a finished set of this kind, seed, options and format version
+    (``None`` when it is one)."""
+    try:
+        marker = json.loads((root / COMPLETE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no .complete marker"
+    except (OSError, ValueError):
+        marker = None
+    if not isinstance(marker, dict):
+        return "marker of an older format"
+    version = marker.get("format_version", 1)
+    if version != SYNTHETIC_FORMAT_VERSION:
+        return f"format version {version}, current {SYNTHETIC_FORMAT_VERSION}"
+    wanted = {"kind": kind, "seed": int(seed), "options": options}
+    if any(marker.get(key) != value for key, value in wanted.items()):
+        return "made with other generation parameters"
+    return None
+
+
+def is_current(root: str | os.PathLike, kind: str, seed: int = 0, **size_options) -> bool:
+    """Whether ``root`` holds a finished set of ``kind`` with this seed, these size options
+    and the current :data:`SYNTHETIC_FORMAT_VERSION` (what :func:`ensure_synthetic` reuses)."""
+    options = _options(kind, size_options, root)
+    return _stale_reason(Path(root), kind, seed, options) is None
+
+
 def generate(kind: str, out_dir: str | os.PathLike, seed: int = 0, workers: int | None = None,
              replace: bool = True, **size_options) -> Path:
     """Render the set ``kind`` into ``out_dir``; returns ``out_dir``.
 
     Files go into a temporary sibling folder that is renamed into place once complete (with
-    the ``.complete`` marker written last inside it), so an interrupted generation never leaves
-    a half set. An existing ``out_dir`` is replaced, unless ``replace`` is False and it is
-    complete (another process finished the same set meanwhile: same seed, same bytes).
+    the ``.complete`` marker written last inside it: format version, kind, seed, options and
+    file count), so an interrupted generation never leaves a half set. An existing ``out_dir``
+    is replaced, unless ``replace`` is False and it is a current set (:func:`is_current`:
+    another process finished the same set meanwhile, same seed, same bytes).
     ``workers`` processes (default: 2 when there are many images, else 1) give the same files.
     """
     out_dir = Path(out_dir)
@@ -1066,9 +1104,8 @@ def generate(kind: str, out_dir: str | os.PathLike, seed: int = 0, workers: int 
         if workers is None:  # two processes pay off once their start-up (~1 s) is small
             workers = min(2, os.cpu_count() or 1) if len(jobs) >= 150 else 1
         n_files = _run_jobs(jobs, workers, tmp)
-        write_json(tmp / COMPLETE, {"kind": kind, "seed": int(seed), "options": options,
-                                    "files": n_files})
-        if not replace and (out_dir / COMPLETE).is_file():
+        write_json(tmp / COMPLETE, _marker(kind, seed, options, n_files))
+        if not replace and _stale_reason(out_dir, kind, seed, options) is None:
             return out_dir  # the finally clause drops our identical copy
         if out_dir.exists():  # replace: move the old set aside first, then drop it
             old = out_dir.parent / f"{tmp.name}-old"
@@ -1097,14 +1134,20 @@ def synthetic_root(kind: str, data_dir: str | os.PathLike = "data", seed: int = 
 
 def ensure_synthetic(kind: str, data_dir: str | os.PathLike = "data", seed: int = 0,
                      **size_options) -> Path:
-    """The set's folder, generated first when its ``.complete`` marker is missing."""
+    """The set's folder, generated first when it is not a current set: its ``.complete``
+    marker is missing, or names another :data:`SYNTHETIC_FORMAT_VERSION` or other generation
+    parameters (a stale set is replaced atomically, never reused)."""
     root = synthetic_root(kind, data_dir, seed, **size_options)
-    if not (root / COMPLETE).is_file():
+    options = _options(kind, size_options, root)
+    stale = _stale_reason(root, kind, seed, options)
+    if stale is not None:
+        if root.exists() and stale != "no .complete marker":
+            print(f"synthetic {kind} set in {root} is stale ({stale}); regenerating", flush=True)
         start = time.perf_counter()
         try:
             generate(kind, root, seed, replace=False, **size_options)
         except OSError as exc:
-            if (root / COMPLETE).is_file():  # another process finished the same set first
+            if _stale_reason(root, kind, seed, options) is None:  # another process was first
                 return root
             raise InputError(f"{root}: cannot write the synthetic set ({exc})") from None
         print(f"generated synthetic {kind} set in {root} ({time.perf_counter() - start:.1f} s)",

@@ -299,6 +299,38 @@ def test_interrupted_generation_is_redone(tmp_path):
     assert (root / "note.txt").read_text() == "kept"
 
 
+def test_a_set_of_an_older_format_version_is_regenerated(tmp_path, monkeypatch, capsys):
+    import json
+
+    from leukocyte_cnn import synthetic
+
+    options = SMALL["all_idb2"]
+    root = ensure_synthetic("all_idb2", tmp_path, **options)
+    marker = json.loads((root / COMPLETE).read_text())
+    assert marker["format_version"] == synthetic.SYNTHETIC_FORMAT_VERSION
+    assert synthetic.is_current(root, "all_idb2", **options)
+    fresh = digest(root)
+    # A set written by an older renderer: its marker names an older version (or none at all).
+    for old_marker in ({**marker, "format_version": synthetic.SYNTHETIC_FORMAT_VERSION - 1},
+                       {key: value for key, value in marker.items() if key != "format_version"},
+                       "kind all_idb2\nseed 0\n"):
+        text = old_marker if isinstance(old_marker, str) else json.dumps(old_marker)
+        (root / COMPLETE).write_text(text)
+        (root / "Im001_1.tif").write_bytes(b"old renderer")
+        assert not synthetic.is_current(root, "all_idb2", **options)
+        assert ensure_synthetic("all_idb2", tmp_path, **options) == root
+        assert "stale" in capsys.readouterr().out
+        assert digest(root) == fresh  # regenerated in full, the current marker written
+        assert not list(root.parent.glob(f".{root.name}.tmp-*"))
+    # Other generation parameters in the marker are stale too; a current set is reused.
+    (root / COMPLETE).write_text(json.dumps({**marker, "seed": 5}))
+    assert not synthetic.is_current(root, "all_idb2", **options)
+    ensure_synthetic("all_idb2", tmp_path, **options)
+    assert digest(root) == fresh
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("regenerated"))
+    assert ensure_synthetic("all_idb2", tmp_path, **options) == root
+
+
 def test_sizes_and_seeds_get_their_own_folders(tmp_path):
     assert synthetic_root("kaggle", tmp_path) == tmp_path / "synthetic" / "kaggle"
     assert synthetic_root("kaggle", tmp_path, copies=3) == tmp_path / "synthetic" / "kaggle"
