@@ -77,23 +77,14 @@ QUICK_FOLDS = 3
 
 
 def resolve_multiclass_split(args: argparse.Namespace):
-    from leukocyte_cnn.experiment import resolve_split
+    from leukocyte_cnn.experiment import present_exclusions, resolve_split
 
+    exclude = present_exclusions(args, EXCLUDE_CLASSES)  # a real set may have no thrombocytes
     if args.quick:
         return resolve_split(args, method=QUICK_SPLIT_METHOD, k=QUICK_K,
-                             min_images=MIN_IMAGES, exclude_classes=_present_excludes(args))
+                             min_images=MIN_IMAGES, exclude_classes=exclude)
     return resolve_split(args, method=SPLIT_METHOD, p=LEAVE_OUT, min_images=MIN_IMAGES,
-                         exclude_classes=_present_excludes(args))
-
-
-def _present_excludes(args: argparse.Namespace) -> tuple[str, ...]:
-    """EXCLUDE_CLASSES that exist in this dataset (a real set may have no thrombocytes)."""
-    if args.split:
-        return ()
-    from leukocyte_cnn.datasets import class_names, read_dataset
-
-    present = set(class_names(read_dataset(args.dataset, args.data_root)))
-    return tuple(c for c in EXCLUDE_CLASSES if c in present)
+                         exclude_classes=exclude)
 
 
 if __name__ == "__main__":

@@ -137,10 +137,10 @@ def resolve_resnext_split(args: argparse.Namespace, k: int):
     With ``k=3`` and ``--quick`` this is the very file the linear CNN's quick run reads.
     """
     import linear_cnn_da as da
-    from leukocyte_cnn.experiment import resolve_split
+    from leukocyte_cnn.experiment import present_exclusions, resolve_split
 
     return resolve_split(args, method="kfold", k=k, min_images=da.MIN_IMAGES,
-                         exclude_classes=da._present_excludes(args),
+                         exclude_classes=present_exclusions(args, da.EXCLUDE_CLASSES),
                          zheng_dataset=args.zheng_dataset)
 
 

@@ -89,6 +89,23 @@ def resolve_split(args: argparse.Namespace, *, method: str, data_dir: Path = DAT
     return load_split(path, data_root=args.data_root)
 
 
+def present_exclusions(args: argparse.Namespace, exclude_classes: Sequence[str]
+                       ) -> tuple[str, ...]:
+    """The names in ``exclude_classes`` that are classes of ``--dataset`` (in their order).
+
+    For a script's default split: a class set aside by name (e.g. ``thrombocyte``) may be
+    absent from a real dataset, and naming it would put a pointless ``--exclude`` into the
+    split's options and file name. Returns ``()`` with ``--split``: a given split file already
+    records its exclusions, and the dataset is not read.
+    """
+    if args.split:
+        return ()
+    from .datasets import class_names, read_dataset
+
+    present = set(class_names(read_dataset(args.dataset, args.data_root)))
+    return tuple(c for c in exclude_classes if c in present)
+
+
 def run_dir_for(args: argparse.Namespace, script: str) -> Path:
     name = args.run_name or "_".join([script, args.dataset] + (["quick"] if args.quick else []))
     return Path(args.results_dir) / name

@@ -122,3 +122,22 @@ def test_binary_and_multiclass_scripts_end_to_end(synthetic_root, tmp_path):
          "--augmented-dir", str(tmp_path / "aug"), "--target", "12", *common]))
     summary_md = (tmp_path / "results" / "multi" / "summary.md").read_text()
     assert "Excluded classes" in summary_md and "thrombocyte" in summary_md
+
+
+def test_present_exclusions_names_only_classes_of_the_dataset(monkeypatch):
+    """A real multiclass set may have no thrombocytes: the default split must not name them."""
+    import argparse
+
+    from leukocyte_cnn import datasets
+    from leukocyte_cnn.experiment import present_exclusions
+
+    monkeypatch.setattr(datasets, "read_dataset", lambda name, root: name)
+    monkeypatch.setattr(datasets, "class_names",
+                        lambda table: {"with": ["lymphocyte", "thrombocyte"],
+                                       "without": ["lymphocyte"]}[table])
+    args = lambda dataset, split=None: argparse.Namespace(dataset=dataset, data_root=None,
+                                                          split=split)
+    wanted = ("thrombocyte", "megakaryocyte")
+    assert present_exclusions(args("with"), wanted) == ("thrombocyte",)
+    assert present_exclusions(args("without"), wanted) == ()
+    assert present_exclusions(args("with", split="given.csv"), wanted) == ()  # not read
