@@ -8,14 +8,16 @@ JPEGs of any folder, e.g. the real Kaggle set), brought to 120x160 (height x wid
 What each side does, per image:
 
 * **pipeline** = ``leukocyte_cnn.pipeline.make_dataset``: read the file, TensorFlow JPEG
-  decode, antialiased bilinear resize to 120x160, round to uint8, cast to float32, batch of
-  32 (parallel map, prefetch); with augmentation also ``augment.online_augmentation``
-  (Keras RandomRotation of up to ±359° with bilinear interpolation and reflect fill, then
-  RandomFlip) on each batch.
-* **naive loop** = one image at a time in Python: Pillow open + decode, ``convert("RGB")``,
-  ``resize((160, 120), BILINEAR)`` (Pillow antialiases downscales too), with augmentation
-  ``Image.rotate(random angle, BILINEAR)`` (black corners: less work than reflect fill) and
-  random left-right / top-bottom transposes, ``np.asarray(float32)``, ``np.stack`` of 32.
+  decode at libjpeg's 1/2 DCT scale (a 320x240 image comes out at 160x120, so no resize is
+  left to do), batch of 32 as uint8, cast to float32 (parallel maps, prefetch); with
+  augmentation also ``augment.online_augmentation``: one ``RandomAffine`` resampling per
+  image (any rotation angle, bilinear, reflect fill, and random flips), batches augmented
+  in parallel with one seed per batch.
+* **naive loop** = one image at a time in Python: Pillow open + full decode,
+  ``convert("RGB")``, ``resize((160, 120), BILINEAR)`` (Pillow antialiases downscales too);
+  with augmentation the same reflect-filled rotation (mirror-pad to the diagonal with
+  ``np.pad``, ``Image.rotate(random angle, BILINEAR)``, crop) and random left-right /
+  top-bottom transposes; then ``np.asarray(float32)`` and ``np.stack`` of 32.
 
 Measurements (each timed on a second pass, so graph tracing and first file reads are out;
 the best of ``REPEATS`` passes counts):
@@ -81,14 +83,21 @@ def naive_loop(paths, labels, size, batch_size: int, augment: bool, seed: int):
 
     rng = np.random.default_rng(seed)
     height, width = size
+    diagonal = int(np.ceil(np.hypot(height, width)))
     for start in range(0, len(paths), batch_size):
         images = []
         for path in paths[start:start + batch_size]:
             with Image.open(path) as im:
                 im = im.convert("RGB").resize((width, height), Image.BILINEAR)
             if augment:
-                im = im.rotate(rng.uniform(-ROTATION_DEGREES / 2, ROTATION_DEGREES / 2),
-                               resample=Image.BILINEAR)
+                # Reflect fill as the pipeline's: mirror-pad to the diagonal, rotate, crop.
+                pad_y, pad_x = (diagonal - height + 1) // 2, (diagonal - width + 1) // 2
+                padded = np.pad(np.asarray(im), ((pad_y, pad_y), (pad_x, pad_x), (0, 0)),
+                                mode="symmetric")
+                im = Image.fromarray(padded).rotate(
+                    rng.uniform(-min(ROTATION_DEGREES, 180), min(ROTATION_DEGREES, 180)),
+                    resample=Image.BILINEAR)
+                im = im.crop((pad_x, pad_y, pad_x + width, pad_y + height))
                 if FLIPS and rng.random() < 0.5:
                     im = im.transpose(Image.FLIP_LEFT_RIGHT)
                 if FLIPS and rng.random() < 0.5:

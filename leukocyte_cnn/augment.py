@@ -415,48 +415,25 @@ def _jitter(rng: np.random.Generator, size: tuple[int, int], shifts: float, zoom
 def online_augmentation(rotation_degrees: float = 359, horizontal_flip: bool = True,
                         vertical_flip: bool = True, shift: float = 0.0, zoom: float = 0.0,
                         shear: float = 0.0, seed: int = 0):
-    """A seeded ``keras.Sequential`` of random preprocessing layers for training batches.
+    """A seeded ``keras.Sequential`` holding one ``RandomAffine`` layer for training batches.
 
-    ``rotation_degrees``: rotations drawn from ±degrees (359 = any angle), reflect fill;
-    ``shift``: translation as a fraction of height/width; ``zoom``: scale range ±zoom (aspect
-    kept); ``shear``: shear range ±degrees along x. A zero switches that layer off. Each
-    layer gets its own seed (``seed``, ``seed+1``, ...) so their draws are not correlated.
-    Layers compute in float32 even under a ``mixed_float16`` policy: the pipeline promises
-    float32 images in [0, 255].
+    ``rotation_degrees``: angles drawn from ±degrees (359 = any angle), reflect fill;
+    ``horizontal_flip`` / ``vertical_flip``: each on half of the images; ``shift``:
+    translation as a fraction of height/width; ``zoom``: magnification range 1 ± zoom
+    (aspect kept); ``shear``: shear range ±degrees along x about the centre row. A zero
+    switches that transform off. All transforms drawn for an image are composed and applied
+    as **one** bilinear resampling (``keras_augment.RandomAffine``), not one per transform
+    as a stack of Keras' ``RandomRotation``/``RandomFlip``/... would: less blur, and on a
+    CPU 2-4x less time. Computes in float32 even under a ``mixed_float16`` policy: the
+    pipeline promises float32 images in [0, 255].
 
     Use it in ``make_dataset(..., augment=online_augmentation(...))`` for training data only.
     """
     import keras
 
-    layers: list[Any] = []
-    next_seed = iter(range(seed, seed + 10))
-    common = {"dtype": "float32"}
-    if rotation_degrees:
-        layers.append(keras.layers.RandomRotation(
-            factor=float(rotation_degrees) / 360.0, fill_mode="reflect",
-            seed=next(next_seed), **common))
-    mode = {(True, True): "horizontal_and_vertical", (True, False): "horizontal",
-            (False, True): "vertical"}.get((bool(horizontal_flip), bool(vertical_flip)))
-    if mode:
-        layers.append(keras.layers.RandomFlip(mode=mode, seed=next(next_seed), **common))
-    if shift:
-        layers.append(keras.layers.RandomTranslation(
-            height_factor=float(shift), width_factor=float(shift), fill_mode="reflect",
-            seed=next(next_seed), **common))
-    if zoom:
-        # width_factor=None keeps the aspect ratio (cells must not be stretched).
-        layers.append(keras.layers.RandomZoom(
-            height_factor=float(zoom), width_factor=None, fill_mode="reflect",
-            seed=next(next_seed), **common))
-    if shear:
-        if not 0 < abs(shear) < 45:
-            raise ValueError(f"shear must be within (0, 45) degrees, got {shear}")
-        # Keras 3 RandomShear takes the matrix entry tan(angle), drawn from ±x_factor. It
-        # shears about the top-left corner, not the centre, so the cell also moves sideways
-        # by up to tan(angle)·H/2 at the centre row (reflect fill keeps the frame full).
-        layers.append(keras.layers.RandomShear(
-            x_factor=math.tan(math.radians(abs(shear))), y_factor=0.0, fill_mode="reflect",
-            seed=next(next_seed), **common))
-    if not layers:  # an empty Sequential cannot be called; keep the type, do nothing
-        layers.append(keras.layers.Identity(**common))
-    return keras.Sequential(layers, name="online_augmentation")
+    from .keras_augment import RandomAffine
+
+    layer = RandomAffine(rotation_degrees=rotation_degrees, horizontal_flip=horizontal_flip,
+                         vertical_flip=vertical_flip, shift=shift, zoom=zoom, shear=shear,
+                         fill_mode="reflect", seed=seed, dtype="float32", name="random_affine")
+    return keras.Sequential([layer], name="online_augmentation")

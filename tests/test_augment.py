@@ -171,12 +171,12 @@ def test_plan_shifts_use_each_source_size(tmp_path):
 # --------------------------------------------------------------------------- online (Keras)
 
 
-def test_online_augmentation_layers_and_seeding():
+def test_online_augmentation_is_one_seeded_affine_layer():
     keras = pytest.importorskip("keras")
+    from leukocyte_cnn.keras_augment import RandomAffine
+
     stack = A.online_augmentation(rotation_degrees=90, shift=0.1, zoom=0.1, shear=10, seed=4)
-    names = [type(layer).__name__ for layer in stack.layers]
-    assert names == ["RandomRotation", "RandomFlip", "RandomTranslation", "RandomZoom",
-                     "RandomShear"]
+    assert [type(layer) for layer in stack.layers] == [RandomAffine]
     batch = _image(16, 16)[None].astype(np.float32).repeat(4, axis=0)
     out1 = keras.ops.convert_to_numpy(stack(batch, training=True))
     out2 = keras.ops.convert_to_numpy(
@@ -184,5 +184,43 @@ def test_online_augmentation_layers_and_seeding():
             batch, training=True))
     assert np.array_equal(out1, out2) and not np.array_equal(out1, batch)
     assert out1.dtype == np.float32
+    # Four copies of one image get four different draws, and a second call draws anew.
+    assert len({out.tobytes() for out in out1}) == 4
+    assert not np.array_equal(keras.ops.convert_to_numpy(stack(batch, training=True)), out1)
+    assert np.array_equal(keras.ops.convert_to_numpy(stack(batch, training=False)), batch)
     off = A.online_augmentation(rotation_degrees=0, horizontal_flip=False, vertical_flip=False)
     assert np.array_equal(keras.ops.convert_to_numpy(off(batch, training=True)), batch)
+
+
+def _affine(img, angle=0.0, hflip=False, vflip=False, zoom=1.0, shear=0.0, dx=0.0, dy=0.0):
+    tf = pytest.importorskip("tensorflow")
+    from leukocyte_cnn.keras_augment import affine_matrices, apply_affine
+
+    h, w = img.shape[:2]
+    m = affine_matrices([angle], [hflip], [vflip], [zoom], [shear], [dx], [dy], h, w)
+    return apply_affine(tf.constant(img[None].astype(np.float32)), m).numpy()[0]
+
+
+def test_random_affine_flips_are_exact_and_rotation_90_is_rot90():
+    img = _image(17, 23)
+    assert np.array_equal(_affine(img, hflip=True), img[:, ::-1].astype(np.float32))
+    assert np.array_equal(_affine(img, vflip=True), img[::-1].astype(np.float32))
+    square = _image(16, 16)
+    np.testing.assert_allclose(_affine(square, angle=90), np.rot90(square), atol=1e-3)
+    # A shift by whole pixels moves the content exactly (the uncovered band is reflected).
+    assert np.array_equal(_affine(img, dx=3, dy=2)[2:, 3:], img[:-2, :-3].astype(np.float32))
+
+
+@pytest.mark.parametrize("kwargs, offline", [
+    (dict(angle=30.0), lambda im: A.rotate(im, 30.0, fill="symmetric")),
+    (dict(angle=-47.0), lambda im: A.rotate(im, -47.0, fill="symmetric")),
+    (dict(shear=10.0), lambda im: A.shear(im, 10.0, fill="symmetric")),
+    (dict(zoom=1.3), lambda im: A.zoom(im, 1.3, fill="symmetric")),
+    (dict(dx=2.5, dy=-1.5), lambda im: A.shift(im, 2.5, -1.5, fill="symmetric")),
+])
+def test_random_affine_matches_the_offline_scikit_image_transforms(kwargs, offline):
+    # Same conventions (direction, centre, fill) as the offline transforms; Keras "reflect"
+    # is scikit-image "symmetric". The offline ones round to uint8, hence 0.5.
+    img = _image(17, 23)
+    np.testing.assert_allclose(_affine(img, **kwargs), offline(img).astype(np.float32),
+                               atol=0.51)

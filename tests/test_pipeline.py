@@ -40,8 +40,16 @@ def files(tmp_path_factory) -> dict[str, str]:
 
 
 def _reference(path: str, size=SIZE) -> np.ndarray:
-    """What the pipeline promises: load_rgb, antialiased bilinear resize, rounded."""
-    resized = tf.image.resize(load_rgb(path), size, method="bilinear", antialias=True)
+    """What the pipeline promises: load_rgb, antialiased bilinear resize, rounded; JPEGs
+    first decoded at the largest 1/2, 1/4, 1/8 DCT scale that keeps >= size (Pillow's
+    ``draft`` picks the same scale)."""
+    if path.endswith(".jpg"):
+        with Image.open(path) as im:
+            im.draft("RGB", (size[1], size[0]))
+            decoded = np.asarray(im.convert("RGB"))
+    else:
+        decoded = load_rgb(path)
+    resized = tf.image.resize(decoded, size, method="bilinear", antialias=True)
     return np.clip(np.rint(resized.numpy()), 0, 255).astype(np.float32)
 
 
@@ -64,6 +72,25 @@ def test_unshuffled_pipeline_keeps_order_pixels_and_labels(files):
         # libjpeg versions of TF and Pillow round the IDCT differently: allow a few levels
         tolerance = 4.0 if path.endswith(".jpg") else 0.0
         assert np.abs(image - _reference(path)).max() <= tolerance, path
+
+
+def test_jpeg_is_decoded_at_the_largest_dct_scale_that_keeps_the_output_size(files):
+    jpeg = files["b.jpg"]  # 24 x 32
+    data = tf.io.read_file(jpeg)
+    half = tf.io.decode_jpeg(data, channels=3, ratio=2).numpy().astype(np.float32)
+    # 12 x 16 is exactly half: decoded at 1/2, no resize at all.
+    assert np.array_equal(load_arrays([jpeg], (12, 16))[0], half)
+    # 13 x 16 does not fit in 1/2 (12 rows): full decode, then the antialiased resize.
+    full = tf.io.decode_jpeg(data, channels=3)
+    want = np.rint(tf.image.resize(full, (13, 16), antialias=True).numpy())
+    assert np.array_equal(load_arrays([jpeg], (13, 16))[0], np.clip(want, 0, 255))
+    # 5 x 7: 1/4 gives 6 x 8 >= 5 x 7, 1/8 gives 3 x 4 < 5 x 7, so 1/4 then resize.
+    quarter = tf.io.decode_jpeg(data, channels=3, ratio=4)
+    want = np.rint(tf.image.resize(quarter, (5, 7), antialias=True).numpy())
+    assert np.array_equal(load_arrays([jpeg], (5, 7))[0], np.clip(want, 0, 255))
+    # Upsizing never uses a reduced decode.
+    want = np.rint(tf.image.resize(full, (30, 40), antialias=True).numpy())
+    assert np.array_equal(load_arrays([jpeg], (30, 40))[0], np.clip(want, 0, 255))
 
 
 def test_tiff_and_rgba_go_through_pillow_with_exact_pixels(files):
@@ -114,6 +141,10 @@ def test_augmentation_only_when_given_and_repeatable(files):
     # Every image changed (a rotation by ±359° and flips leave almost none untouched).
     assert all(np.abs(a - p).mean() > 1.0 for a, p in zip(first, plain))
     assert np.array_equal(first, again)  # seeded: a second run sees the same batches
+    ds = make_dataset(paths, labels, SIZE, batch_size=4, augment=online_augmentation(seed=3))
+    epoch1, epoch2 = _collect(ds)[0], _collect(ds)[0]
+    assert np.array_equal(epoch1, first)
+    assert not np.array_equal(epoch1, epoch2)  # new draws every epoch
 
 
 def test_file_cache_repeats_and_is_not_reused_for_other_settings(files, tmp_path):
