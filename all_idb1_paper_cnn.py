@@ -31,7 +31,6 @@ the one held-out test. ``serve.py --run results/<run>`` serves the checkpoint.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 IMAGE_SIZE = 100          # input side in pixels (paper: 100x100)
@@ -105,8 +104,9 @@ def heldout_metrics(run_dir, class_names) -> "pd.DataFrame":
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.experiment import make_optimizer, resolve_split, start_run
-    from leukocyte_cnn.gpu import compile_kwargs, configure_devices
+    from leukocyte_cnn.experiment import (make_optimizer, resolve_split, script_settings,
+                                          start_training_run)
+    from leukocyte_cnn.gpu import compile_kwargs
     from leukocyte_cnn.io import save_model
     from leukocyte_cnn.keras_metrics import plot_epoch_metrics, positive_class_metrics
     from leukocyte_cnn.networks import paper_cnn
@@ -114,13 +114,10 @@ def main(args: argparse.Namespace):
                                                   write_training_set)
     from leukocyte_cnn.pipeline import make_dataset
     from leukocyte_cnn.reporting import summarize_run, write_table
-    from leukocyte_cnn.runinfo import knobs
     from leukocyte_cnn.training import (CHECKPOINT, finish_fold, fit, parse_fold_list,
                                         predict_table, run_folds)
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
     epochs = args.epochs or settings["EPOCHS"]
     rotations = settings["ROTATIONS"] if args.rotations is None else args.rotations
@@ -145,16 +142,14 @@ def main(args: argparse.Namespace):
                     "seed": args.seed}
     augmented_root = augmentation_root(args.augmented_dir, split.name, augmentation)
 
-    configure_devices(args.mixed_precision, args.xla)
-    run_dir = start_run(args, "all_idb1_paper_cnn", knobs=settings, split=split,
-                        title=f"Paper CNN detector, {class_names[1]} vs {class_names[0]}",
-                        class_names=class_names,
-                        extra={"image_size": [size, size], "epochs": epochs,
-                               "rotations": rotations, "augmentation": augmentation,
-                               "augmented_root": str(augmented_root),
-                               "positive_class": class_names[POSITIVE_LABEL],
-                               "resize_method": "bilinear", "keep_aspect": False,
-                               "mixed_precision": args.mixed_precision, "xla": args.xla})
+    run_dir = start_training_run(
+        args, "all_idb1_paper_cnn", knobs=settings, split=split,
+        title=f"Paper CNN detector, {class_names[1]} vs {class_names[0]}",
+        class_names=class_names,
+        extra={"image_size": [size, size], "epochs": epochs, "rotations": rotations,
+               "augmentation": augmentation, "augmented_root": str(augmented_root),
+               "positive_class": class_names[POSITIVE_LABEL], "resize_method": "bilinear",
+               "keep_aspect": False})
 
     def dataset(table, training: bool, seed: int):
         return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),

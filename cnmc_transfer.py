@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 BACKBONE = "EfficientNetB3"  # or InceptionResNetV2 (the report's first model)
@@ -203,18 +202,15 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.augment import online_augmentation
     from leukocyte_cnn.datasets import read_dataset
     from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.experiment import start_run, train_classifier_fold
+    from leukocyte_cnn.experiment import script_settings, start_run, train_classifier_fold
     from leukocyte_cnn.gpu import configure_devices
     from leukocyte_cnn.networks import cnmc_model
     from leukocyte_cnn.pretrained import (resolve_imagenet_weights, weights_description,
                                           weights_load_errors)
     from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.runinfo import knobs
     from leukocyte_cnn.training import parse_fold_list, run_folds
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
     epochs = args.epochs or settings["EPOCHS"]
     backbone = args.backbone

@@ -24,7 +24,6 @@ run folder ``<optimizer>/trial_NN/`` with its predictions, epochs log and checkp
 from __future__ import annotations
 
 import argparse
-import sys
 
 IMAGE_SIZE = (120, 160)   # (height, width): the Kaggle 240x320 images halved, as in the deck
 FILTERS = (32, 64, 128, 256, 512)  # conv widths of the five blocks (study)
@@ -52,13 +51,10 @@ MODELS = {"adam": ("adam", 0.0), "rmsprop": ("rmsprop", 0.0), "sgd": ("sgd", 0.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
     from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.studies import add_study_arguments
+    from leukocyte_cnn.studies import study_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, default_dataset="synthetic_kaggle")
-    add_study_arguments(parser, trials=SEEDS, trials_name="seeds", what="fresh trainings")
+    parser = study_parser(__doc__, trials=SEEDS, trials_name="seeds", what="fresh trainings")
     parser.add_argument("--optimizers", default=None,
                         help=f"comma-separated subset of {', '.join(MODELS)} (default: all four)")
     parser.add_argument("--epochs", type=int, default=None, help=f"max epochs (default {EPOCHS})")
@@ -77,26 +73,20 @@ def build_elu_cnn(settings: dict, num_classes: int, dropout: float):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.experiment import start_run, train_classifier_fold
     from leukocyte_cnn import studies
-    from leukocyte_cnn.gpu import configure_devices
-    from leukocyte_cnn.io import write_csv
-    from leukocyte_cnn.runinfo import knobs
+    from leukocyte_cnn.experiment import (script_settings, start_training_run,
+                                          train_classifier_fold)
     from leukocyte_cnn.training import parse_fold_list
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
     seeds = args.seeds or settings["SEEDS"]
     chosen = studies.parse_names(args.optimizers, list(MODELS), "--optimizers") or list(MODELS)
     split = studies.resolve_study_split(args)
     class_names = split.class_names
-    configure_devices(args.mixed_precision, args.xla)
-    run_dir = start_run(args, "elu_cnn_optimizers", knobs=settings, split=split,
-                        title="ELU CNN, four optimizers", class_names=class_names,
-                        extra={"epochs": epochs, "mixed_precision": args.mixed_precision,
-                               "xla": args.xla})
+    run_dir = start_training_run(args, "elu_cnn_optimizers", knobs=settings, split=split,
+                                 title="ELU CNN, four optimizers", class_names=class_names,
+                                 extra={"epochs": epochs})
 
     # One setting per model of the study; every (model, seed) builds its own network.
     setups = [studies.Setting(name, {"optimizer": MODELS[name][0],
@@ -108,8 +98,7 @@ def main(args: argparse.Namespace):
 
     def train_fold(setup, trial, fold):
         # Quick runs use fewer images per class and role: the same ones for every model.
-        fold.train, fold.val, fold.test = (studies.limit_per_class(t, cap, args.seed)
-                                           for t in (fold.train, fold.val, fold.test))
+        studies.limit_fold_per_class(fold, cap, args.seed)
         options = {"momentum": SGD_MOMENTUM} if setup.params["optimizer"] == "sgd" else {}
         return train_classifier_fold(
             fold, lambda: build_elu_cnn(settings, len(class_names), setup.params["dropout"]),
@@ -121,11 +110,7 @@ def main(args: argparse.Namespace):
     folds = parse_fold_list(args.folds, split.folds)
     studies.run_trials(split, run_dir, setups, range(seeds), args.seed, train_fold, folds=folds)
 
-    per_trial = studies.collect_trials(run_dir, setups, class_names, CONVERGENCE_ACCURACY)
-    write_csv(run_dir / "per_trial.csv", per_trial)
-    numeric, shown = studies.comparison_table(per_trial, setups, CONVERGENCE_ACCURACY)
-    studies.plot_validation_curves(run_dir, setups, run_dir / "val_accuracy_curves.png")
-    studies.pooled_confusion_matrices(run_dir, setups, class_names)
+    numeric, shown = studies.report_trials(run_dir, setups, class_names, CONVERGENCE_ACCURACY)
     return studies.write_comparison(
         run_dir, numeric, shown, title="ELU CNN: test accuracy per optimizer",
         notes=[f"mean ± sample std [min, max] over {seeds} seed(s) per optimizer; each seed "

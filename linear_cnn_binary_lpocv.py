@@ -12,7 +12,6 @@ Datasets with more than two classes are made binary: POSITIVE_CLASS against all 
 from __future__ import annotations
 
 import argparse
-import sys
 
 IMAGE_SIZE = 257          # input side in pixels (thesis: 257, ALL-IDB2's native size)
 FILTERS = (4, 8, 8, 8, 16, 16)  # conv widths of the six blocks (thesis)
@@ -65,16 +64,13 @@ def binary_view(split, positive: str):
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn.augment import online_augmentation
-    from leukocyte_cnn.experiment import resolve_split, start_run, train_classifier_fold
-    from leukocyte_cnn.gpu import configure_devices
+    from leukocyte_cnn.experiment import (resolve_split, script_settings, start_training_run,
+                                          train_classifier_fold)
     from leukocyte_cnn.networks import linear_cnn
     from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.runinfo import knobs
     from leukocyte_cnn.training import parse_fold_list, run_folds
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
     epochs = args.epochs or settings["EPOCHS"]
     if args.k or args.quick:
@@ -82,11 +78,10 @@ def main(args: argparse.Namespace):
     else:
         split = resolve_split(args, method=SPLIT_METHOD, p=LEAVE_OUT)
     class_names, relabel = binary_view(split, POSITIVE_CLASS)
-    configure_devices(args.mixed_precision, args.xla)
-    run_dir = start_run(args, "linear_cnn_binary", knobs=settings, split=split,
-                        title="Linear CNN, lymphoblast vs other", class_names=class_names,
-                        extra={"image_size": size, "epochs": epochs,
-                               "mixed_precision": args.mixed_precision, "xla": args.xla})
+    run_dir = start_training_run(args, "linear_cnn_binary", knobs=settings, split=split,
+                                 title="Linear CNN, lymphoblast vs other",
+                                 class_names=class_names,
+                                 extra={"image_size": size, "epochs": epochs})
 
     def train_fold(fold):
         fold.train, fold.val, fold.test = map(relabel, (fold.train, fold.val, fold.test))

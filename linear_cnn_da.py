@@ -40,12 +40,28 @@ def augmented_root(split, out_dir: str | Path) -> Path:
     return Path(out_dir) / split.name
 
 
+def target_per_class(args: argparse.Namespace) -> int:
+    """Images per class of the balanced folds: ``--target``, else this script's default."""
+    return args.target or (QUICK_TARGET_PER_CLASS if args.quick else TARGET_PER_CLASS)
+
+
+def balanced_training_images(args: argparse.Namespace, split, fold):
+    """The fold's class-balanced augmented training table, for the scripts that train on
+    these folders (made here first when missing; ``--augmented-dir``, ``--target``)."""
+    from leukocyte_cnn.balancing import balanced_training_table
+
+    return balanced_training_table(
+        fold.train, fold.fold, augmented_root(split, args.augmented_dir),
+        target_per_class=target_per_class(args), seed=args.seed,
+        image_size=QUICK_IMAGE_SIZE if args.quick else None)
+
+
 def main(args: argparse.Namespace) -> Path:
     from leukocyte_cnn.balancing import balance_fold
     from leukocyte_cnn.training import parse_fold_list
 
     split = resolve_multiclass_split(args)
-    target = args.target or (QUICK_TARGET_PER_CLASS if args.quick else TARGET_PER_CLASS)
+    target = target_per_class(args)
     size = QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE
     out_root = augmented_root(split, args.out_dir)
     folds = parse_fold_list(args.folds, split.folds)

@@ -10,7 +10,6 @@ never trained or tested.
 from __future__ import annotations
 
 import argparse
-import sys
 
 IMAGE_SIZE = 257          # input side in pixels (thesis: 257)
 FILTERS = (4, 8, 8, 8, 16, 16)  # conv widths of the six blocks (thesis)
@@ -43,36 +42,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace):
     import linear_cnn_da as da
-    from leukocyte_cnn.balancing import balanced_training_table
-    from leukocyte_cnn.experiment import start_run, train_classifier_fold
-    from leukocyte_cnn.gpu import configure_devices
+    from leukocyte_cnn.experiment import (script_settings, start_training_run,
+                                          train_classifier_fold)
     from leukocyte_cnn.networks import linear_cnn
     from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.runinfo import knobs
     from leukocyte_cnn.training import parse_fold_list, run_folds
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
     epochs = args.epochs or settings["EPOCHS"]
     split = da.resolve_multiclass_split(args)
-    aug_root = da.augmented_root(split, args.augmented_dir)
-    target = args.target or (da.QUICK_TARGET_PER_CLASS if args.quick else da.TARGET_PER_CLASS)
     folds = parse_fold_list(args.folds, split.folds)
     if args.quick and not args.folds:
         folds = folds[:da.QUICK_FOLDS]
-    configure_devices(args.mixed_precision, args.xla)
-    run_dir = start_run(args, "linear_cnn_multiclass", knobs=settings, split=split,
-                        title="Linear CNN, leukocyte classes", class_names=split.class_names,
-                        extra={"image_size": size, "epochs": epochs, "augmented_dir": str(aug_root),
-                               "target_per_class": target,
-                               "mixed_precision": args.mixed_precision, "xla": args.xla})
+    run_dir = start_training_run(
+        args, "linear_cnn_multiclass", knobs=settings, split=split,
+        title="Linear CNN, leukocyte classes", class_names=split.class_names,
+        extra={"image_size": size, "epochs": epochs,
+               "augmented_dir": str(da.augmented_root(split, args.augmented_dir)),
+               "target_per_class": da.target_per_class(args)})
 
     def train_fold(fold):
-        train = balanced_training_table(
-            fold.train, fold.fold, aug_root, target_per_class=target, seed=args.seed,
-            image_size=da.QUICK_IMAGE_SIZE if args.quick else None)
+        train = da.balanced_training_images(args, split, fold)
         return train_classifier_fold(
             fold, lambda: linear_cnn(input_shape=(size, size, 3),
                                      num_classes=len(split.class_names), filters=FILTERS,

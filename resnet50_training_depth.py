@@ -25,7 +25,6 @@ folder per (depth, seed) under ``<depth>/trial_NN/``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 IMAGE_SIZE = (120, 160)   # (height, width): the Kaggle 240x320 images halved (ResNet50 >= 32 px)
 DEPTHS = ("frozen", "partial", "full")  # models 5, 6, 7 of the study
@@ -46,13 +45,10 @@ QUICK = dict(IMAGE_SIZE=(48, 64), EPOCHS=2, PATIENCE=2, SEEDS=1, BATCH_SIZE=16,
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
     from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.studies import add_study_arguments
+    from leukocyte_cnn.studies import study_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, default_dataset="synthetic_kaggle")
-    add_study_arguments(parser, trials=SEEDS, trials_name="seeds", what="fresh trainings")
+    parser = study_parser(__doc__, trials=SEEDS, trials_name="seeds", what="fresh trainings")
     parser.add_argument("--depths", default=None,
                         help=f"comma-separated subset of {', '.join(DEPTHS)} (default: all)")
     parser.add_argument("--weights", default=None,
@@ -69,18 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn import studies
-    from leukocyte_cnn.experiment import start_run, train_classifier_fold
-    from leukocyte_cnn.gpu import configure_devices
-    from leukocyte_cnn.io import write_csv
+    from leukocyte_cnn.experiment import (script_settings, start_training_run,
+                                          train_classifier_fold)
     from leukocyte_cnn.networks import resnet50_model
     from leukocyte_cnn.pretrained import (resolve_imagenet_weights, weights_description,
                                           weights_load_errors)
-    from leukocyte_cnn.runinfo import knobs
     from leukocyte_cnn.training import parse_fold_list
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
     seeds = args.seeds or settings["SEEDS"]
     depths = studies.parse_names(args.depths, list(DEPTHS), "--depths") or list(DEPTHS)
@@ -90,11 +82,9 @@ def main(args: argparse.Namespace):
     init = weights_description(weights)
     split = studies.resolve_study_split(args)
     class_names = split.class_names
-    configure_devices(args.mixed_precision, args.xla)
-    run_dir = start_run(args, "resnet50_training_depth", knobs=settings, split=split,
-                        title="ResNet50, training depth", class_names=class_names,
-                        extra={"epochs": epochs, "init": init, "mixed_precision":
-                               args.mixed_precision, "xla": args.xla})
+    run_dir = start_training_run(args, "resnet50_training_depth", knobs=settings, split=split,
+                                 title="ResNet50, training depth", class_names=class_names,
+                                 extra={"epochs": epochs, "init": init})
     unfreeze_from = f"conv{UNFREEZE_FROM_STAGE}_block1_1_conv"
     setups = [studies.Setting(depth, {"init": init, "learning_rate": LEARNING_RATES[depth],
                                       "trained_from": {"frozen": "head only",
@@ -115,8 +105,7 @@ def main(args: argparse.Namespace):
 
     def train_fold(setup, trial, fold):
         # Quick runs use fewer images per class and role: the same ones for every depth.
-        fold.train, fold.val, fold.test = (studies.limit_per_class(t, cap, args.seed)
-                                           for t in (fold.train, fold.val, fold.test))
+        studies.limit_fold_per_class(fold, cap, args.seed)
         return train_classifier_fold(
             fold, lambda: build_model(setup.name),
             class_names=class_names, image_size=size, batch_size=settings["BATCH_SIZE"],
@@ -126,11 +115,7 @@ def main(args: argparse.Namespace):
     folds = parse_fold_list(args.folds, split.folds)
     studies.run_trials(split, run_dir, setups, range(seeds), args.seed, train_fold, folds=folds)
 
-    per_trial = studies.collect_trials(run_dir, setups, class_names, CONVERGENCE_ACCURACY)
-    write_csv(run_dir / "per_trial.csv", per_trial)
-    numeric, shown = studies.comparison_table(per_trial, setups, CONVERGENCE_ACCURACY)
-    studies.plot_validation_curves(run_dir, setups, run_dir / "val_accuracy_curves.png")
-    studies.pooled_confusion_matrices(run_dir, setups, class_names)
+    numeric, shown = studies.report_trials(run_dir, setups, class_names, CONVERGENCE_ACCURACY)
     notes = [f"backbone weights: {init}" + (" -- NOT the study's ImageNet ResNet50; numbers "
                                              "say nothing about transfer learning"
                                              if weights is None else ""),

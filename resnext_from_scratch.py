@@ -94,15 +94,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_settings(module, args: argparse.Namespace) -> dict:
     """A script's knobs, shrunk by ``--quick`` and overridden by the options given."""
-    from leukocyte_cnn.runinfo import knobs
+    from leukocyte_cnn.experiment import script_settings
 
     overrides = {"variant": "VARIANT", "image_size": "IMAGE_SIZE", "cardinality": "CARDINALITY",
                  "bottleneck_width": "BOTTLENECK_WIDTH", "width": "WIDTH",
                  "stem_filters": "STEM_FILTERS", "epochs": "EPOCHS", "patience": "PATIENCE",
                  "batch_size": "BATCH_SIZE", "learning_rate": "LEARNING_RATE", "k": "K"}
-    settings = knobs(module)
-    if args.quick:
-        settings.update(module.QUICK)
+    settings = script_settings(module, args)
     for option, knob in overrides.items():
         if getattr(args, option, None) is not None:
             settings[knob] = getattr(args, option)
@@ -142,24 +140,6 @@ def resolve_resnext_split(args: argparse.Namespace, k: int):
     return resolve_split(args, method="kfold", k=k, min_images=da.MIN_IMAGES,
                          exclude_classes=present_exclusions(args, da.EXCLUDE_CLASSES),
                          zheng_dataset=args.zheng_dataset)
-
-
-def balancing_target(args: argparse.Namespace) -> int:
-    """Images per class of the balanced folds (``linear_cnn_da.py``'s default unless given)."""
-    import linear_cnn_da as da
-
-    return args.target or (da.QUICK_TARGET_PER_CLASS if args.quick else da.TARGET_PER_CLASS)
-
-
-def balanced_training_images(args: argparse.Namespace, split, fold):
-    """The fold's class-balanced augmented training table (the linear CNN's folders)."""
-    import linear_cnn_da as da
-    from leukocyte_cnn.balancing import balanced_training_table
-
-    return balanced_training_table(
-        fold.train, fold.fold, da.augmented_root(split, args.augmented_dir),
-        target_per_class=balancing_target(args), seed=args.seed,
-        image_size=da.QUICK_IMAGE_SIZE if args.quick else None)
 
 
 def record_fold_inputs(fold, train_table) -> None:
@@ -205,6 +185,7 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
 
 
 def main(args: argparse.Namespace):
+    import linear_cnn_da as da
     from leukocyte_cnn.experiment import start_run
     from leukocyte_cnn.gpu import configure_devices
     from leukocyte_cnn.reporting import summarize_run
@@ -222,14 +203,14 @@ def main(args: argparse.Namespace):
                         class_names=split.class_names,
                         extra={"architecture": arch, "parameters": n_params,
                                "augmented_dir": args.augmented_dir,
-                               "target_per_class": balancing_target(args),
+                               "target_per_class": da.target_per_class(args),
                                "mixed_precision": args.mixed_precision, "xla": args.xla})
 
     def train_fold(fold):
         return train_resnext_fold(
             fold, lambda: build_model(arch, len(split.class_names)),
             class_names=split.class_names, settings=settings,
-            train_table=balanced_training_images(args, split, fold), xla=args.xla)
+            train_table=da.balanced_training_images(args, split, fold), xla=args.xla)
 
     run_folds(split, run_dir, folds, args.seed, train_fold)
     return summarize_run(run_dir)

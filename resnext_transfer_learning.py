@@ -211,6 +211,7 @@ def source_config(source) -> dict:
 
 def fine_tune(args: argparse.Namespace, settings: dict):
     """Cross-validation of the fine-tuned source model on the balanced folds."""
+    import linear_cnn_da as da
     import resnext_from_scratch as scratch
     from leukocyte_cnn.experiment import start_run
     from leukocyte_cnn.networks import trainable_param_count
@@ -228,14 +229,14 @@ def fine_tune(args: argparse.Namespace, settings: dict):
                         class_names=split.class_names,
                         extra={"source": source_config(source), "trainable_parameters": trainable,
                                "parameters": total, "augmented_dir": args.augmented_dir,
-                               "target_per_class": scratch.balancing_target(args),
+                               "target_per_class": da.target_per_class(args),
                                "mixed_precision": args.mixed_precision, "xla": args.xla})
 
     def train_fold(fold):
         return scratch.train_resnext_fold(
             fold, lambda: source.load_for(n_classes, settings["RETRAIN"]),
             class_names=split.class_names, settings=settings,
-            train_table=scratch.balanced_training_images(args, split, fold),
+            train_table=da.balanced_training_images(args, split, fold),
             learning_rate=settings["FINE_TUNE_LEARNING_RATE"], xla=args.xla)
 
     run_folds(split, run_dir, folds, args.seed, train_fold)

@@ -32,7 +32,6 @@ Outputs in ``results/<run>/``: ``comparison.md/.csv``, ``per_trial.csv``,
 from __future__ import annotations
 
 import argparse
-import sys
 
 IMAGE_SIZE = (120, 160)   # (height, width): 240x320 halved, as in the deck
 SCALINGS = ("pixel_channel", "global", "channel", "divide255")  # deck's four scalings
@@ -59,13 +58,10 @@ QUICK = dict(IMAGE_SIZE=(48, 64), FCN={"kernel": 2, "dropout": 0.1, "last_pool":
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
     from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.studies import add_study_arguments
+    from leukocyte_cnn.studies import study_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, default_dataset="synthetic_kaggle")
-    add_study_arguments(parser, trials=TRIALS, what="trials")
+    parser = study_parser(__doc__, trials=TRIALS, what="trials")
     parser.add_argument("--scalings", default=None,
                         help=f"comma-separated subset of {', '.join(SCALINGS)} (default: all; "
                              "channel with --quick)")
@@ -154,18 +150,14 @@ def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, si
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn import studies
-    from leukocyte_cnn.experiment import start_run, train_classifier_fold
-    from leukocyte_cnn.gpu import configure_devices
-    from leukocyte_cnn.io import write_csv
+    from leukocyte_cnn.experiment import (script_settings, start_training_run,
+                                          train_classifier_fold)
     from leukocyte_cnn.masks import ensure_otsu_masks, mask_paths, otsu_mask_root
-    from leukocyte_cnn.runinfo import knobs
     from leukocyte_cnn.scaling import (load_moments, moments_of_images, save_moments,
                                        scaler_from_moments)
     from leukocyte_cnn.training import parse_fold_list
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
     trials = args.trials or settings["TRIALS"]
     scalings = (studies.parse_names(args.scalings, list(SCALINGS), "--scalings")
@@ -176,11 +168,9 @@ def main(args: argparse.Namespace):
     split = studies.resolve_study_split(args)
     class_names = split.class_names
     size = tuple(settings["IMAGE_SIZE"])
-    configure_devices(args.mixed_precision, args.xla)
-    run_dir = start_run(args, "scaling_masks_cnn_fcn", knobs=settings, split=split,
-                        title="Scaling x masks x CNN/FCN", class_names=class_names,
-                        extra={"epochs": epochs, "mixed_precision": args.mixed_precision,
-                               "xla": args.xla})
+    run_dir = start_training_run(args, "scaling_masks_cnn_fcn", knobs=settings, split=split,
+                                 title="Scaling x masks x CNN/FCN", class_names=class_names,
+                                 extra={"epochs": epochs})
     grid = [studies.Setting(f"{network}_{scaling}_{mask}",
                             {"network": network, "scaling": scaling, "mask": mask})
             for network in networks for mask in masks for scaling in scalings]
@@ -190,8 +180,7 @@ def main(args: argparse.Namespace):
 
     def with_masks(fold, mask: str):
         """The fold's tables with a ``mask`` column (one file per image), or unchanged."""
-        tables = [studies.limit_per_class(t, cap, args.seed)
-                  for t in (fold.train, fold.val, fold.test)]
+        tables = [fold.train, fold.val, fold.test]
         if mask == "none":
             return tables
         if mask == "otsu":
@@ -215,6 +204,7 @@ def main(args: argparse.Namespace):
 
     def train_fold(setup, trial, fold):
         params = setup.params
+        studies.limit_fold_per_class(fold, cap, args.seed)  # quick runs: fewer images
         fold.train, fold.val, fold.test = with_masks(fold, params["mask"])
         scaler = fitted_scaler(fold, fold.train, params["mask"], params["scaling"])
         return train_classifier_fold(
@@ -227,11 +217,7 @@ def main(args: argparse.Namespace):
     folds = parse_fold_list(args.folds, split.folds)
     studies.run_trials(split, run_dir, grid, range(trials), args.seed, train_fold, folds=folds)
 
-    per_trial = studies.collect_trials(run_dir, grid, class_names, CONVERGENCE_ACCURACY)
-    write_csv(run_dir / "per_trial.csv", per_trial)
-    numeric, shown = studies.comparison_table(per_trial, grid, CONVERGENCE_ACCURACY)
-    studies.plot_validation_curves(run_dir, grid, run_dir / "val_accuracy_curves.png")
-    studies.pooled_confusion_matrices(run_dir, grid, class_names)
+    numeric, shown = studies.report_trials(run_dir, grid, class_names, CONVERGENCE_ACCURACY)
     best = best_per_network(numeric, networks)
     for network, setting in best.items():
         draw_feature_maps(args, split, run_dir, folds[0], network,

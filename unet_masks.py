@@ -22,7 +22,6 @@ Outputs: the mask folder (with ``masks.csv`` and ``.complete``), and in ``result
 from __future__ import annotations
 
 import argparse
-import sys
 
 IMAGE_SIZE = (120, 160)   # (height, width) the U-Net sees (deck: 120x160, grayscale)
 START_FILTERS = 16        # filters at the first level (deck: 16), doubling per level
@@ -161,7 +160,7 @@ def main(args: argparse.Namespace):
 
     from leukocyte_cnn import studies
     from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.experiment import make_optimizer, start_run
+    from leukocyte_cnn.experiment import make_optimizer, script_settings, start_run
     from leukocyte_cnn.gpu import compile_kwargs, configure_devices
     from leukocyte_cnn.io import write_csv
     from leukocyte_cnn.masks import (COMPLETE_MARKER, ensure_otsu_masks, mark_complete,
@@ -169,13 +168,10 @@ def main(args: argparse.Namespace):
                                      truth_mask_column, unet_mask_root, write_mask)
     from leukocyte_cnn.networks import unet
     from leukocyte_cnn.reporting import markdown_table, write_table
-    from leukocyte_cnn.runinfo import knobs
     from leukocyte_cnn.seeding import set_seed
     from leukocyte_cnn.training import fit, fold_dir, parse_fold_list
 
-    settings = knobs(sys.modules[__name__])
-    if args.quick:
-        settings.update(QUICK)
+    settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
     targets = args.targets or TARGETS
     size = tuple(settings["IMAGE_SIZE"])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
 from .errors import InputError
@@ -109,6 +111,35 @@ def present_exclusions(args: argparse.Namespace, exclude_classes: Sequence[str]
 def run_dir_for(args: argparse.Namespace, script: str) -> Path:
     name = args.run_name or "_".join([script, args.dataset] + (["quick"] if args.quick else []))
     return Path(args.results_dir) / name
+
+
+def script_settings(script: str | ModuleType, args: argparse.Namespace) -> dict:
+    """A script's hyperparameters: its UPPER_CASE module constants (:func:`runinfo.knobs`),
+    updated with the script's ``QUICK`` dict under ``--quick``.
+
+    ``script`` is the script's module or its ``__name__``. The result is what ``start_run``
+    records as ``knobs``; command-line overrides stay the script's business.
+    """
+    from .runinfo import knobs
+
+    module = sys.modules[script] if isinstance(script, str) else script
+    settings = knobs(module)
+    if args.quick:
+        settings.update(module.QUICK)
+    return settings
+
+
+def start_training_run(args: argparse.Namespace, script: str, *, knobs: dict, split, title: str,
+                       class_names: Sequence[str], extra: dict | None = None) -> Path:
+    """Set up the devices for ``--mixed-precision``/``--xla`` (:func:`gpu.configure_devices`),
+    then :func:`start_run`, with both switches recorded after ``extra``."""
+    from .gpu import configure_devices
+
+    configure_devices(args.mixed_precision, args.xla)
+    return start_run(args, script, knobs=knobs, split=split, title=title,
+                     class_names=class_names,
+                     extra={**(extra or {}), "mixed_precision": args.mixed_precision,
+                            "xla": args.xla})
 
 
 def start_run(args: argparse.Namespace, script: str, *, knobs: dict, split, title: str,

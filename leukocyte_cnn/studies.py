@@ -75,6 +75,17 @@ def add_study_arguments(parser: argparse.ArgumentParser, *, trials: int,
     return parser
 
 
+def study_parser(doc: str, *, trials: int, trials_name: str = "trials", what: str = "trials"
+                 ) -> argparse.ArgumentParser:
+    """A study script's parser: its docstring's first paragraph as description, the common
+    options (default dataset ``synthetic_kaggle``) and :func:`add_study_arguments`."""
+    from .experiment import add_common_arguments
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add_common_arguments(parser, default_dataset="synthetic_kaggle")
+    return add_study_arguments(parser, trials=trials, trials_name=trials_name, what=what)
+
+
 def resolve_study_split(args: argparse.Namespace, **split_options):
     """The study's split: ``--split`` if given, else the owner's TRAIN/TEST split
     (``predefined``, TEST tested) or, with ``--split-method random``, the leaky random one."""
@@ -96,6 +107,14 @@ def limit_per_class(table: pd.DataFrame, n: int | None, seed: int) -> pd.DataFra
     parts = [part.sample(n=min(n, len(part)), random_state=seed)
              for _, part in table.groupby("label", sort=True)]
     return pd.concat(parts).sort_values("image").reset_index(drop=True)
+
+
+def limit_fold_per_class(fold, n: int | None, seed: int):
+    """:func:`limit_per_class` on the fold's training, validation and test tables, in place
+    (the same images for every setting of a study); returns the fold."""
+    fold.train, fold.val, fold.test = (limit_per_class(t, n, seed)
+                                       for t in (fold.train, fold.val, fold.test))
+    return fold
 
 
 def parse_names(text: str | None, allowed: Sequence[str], option: str) -> list[str] | None:
@@ -229,6 +248,21 @@ def collect_trials(run_dir: str | os.PathLike, settings: Sequence[Setting],
             row["trial_dir"] = str(where.relative_to(run_dir))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def report_trials(run_dir: str | os.PathLike, settings: Sequence[Setting],
+                  class_names: Sequence[str], convergence_accuracy: float
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What every study writes after its trials: ``per_trial.csv`` (:func:`collect_trials`),
+    ``val_accuracy_curves.png`` and ``confusion_<setting>.png``; returns the numeric and the
+    shown comparison table (:func:`comparison_table`) for :func:`write_comparison`."""
+    run_dir = Path(run_dir)
+    per_trial = collect_trials(run_dir, settings, class_names, convergence_accuracy)
+    write_csv(run_dir / "per_trial.csv", per_trial)
+    numeric, shown = comparison_table(per_trial, settings, convergence_accuracy)
+    plot_validation_curves(run_dir, settings, run_dir / "val_accuracy_curves.png")
+    pooled_confusion_matrices(run_dir, settings, class_names)
+    return numeric, shown
 
 
 # --------------------------------------------------------------------------- comparison tables
