@@ -113,14 +113,14 @@ def synthetic_kaggle(train_cells: int, copies: int, test_cells: int, seed: int =
     """The synthetic Kaggle set (generated once under ``data/``) as a reader table; ``None``
     when ``leukocyte_cnn.synthetic`` is missing or (``generate=False``) the set is not there."""
     try:
-        from leukocyte_cnn.synthetic import COMPLETE, ensure_synthetic, synthetic_root
+        from leukocyte_cnn.synthetic import ensure_synthetic, is_current, synthetic_root
     except ImportError:
         return None
     from leukocyte_cnn.datasets import read_dataset
 
     options = dict(train_cells=train_cells, copies=copies, test_cells=test_cells)
-    if not generate and not (synthetic_root("kaggle", DATA_DIR, seed, **options)
-                             / COMPLETE).exists():
+    if not generate and not is_current(synthetic_root("kaggle", DATA_DIR, seed, **options),
+                                       "kaggle", seed, **options):
         return None
     root = ensure_synthetic("kaggle", DATA_DIR, seed, **options)
     # Point the reader at the images: from the set root it finds masks/{TRAIN,TEST} first.
