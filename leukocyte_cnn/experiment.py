@@ -30,7 +30,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_dataset: st
                              "(not needed for synthetic_* sets)")
     parser.add_argument("--split", default=None,
                         help="split CSV written by cross_validation_splits.py; default: "
-                             "data/splits/<dataset>_<method>.csv, created if missing")
+                             "data/splits/<dataset>_<method>_...csv, created if missing "
+                             "(with a _data-<hash> suffix when that name already holds a "
+                             "split of other images)")
     parser.add_argument("--run-name", default=None,
                         help="name of the run folder under --results-dir (default: derived "
                              "from script, dataset and --quick)")
@@ -78,7 +80,7 @@ def resolve_split(args: argparse.Namespace, *, method: str, data_dir: Path = DAT
     so later scripts and other machines read identical folds.
     """
     import cross_validation_splits as cvs
-    from .folds import load_split
+    from .folds import SplitDatasetMismatch, load_split
 
     if args.split:
         return load_split(args.split, data_root=args.data_root)
@@ -88,7 +90,18 @@ def resolve_split(args: argparse.Namespace, *, method: str, data_dir: Path = DAT
     path = Path(cvs_args.out_dir) / f"{name}.csv"
     if not path.exists():
         cvs.main(cvs_args)
-    return load_split(path, data_root=args.data_root)
+    try:
+        return load_split(path, data_root=args.data_root)
+    except SplitDatasetMismatch as mismatch:
+        # The default name was taken by a split of other images under the same dataset name
+        # (e.g. a low-resolution copy, or another data root): keep that one untouched and
+        # use a split named after this dataset's fingerprint.
+        cvs_args.name = f"{name}_data-{mismatch.current_hash[:8]}"
+        other = Path(cvs_args.out_dir) / f"{cvs_args.name}.csv"
+        print(f"note: {path} was made from other images; this data root uses {other}")
+        if not other.exists():
+            cvs.main(cvs_args)
+        return load_split(other, data_root=args.data_root)
 
 
 def present_exclusions(args: argparse.Namespace, exclude_classes: Sequence[str]

@@ -603,6 +603,14 @@ def read_split_csv(csv_path: str | os.PathLike) -> pd.DataFrame:
     return split[SPLIT_COLUMNS]
 
 
+class SplitDatasetMismatch(InputError):
+    """A split file whose recorded dataset hash differs from the images on disk now."""
+
+    def __init__(self, message: str, current_hash: str):
+        super().__init__(message)
+        self.current_hash = current_hash
+
+
 def load_split(csv_path: str | os.PathLike, data_root: str | os.PathLike | None = None,
                verify_hash: bool = True) -> Split:
     """Load a split and bind it to the dataset on disk.
@@ -629,9 +637,9 @@ def load_split(csv_path: str | os.PathLike, data_root: str | os.PathLike | None 
     if verify_hash:
         now, then = dataset_hash(table), settings.get("dataset_hash")
         if now != then:
-            raise InputError(f"{csv_path}: split was made for a different dataset (hash "
-                             f"{str(now)[:12]} != {str(then)[:12]}); re-run "
-                             "cross_validation_splits.py")
+            raise SplitDatasetMismatch(
+                f"{csv_path}: split was made for a different dataset (hash {str(now)[:12]} != "
+                f"{str(then)[:12]}); re-run cross_validation_splits.py", current_hash=str(now))
     assert_no_leakage(split, grouped=bool(settings.get("grouped", False)),
                       complete=method_tests_every_image(settings.get("method", ""),
                                                         variant=settings.get("variant")),
