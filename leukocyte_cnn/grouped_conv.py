@@ -112,6 +112,13 @@ def use_cpu_convolution_fixes() -> dict[str, bool]:
                 and _pair(dilation_rate) == (1, 1)):
             inputs, strides = inputs[:, ::step[0], ::step[1], :], 1  # the pixels it reads
         if checks["grouped"] and inputs.shape[-1] != kernel.shape[-2]:
+            if inputs.dtype in (tf.float16, tf.bfloat16):
+                # TF's CPU grouped kernel is float32-only (float16 fails with "filter_size
+                # does not have enough elements"): compute in float32 under mixed precision.
+                out = tf.nn.convolution(tf.cast(inputs, tf.float32), tf.cast(kernel, tf.float32),
+                                        strides, padding.upper(), data_format="NHWC",
+                                        dilations=dilation_rate)
+                return tf.cast(out, inputs.dtype)
             return tf.nn.convolution(inputs, kernel, strides, padding.upper(),
                                      data_format="NHWC", dilations=dilation_rate)
         return keras_conv(inputs, kernel, strides, padding, data_format, dilation_rate)

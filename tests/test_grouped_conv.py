@@ -50,6 +50,30 @@ def test_grouped_conv_layer_equals_one_convolution_per_group(fixes):
     np.testing.assert_allclose(grad_k, ref_k, atol=1e-3)
 
 
+def test_grouped_conv_trains_under_mixed_precision(fixes):
+    """TF's CPU grouped kernel has no float16 version; under mixed_float16 it must still
+    run (in float32) and match the per-group reference within float16 rounding."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 10, 10, 8)).astype("float32")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        layer = keras.layers.Conv2D(8, 3, padding="same", groups=4, use_bias=False)
+        out = layer(x)
+        assert out.dtype == tf.float16
+        model = keras.Sequential([keras.Input((10, 10, 8)), layer, keras.layers.Flatten(),
+                                  keras.layers.Dense(2, dtype="float32")])
+        model.compile(optimizer="sgd", loss="mse")
+        model.train_on_batch(x, np.zeros((4, 2), "float32"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    kernel = layer.kernel.numpy()
+    ref = tf.concat([tf.nn.conv2d(xs, ks, 1, "SAME")
+                     for xs, ks in zip(tf.split(tf.constant(x, tf.float16), 4, -1),
+                                       tf.split(tf.constant(kernel, tf.float16), 4, -1))], -1)
+    np.testing.assert_allclose(layer(x).numpy().astype("float32"),
+                               ref.numpy().astype("float32"), atol=0.05)
+
+
 @pytest.mark.parametrize("side,padding", [(64, "same"), (63, "same"), (63, "valid")])
 def test_strided_1x1_conv_keeps_its_output_and_trains_on_the_crashing_shape(fixes, side, padding):
     rng = np.random.default_rng(1)
