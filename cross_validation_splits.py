@@ -77,6 +77,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-sources", default=None,
                         help="predefined: source splits that train (default: TRAIN if present, "
                              "else every split that is not test or validation)")
+    parser.add_argument("--near-duplicates", choices=("auto", "group", "off"), default="auto",
+                        help="join copies of one cell (identical or near-duplicate pixels) "
+                             "into one group before a predefined split draws its validation "
+                             "images by group; auto = when the data has no groups of its own "
+                             "(e.g. Kaggle's TRAIN of augmented copies). Default auto")
+    parser.add_argument("--near-threshold", type=int, default=None,
+                        help="Hamming distance in bits of a near-duplicate (default: "
+                             "leakage.DEFAULT_THRESHOLD = 10)")
     parser.add_argument("--ignore-groups", action="store_true",
                         help="predefined: draw validation by image even when images share "
                              "patients/source cells")
@@ -235,6 +243,20 @@ def main(args: argparse.Namespace) -> None:
     where = args.data_root or args.dataset
     extra = predefined_sources(args, table) if method == "predefined" else {}
     groups = None if args.ignore_groups else "auto"
+    near = None
+    if (method == "predefined" and groups and args.near_duplicates != "off"
+            and (args.near_duplicates == "group" or not folds.has_real_groups(table))):
+        from leukocyte_cnn.leakage import DEFAULT_THRESHOLD, near_duplicate_groups
+
+        threshold = DEFAULT_THRESHOLD if args.near_threshold is None else args.near_threshold
+        table, near = near_duplicate_groups(table, threshold)
+        print(f"near-duplicates: {near['images_joined']} images are copies, joined into "
+              f"{near['groups_joined']} groups (threshold {threshold} bits, {near['seconds']} s); "
+              "validation is drawn by group")
+        if near["groups_dissolved"]:
+            print(f"warning: {near['groups_dissolved']} chain(s) of look-alike images would "
+                  "each have held over half of a class; left ungrouped (lower --near-threshold "
+                  "if these are real copies)")
     split = folds.make_split(table, method, k=args.k, p=args.p, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              min_images=args.min_images, exclude_classes=args.exclude,
@@ -256,6 +278,8 @@ def main(args: argparse.Namespace) -> None:
         "dataset_hash": full_hash, "n_images_read": n_read,
         "class_names": folds._class_names_by_label(table), **extra,
     }
+    if near is not None:
+        settings["near_duplicate_groups"] = near
     if method == "predefined":
         used = set(split["image"])
         settings["variant"] = folds.predefined_variant(table[table["image"].isin(used)],

@@ -203,6 +203,75 @@ def near_pairs(hashes: np.ndarray, threshold: int, block_rows: int = BLOCK_ROWS)
     return np.concatenate(found) if found else np.empty(0, dtype=_PAIR_DTYPE)
 
 
+def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
+                          within: str | None = "source_split", max_class_share: float = 0.5,
+                          workers: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Join images that are copies of one another (identical bytes or near-duplicate pixels)
+    into one ``group``, so that a split drawn by group keeps the copies together.
+
+    For datasets that ship augmented copies of each source cell without saying which file
+    came from which cell (Kaggle blood cells): validation carved from TRAIN by group then
+    holds no copy of a training cell. Copies are only joined inside one value of ``within``
+    (the owner's TRAIN/TEST), so the owner's own split is never questioned here;
+    ``check_leakage.py`` audits it. Transitive: A~B and B~C put A, B, C in one group, named
+    ``<within value>:<first image key>``. Only images of one class are joined (copies of a
+    cell share its label). A chain that would swallow more than ``max_class_share`` of its
+    class in that part is not a set of copies but look-alike images linked pair by pair (on
+    plain synthetic pictures, or with too high a threshold): it is left ungrouped and
+    counted as ``groups_dissolved``. Images with no copy keep their group. Returns the new
+    table and ``{"threshold", "images_joined", "groups_joined", "groups_dissolved",
+    "seconds"}``.
+    """
+    start = time.perf_counter()
+    out = table.copy()
+    if not len(out):
+        return out, {"threshold": threshold, "images_joined": 0, "groups_joined": 0,
+                     "groups_dissolved": 0, "seconds": 0.0}
+    digests, hashes = hash_images(out["path"].tolist(), workers=workers)
+    parent = np.arange(len(out))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    parts = (out.groupby(out[within].astype(str)).indices.values() if within in out
+             else [np.arange(len(out))])
+    for rows in parts:
+        rows = np.sort(np.asarray(rows))
+        pairs = near_pairs(hashes[rows], threshold)
+        by_digest: dict[str, int] = {}
+        for r in rows:  # byte-identical files are copies whatever their pixels hash to
+            first = by_digest.setdefault(f"{out['label'].iat[r]}:{digests[r]}", r)
+            if first != r:
+                parent[root(r)] = root(first)
+        labels = out["label"].to_numpy()
+        for i, j in zip(rows[pairs["i"]], rows[pairs["j"]]):
+            if labels[i] != labels[j]:
+                continue
+            a, b = root(int(i)), root(int(j))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    roots = np.array([root(i) for i in range(len(out))])
+    sizes = np.bincount(roots, minlength=len(out))
+    part = (out[within].astype(str) if within in out else pd.Series("", index=out.index))
+    class_size = out.groupby([part.to_numpy(), out["label"].to_numpy()])["label"].transform(
+        "size").to_numpy()
+    too_big = sizes[roots] > np.maximum(2, max_class_share * class_size)
+    dissolved = len(set(roots[too_big]))
+    joined = (sizes[roots] > 1) & ~too_big
+    keys = out["image"].astype(str).to_numpy()
+    prefix = out[within].astype(str).to_numpy() if within in out else np.full(len(out), "")
+    groups = out["group"].astype(str).to_numpy().copy()
+    groups[joined] = [f"{prefix[r]}:{keys[r]}" for r in roots[joined]]
+    out["group"] = groups
+    stats = {"threshold": int(threshold), "images_joined": int(joined.sum()),
+             "groups_joined": int(len(set(roots[joined]))), "groups_dissolved": int(dissolved),
+             "seconds": round(time.perf_counter() - start, 1)}
+    return out, stats
+
+
 # ----------------------------------------------------------------------------- the audit
 
 @dataclasses.dataclass

@@ -318,3 +318,84 @@ def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(t
         print(f"{method}: {report.totals().to_dict('records')}")
     assert near["predefined"] == 0
     assert near["random"] > 0
+
+
+# ----------------------------------------------------------------------------- copies grouped
+
+KAGGLE = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
+
+
+@pytest.fixture
+def kaggle_with_copies(tmp_path):
+    """A Kaggle-layout set whose TRAIN holds 3 copies (plain, mirrored, rotated 90°) of 5
+    cells per class, and whose TEST holds other cells plus one rotated copy of a TRAIN cell."""
+    root = tmp_path / "kaggle"
+    for label, name in enumerate(KAGGLE):
+        train, test = (root / "dataset2-master/images" / s / name for s in ("TRAIN", "TEST"))
+        train.mkdir(parents=True)
+        test.mkdir(parents=True)
+        for c in range(5):
+            image = cell(300 + 10 * label + c, size=(96, 96))
+            for k, copy in enumerate((image, image[:, ::-1], np.rot90(image))):
+                Image.fromarray(np.ascontiguousarray(copy)).save(
+                    train / f"_{k}_{100 * label + c}.jpeg", quality=92)
+        for c in range(3):
+            Image.fromarray(cell(900 + 10 * label + c, size=(96, 96))).save(
+                test / f"_0_{500 + 100 * label + c}.jpeg", quality=92)
+    first = cell(300, size=(96, 96))
+    Image.fromarray(np.ascontiguousarray(np.rot90(first, 2))).save(
+        root / "dataset2-master/images/TEST/EOSINOPHIL/_9_0.jpeg", quality=92)
+    return root
+
+
+def test_copies_are_grouped_within_the_owner_split_only(kaggle_with_copies):
+    from leukocyte_cnn.datasets import read_dataset
+    from leukocyte_cnn.leakage import near_duplicate_groups
+
+    table = read_dataset("kaggle", kaggle_with_copies)
+    grouped, stats = near_duplicate_groups(table, workers=1)
+    by_image = dict(zip(grouped["image"], grouped["group"]))
+    for label, name in enumerate(KAGGLE):
+        for c in range(5):
+            copies = {by_image[f"TRAIN/{name}/_{k}_{100 * label + c}.jpeg"] for k in range(3)}
+            assert len(copies) == 1, (name, c)  # the three copies of one cell: one group
+    assert grouped.loc[grouped["source_split"] == "TRAIN", "group"].nunique() == 20
+    assert stats["images_joined"] == 60 and stats["groups_joined"] == 20
+    # The TEST copy of a TRAIN cell is not joined across the owner's split (the audit's job),
+    # and distinct TEST cells keep their own groups.
+    assert by_image["TEST/EOSINOPHIL/_9_0.jpeg"] == "TEST/EOSINOPHIL/_9_0.jpeg"
+    test_rows = grouped[grouped["source_split"] == "TEST"]
+    assert (test_rows["group"] == test_rows["image"]).all()
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_predefined_split_draws_validation_without_copies_of_training_cells(
+        kaggle_with_copies, tmp_path, mode):
+    import cross_validation_splits as cvs
+
+    out = tmp_path / "splits"
+    cvs.main(cvs.parse_args(["--dataset", "kaggle", "--data-root", str(kaggle_with_copies),
+                             "--out-dir", str(out), "--name", "k", "--near-duplicates", mode]))
+    split = pd.read_csv(out / "k.csv")
+    paths = {row.image: str(kaggle_with_copies / "dataset2-master/images" / row.image)
+             for row in split.itertuples()}
+    report = audit(split.assign(path=split["image"].map(paths)), workers=1)
+    totals = report.table
+    train_val = totals[(totals["roles"] == "train-val") & (totals["kind"] == "near_duplicate")]
+    if mode == "auto":
+        assert train_val["count"].sum() == 0  # copies of a cell sit together in train or val
+        val = split[split["role"] == "val"]
+        assert len(val) >= 12 and len(val) % 3 == 0  # whole cells: 3 copies each
+    else:
+        assert train_val["count"].sum() > 0  # the old behaviour: copies straddle train/val
+
+
+def test_chains_of_look_alike_images_are_not_taken_for_copies(kaggle_with_copies):
+    """Pair by pair, plain pictures can link a whole class; that is no cell's set of copies."""
+    from leukocyte_cnn.datasets import read_dataset
+    from leukocyte_cnn.leakage import near_duplicate_groups
+
+    table = read_dataset("kaggle", kaggle_with_copies)
+    grouped, stats = near_duplicate_groups(table, threshold=64, workers=1)  # everything is near
+    assert stats["groups_joined"] == 0 and stats["groups_dissolved"] == 8  # 4 classes x 2 parts
+    assert (grouped["group"] == table["group"]).all()
