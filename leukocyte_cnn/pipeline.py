@@ -191,22 +191,25 @@ def _resize(image, size: tuple[int, int], method: str, keep_aspect: bool):
     """Resize uint8 (h, w, 3) to uint8 (H, W, 3); ``keep_aspect`` pads with black, centred."""
     import tensorflow as tf
 
-    if keep_aspect:
-        out = tf.image.resize(image, size, method=method, antialias=True,
-                              preserve_aspect_ratio=True)
-        out = tf.image.resize_with_crop_or_pad(out, size[0], size[1])
-    else:
-        def resize():
-            return tf.image.resize(image, size, method=method, antialias=True)
+    def resize_to_uint8():
+        if keep_aspect:
+            out = tf.image.resize(image, size, method=method, antialias=True,
+                                  preserve_aspect_ratio=True)
+            out = tf.image.resize_with_crop_or_pad(out, size[0], size[1])
+        else:
+            out = tf.image.resize(image, size, method=method, antialias=True)
+        # Rounding to uint8 (±0.5 grey level, below JPEG noise) makes cached and uncached
+        # pipelines identical and the cache 4× smaller; cubic kernels can overshoot, hence
+        # clip. "nearest" returns the input's uint8, hence the cast to float first.
+        return tf.cast(tf.clip_by_value(tf.round(tf.cast(out, tf.float32)), 0.0, 255.0),
+                       tf.uint8)
 
+    if keep_aspect:
+        out = resize_to_uint8()
+    else:
         # An image already at (H, W) (e.g. a JPEG decoded at 1/2 scale) is used as it is.
         same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
-        out = tf.cond(same, lambda: tf.cast(image, tf.float32),
-                      lambda: tf.cast(resize(), tf.float32))
-    # Rounding to uint8 (±0.5 grey level, below JPEG noise) makes cached and uncached
-    # pipelines identical and the cache 4× smaller; cubic kernels can overshoot, hence clip.
-    # "nearest" returns the input's uint8, hence the cast to float first.
-    out = tf.cast(tf.clip_by_value(tf.round(tf.cast(out, tf.float32)), 0.0, 255.0), tf.uint8)
+        out = tf.cond(same, lambda: tf.cast(image, tf.uint8), resize_to_uint8)
     out.set_shape([size[0], size[1], 3])
     return out
 
