@@ -236,17 +236,16 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
             i = parent[i]
         return i
 
-    parts = (out.groupby(out[within].astype(str)).indices.values() if within in out
-             else [np.arange(len(out))])
-    for rows in parts:
-        rows = np.sort(np.asarray(rows))
-        pairs = near_pairs(hashes[rows], threshold)
-        by_digest: dict[str, int] = {}
+    part = out[within].astype(str).to_numpy() if within in out else np.full(len(out), "")
+    labels = out["label"].to_numpy()
+    for value in np.unique(part):
+        rows = np.flatnonzero(part == value)
+        by_digest: dict[tuple, int] = {}
         for r in rows:  # byte-identical files are copies whatever their pixels hash to
-            first = by_digest.setdefault(f"{out['label'].iat[r]}:{digests[r]}", r)
+            first = by_digest.setdefault((labels[r], digests[r]), r)
             if first != r:
                 parent[root(r)] = root(first)
-        labels = out["label"].to_numpy()
+        pairs = near_pairs(hashes[rows], threshold)
         for i, j in zip(rows[pairs["i"]], rows[pairs["j"]]):
             if labels[i] != labels[j]:
                 continue
@@ -255,16 +254,13 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
                 parent[max(a, b)] = min(a, b)
     roots = np.array([root(i) for i in range(len(out))])
     sizes = np.bincount(roots, minlength=len(out))
-    part = (out[within].astype(str) if within in out else pd.Series("", index=out.index))
-    class_size = out.groupby([part.to_numpy(), out["label"].to_numpy()])["label"].transform(
-        "size").to_numpy()
+    class_size = pd.Series(labels).groupby([part, labels]).transform("size").to_numpy()
     too_big = sizes[roots] > np.maximum(2, max_class_share * class_size)
     dissolved = len(set(roots[too_big]))
     joined = (sizes[roots] > 1) & ~too_big
     keys = out["image"].astype(str).to_numpy()
-    prefix = out[within].astype(str).to_numpy() if within in out else np.full(len(out), "")
     groups = out["group"].astype(str).to_numpy().copy()
-    groups[joined] = [f"{prefix[r]}:{keys[r]}" for r in roots[joined]]
+    groups[joined] = [f"{part[r]}:{keys[r]}" for r in roots[joined]]
     out["group"] = groups
     stats = {"threshold": int(threshold), "images_joined": int(joined.sum()),
              "groups_joined": int(len(set(roots[joined]))), "groups_dissolved": int(dissolved),
