@@ -30,7 +30,6 @@ training images, and a class whose images sit in a single group gets no validati
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import re
@@ -43,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .io import ensure_writable_dir, read_json, write_csv, write_json
+from .io import ensure_writable_dir, file_sha256, read_json, write_csv, write_json
 
 METHODS = ("kfold", "lpo", "group_kfold", "predefined", "random")
 ROLES = ("train", "val", "test", "excluded")
@@ -511,7 +510,7 @@ def write_split(split: pd.DataFrame, settings: dict[str, Any], out_dir: str | os
     meta.update(describe_split(split))
     csv_path, json_path = out / f"{name}.csv", out / f"{name}.json"
     write_csv(csv_path, split)
-    meta["split_sha256"] = _file_sha256(csv_path)
+    meta["split_sha256"] = file_sha256(csv_path)
     write_json(json_path, meta)  # written last: it vouches for the CSV beside it
     return csv_path, json_path
 
@@ -530,10 +529,6 @@ def _derived_settings(split: pd.DataFrame, settings: dict[str, Any]) -> dict[str
         n_folds = split.loc[split["fold"] >= 0, "fold"].nunique()
         derived["variant"] = "source_folds" if n_folds > 1 else "test_sources"
     return derived
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclasses.dataclass(eq=False)
@@ -628,7 +623,7 @@ def load_split(csv_path: str | os.PathLike, data_root: str | os.PathLike | None 
                          "re-run cross_validation_splits.py")
     settings = read_json(json_path)
     recorded_csv = settings.get("split_sha256")
-    if recorded_csv and recorded_csv != _file_sha256(csv_path):
+    if recorded_csv and recorded_csv != file_sha256(csv_path):
         raise InputError(f"{csv_path}: does not match its settings {json_path.name} (edited or "
                          "half-rewritten); re-run cross_validation_splits.py")
     read_dataset, dataset_hash = _dataset_api()

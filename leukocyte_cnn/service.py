@@ -29,7 +29,6 @@ no input can stop the service.
 """
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at runtime.
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -43,7 +42,7 @@ import numpy as np
 
 from .checkpoints import checkpoint_class_count
 from .errors import InputError
-from .io import read_json
+from .io import file_sha256, read_json
 
 DISCLAIMER = "Research use only; not a medical diagnosis."
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024   # largest accepted file
@@ -101,12 +100,7 @@ class Classifier:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def checkpoint_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+checkpoint_sha256 = file_sha256  # the served model's id names its checkpoint's bytes
 
 
 def choose_fold(run_dir: str | os.PathLike, fold: int | None = None) -> Path:

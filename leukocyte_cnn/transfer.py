@@ -24,7 +24,6 @@ the number of training images per class (:func:`learning_curve_table`,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .io import read_json, save_model, write_csv, write_json, write_text
+from .io import file_sha256, read_json, save_model, write_csv, write_json, write_text
 
 # The only preprocessing this repository's pipelines produce: float32 pixels in [0, 255] go
 # in, and the model scales them itself (a Rescaling layer right after its input).
@@ -58,14 +57,6 @@ def images_path(checkpoint: str | os.PathLike) -> Path:
     """``<name>.images.csv`` beside ``<name>.keras``: digests of the source images."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(f"{checkpoint.stem}.images.csv")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_digests(paths: Sequence[str | os.PathLike], workers: int = 4) -> list[str]:
