@@ -21,6 +21,28 @@ from .runinfo import read_settings
 from .training import EPOCHS, load_predictions
 
 
+LEAKY_TEXT = ("LEAKY SPLIT: images of one source cell or patient can sit in both training and "
+              "test; these numbers overstate accuracy and are shown only to reproduce published "
+              "figures.")
+
+
+def is_leaky_config(settings: dict) -> bool:
+    """Whether a run's ``settings.json`` (or its ``config`` part) records a leaky split."""
+    config = settings.get("config", settings) if isinstance(settings, dict) else {}
+    return bool(config.get("leaky"))
+
+
+def leaky_banner(settings: dict, text: str = LEAKY_TEXT) -> str:
+    """The one LEAKY label of Markdown reports: a bold block quote, or ``""`` when the run's
+    split is not leaky. ``settings`` is ``settings.json`` or its ``config``."""
+    return f"> **{text}**\n\n" if is_leaky_config(settings) else ""
+
+
+def leaky_tag(settings: dict) -> str:
+    """`` [LEAKY split]`` for figure titles and console lines, ``""`` otherwise."""
+    return " [LEAKY split]" if is_leaky_config(settings) else ""
+
+
 def markdown_table(frame: pd.DataFrame, float_digits: int = 3) -> str:
     """A GitHub Markdown table (no extra dependency)."""
     def cell(value) -> str:
@@ -150,9 +172,7 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
     leaky = bool(config.get("leaky"))
     lines = [f"# {config.get('title', run_dir.name)}", ""]
     if leaky:
-        lines += ["> **LEAKY SPLIT**: images of one source cell or patient can sit in both "
-                  "training and test; these numbers overstate accuracy and are shown only to "
-                  "reproduce published figures.", ""]
+        lines += [leaky_banner(config)]
     lines += [f"- run: `{run_dir.name}`; dataset: `{config.get('dataset')}`; split: "
               f"`{config.get('split_file')}` (dataset hash `{str(config.get('dataset_hash'))[:12]}`)",
               f"- folds finished: {len(folds)}" + (f" of {expected}" if expected else "")
