@@ -8,16 +8,24 @@ same test images, and a split made for another copy of the dataset is refused on
 
 Methods:
 
-- ``kfold``: stratified k-fold by image (scikit-learn ``StratifiedKFold``).
+- ``kfold``: stratified k-fold (scikit-learn ``StratifiedKFold``); on grouped data stratified
+  *group* k-fold (``StratifiedGroupKFold``).
 - ``lpo``: the thesis' leave-P-out: the images are dealt into ceil(N/P) folds of at most P
-  test images, class by class, so every class is spread evenly over the folds.
-- ``group_kfold``: stratified k-fold disjoint by ``group`` (patient, source cell)
-  (``StratifiedGroupKFold``); validation is drawn by group too.
+  test images, class by class, so every class is spread evenly over the folds; on grouped
+  data the *groups* are dealt (each fold tests at most P groups).
+- ``group_kfold``: stratified k-fold disjoint by ``group``, whatever the groups look like.
 - ``predefined``: the owner's split: ``source_split`` values in ``test_sources`` are the test
   set (one fold, 0); or, when every value is ``fold_<k>`` (C-NMC), fold k tests ``fold_<k>``.
 - ``random``: one stratified random train/val/test split by image that ignores groups and the
   owner's split. Leaky when the data has patients or augmented copies; offered only to
   reproduce published numbers that were made this way.
+
+Group-safe by default: when some ``group`` (patient, smear, source cell, cluster of copies)
+holds two or more images, every method except ``random`` keeps each group on one side of
+every fold: test sets and validation sets are drawn by group. Only ``groups=None``
+(``--ignore-groups``) or ``random`` split grouped data by image, and such a split is
+``leaky`` (:func:`split_is_leaky`); its runs are labelled LEAKY. Data whose groups are the
+images' own names (ALL-IDB2, Zheng 2018) splits exactly as by image.
 
 Validation rule (all methods): in each fold a class with ``n`` images available for training
 gets ``min(n - 2, max(1, round(val_fraction * n)))`` validation images when ``n >= 3`` and
@@ -49,6 +57,9 @@ ROLES = ("train", "val", "test", "excluded")
 SPLIT_COLUMNS = ["fold", "image", "label", "class_name", "group", "role"]
 TABLE_COLUMNS = ("image", "label", "class_name", "group")
 EXCLUDED_FOLD = -1
+# Version of the fold-making code, part of every split file's fingerprint: bump it when a
+# change moves images between roles, so splits made by the old code are not reused.
+SPLIT_CODE_VERSION = 2
 _SOURCE_FOLD = re.compile(r"^fold_(\d+)$")
 
 
@@ -96,10 +107,11 @@ def make_split(table: pd.DataFrame, method: str, *, k: int = 5, p: int = 5, seed
     """Assign every image of a reader table a role in every fold; return the long split table.
 
     ``table`` has the reader columns (``image, label, class_name, group`` and, for
-    ``predefined``, ``source_split``). ``groups``: ``"auto"`` makes ``predefined`` draw its
-    validation set by group when the table has real groups (a group holding two or more
-    images); ``None`` ignores groups there. ``group_kfold`` is always grouped and ``kfold``,
-    ``lpo`` and ``random`` never are (they split by image by definition). ``test_fraction``
+    ``predefined``, ``source_split``). ``groups``: ``"auto"`` (default) splits by group when
+    the table has real groups (a group holding two or more images): ``kfold`` becomes
+    stratified group k-fold, ``lpo`` leaves out P groups, and validation is drawn by group;
+    ``None`` splits by image (leaky on grouped data). ``group_kfold`` is always grouped and
+    ``random`` never is (it splits by image by definition). ``test_fraction``
     is used by ``random`` only; ``test_sources``/``val_sources``/``train_sources`` by
     ``predefined`` only (``train_sources=None``: every value that is not test or val).
     ``where`` names the data in error messages. The result has passed :func:`check_split`.
@@ -117,12 +129,15 @@ def make_split(table: pd.DataFrame, method: str, *, k: int = 5, p: int = 5, seed
     kept = kept.sort_values("image").reset_index(drop=True)
     grouped = split_is_grouped(method, groups, kept)
     labels = kept["label"].to_numpy()
-    if method == "kfold":
+    group_keys = kept["group"].astype(str).to_numpy()
+    if method == "group_kfold" or (method == "kfold" and grouped):
+        plans = _group_kfold_plans(labels, group_keys, k, seed, where)
+    elif method == "kfold":
         plans = _kfold_plans(labels, k, seed)
+    elif method == "lpo" and grouped:
+        plans = _group_lpo_plans(labels, group_keys, p, seed, where)
     elif method == "lpo":
         plans = _lpo_plans(labels, p, seed)
-    elif method == "group_kfold":
-        plans = _group_kfold_plans(labels, kept["group"].to_numpy(), k, seed, where)
     elif method == "random":
         _check_fraction("--test-fraction", test_fraction, allow_zero=False)
         plans = _random_plans(labels, test_fraction, seed, where)
@@ -137,16 +152,77 @@ def make_split(table: pd.DataFrame, method: str, *, k: int = 5, p: int = 5, seed
 
 
 def split_is_grouped(method: str, groups: str | None, table: pd.DataFrame) -> bool:
-    """Whether ``method`` keeps groups out of two roles of one fold for this table."""
+    """Whether ``method`` keeps groups out of two roles of one fold for this table: always for
+    ``group_kfold``, never for ``random``, else when ``groups="auto"`` and the table has
+    real groups."""
     if method == "group_kfold":
         return True
-    if method == "predefined":
-        return groups == "auto" and has_real_groups(table)
-    return False
+    if method == "random":
+        return False
+    return groups == "auto" and has_real_groups(table)
+
+
+def split_is_leaky(method: str, groups: str | None, table: pd.DataFrame,
+                   copies_expected: bool = False) -> bool:
+    """Whether a split puts images of one group (or, ``copies_expected``, copies of one cell
+    that were not joined into groups first) on two sides: every ``random`` split, and an
+    image-level split of grouped data (``groups=None``, ``--ignore-groups``)."""
+    if method == "random":
+        return True
+    if split_is_grouped(method, groups, table):
+        return False
+    return has_real_groups(table) or bool(copies_expected)
+
+
+# Readers whose images are augmented copies of source cells the files do not name (Kaggle
+# blood cells; its synthetic twin): their copies are joined into groups before any split.
+COPY_DATASETS = ("kaggle",)
+
+
+def ships_copies(dataset: str) -> bool:
+    """Whether ``dataset`` (a reader name) is known to hold unnamed copies of one cell."""
+    return str(dataset).lower().removeprefix("synthetic_") in COPY_DATASETS
+
+
+def joins_copies(near_duplicates: str, method: str, dataset: str, table: pd.DataFrame,
+                 ignore_groups: bool = False) -> bool:
+    """Whether a split first joins near-duplicate copies into groups
+    (``leakage.near_duplicate_groups``).
+
+    ``near_duplicates``: ``"group"`` always (unless ``ignore_groups``), ``"off"`` never,
+    ``"auto"`` when the data has no groups of its own and either holds copies by nature
+    (:func:`ships_copies`, for every method but ``random``) or is split by its owner's
+    TRAIN/TEST (``predefined``). Data such as ALL-IDB2 is not hashed: look-alike cells there
+    lie within the copy threshold and would be joined for nothing.
+    """
+    if ignore_groups or near_duplicates == "off":
+        return False
+    if near_duplicates == "group":
+        return True
+    if method == "random" or has_real_groups(table):
+        return False
+    return method == "predefined" or ships_copies(dataset)
+
+
+def default_method(dataset: str, table: pd.DataFrame) -> tuple[str, str]:
+    """The method a dataset is usually split with, and why. Groups come first: crops of one
+    ALL-IDB1 smear, cells of one C-NMC patient never go by name."""
+    name = str(dataset).lower()
+    if has_real_groups(table):
+        return "group_kfold", "images share patients/smears/source cells, so folds are split " \
+                              "by group"
+    if "all_idb" in name or "multiclass" in name:
+        return "lpo", "leave-P-out as in the thesis on ALL-IDB"
+    if predefined_variant(table) == "test_sources":
+        return "predefined", "the dataset ships its own TEST split"
+    return "kfold", "stratified k-fold"
 
 
 def has_real_groups(table: pd.DataFrame) -> bool:
-    """True when some group holds two or more images (patients, augmented copies of a cell)."""
+    """True when some group holds two or more images (patients, augmented copies of a cell).
+    A long split table (one row per fold and image) is counted once per image."""
+    if "fold" in table.columns:
+        table = table.drop_duplicates("image")
     return bool(len(table)) and bool(table["group"].duplicated().any())
 
 
@@ -208,6 +284,36 @@ def _lpo_plans(labels: np.ndarray, p: int, seed: int) -> list[_Plan]:
             for fold in range(n_folds)]
 
 
+def _group_lpo_plans(labels: np.ndarray, group_keys: np.ndarray, p: int, seed: int,
+                     where: str) -> list[_Plan]:
+    """Leave-P-groups-out: :func:`_lpo_plans` dealing whole groups instead of images.
+
+    Each group counts for its most frequent class (ties: the lower label); the groups of
+    each class are shuffled (seeded) and laid end to end, and group i goes to fold
+    ``i mod ceil(G/P)``: every fold tests at most P groups, with the classes spread evenly.
+    """
+    if p < 1:
+        raise InputError(f"--p {p}: must be at least 1")
+    names = np.unique(group_keys)
+    n_folds = math.ceil(len(names) / p)
+    if n_folds < 2:
+        raise InputError(f"{where}: only {len(names)} groups (patients/smears/source cells) for "
+                         f"--p {p}: no group would be left to train on; lower --p")
+    index = {name: i for i, name in enumerate(names)}
+    group_of = np.array([index[g] for g in group_keys])
+    counts = np.zeros((len(names), int(labels.max()) + 1), dtype=int)
+    np.add.at(counts, (group_of, labels), 1)
+    majority = counts.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(np.flatnonzero(majority == label))
+                            for label in np.unique(majority)])
+    fold_of_group = np.empty(len(names), dtype=int)
+    fold_of_group[order] = np.arange(len(names)) % n_folds
+    fold_of = fold_of_group[group_of]
+    return [(fold, np.flatnonzero(fold_of == fold), None, np.flatnonzero(fold_of != fold))
+            for fold in range(n_folds)]
+
+
 def _group_kfold_plans(labels: np.ndarray, group_keys: np.ndarray, k: int, seed: int,
                        where: str) -> list[_Plan]:
     from sklearn.model_selection import StratifiedGroupKFold
@@ -215,8 +321,9 @@ def _group_kfold_plans(labels: np.ndarray, group_keys: np.ndarray, k: int, seed:
     _check_k(k, len(labels))
     n_groups = len(set(group_keys))
     if n_groups < k:
-        raise InputError(f"{where}: only {n_groups} groups (patients/sources) for --k {k} "
-                         "group folds; lower --k")
+        raise InputError(f"{where}: only {n_groups} groups (patients/smears/source cells) for "
+                         f"--k {k} group folds; lower --k (or --ignore-groups: a LEAKY "
+                         "image-level split)")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -524,7 +631,7 @@ def _derived_settings(split: pd.DataFrame, settings: dict[str, Any]) -> dict[str
     if "grouped" not in settings:
         derived["grouped"] = split_is_grouped(method, settings.get("groups", "auto"), kept)
     if "leaky" not in settings:
-        derived["leaky"] = method == "random"
+        derived["leaky"] = split_is_leaky(method, settings.get("groups", "auto"), kept)
     if "variant" not in settings and method == "predefined":
         n_folds = split.loc[split["fold"] >= 0, "fold"].nunique()
         derived["variant"] = "source_folds" if n_folds > 1 else "test_sources"

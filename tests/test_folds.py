@@ -37,14 +37,15 @@ def make_table(counts: dict[str, int] = COUNTS, per_group: int = 3, mixed_groups
     """A reader-style table; ``per_group`` images share a patient. ``mixed_groups`` deals
     patients across classes (one patient, several cell types), the harder case for grouping."""
     rows, serial = [], 0
+    n_patients = max(1, sum(counts.values()) // per_group)
     for label, (name, n) in enumerate(counts.items()):
         for i in range(n):
-            patient = serial // per_group if mixed_groups else f"{name}{i // per_group}"
+            patient = serial % n_patients if mixed_groups else f"{name}{i // per_group}"
             image = f"{name}/{name}_{i:03d}.png"
             rows.append({"image": image, "path": str((root or Path("/nowhere")) / image),
                          "label": label, "class_name": name, "group": f"P{patient}",
                          "source_split": ""})
-            serial += 7 if mixed_groups else 1
+            serial += 1
     return pd.DataFrame(rows).sort_values("image").reset_index(drop=True)
 
 
@@ -125,7 +126,7 @@ def test_every_class_with_three_training_images_gets_validation(method):
 
 @pytest.mark.parametrize("method", ["kfold", "lpo"])
 def test_stratified_within_one_image_per_class(method):
-    split = make_split(make_table(), method, seed=0, **METHOD_CASES[method])
+    split = make_split(make_table(per_group=1), method, seed=0, **METHOD_CASES[method])
     tests = kept_rows(split)
     tests = tests[tests["role"] == "test"]
     per_fold = tests.groupby(["fold", "class_name"]).size().unstack(fill_value=0)
@@ -134,7 +135,7 @@ def test_stratified_within_one_image_per_class(method):
 
 
 def test_lpo_on_260_images_gives_52_folds_of_5():
-    table = make_table({"blast": 130, "other": 130})
+    table = make_table({"blast": 130, "other": 130}, per_group=1)  # ALL-IDB2: no patients
     split = make_split(table, "lpo", p=5, seed=0)
     tests = split[split["role"] == "test"]
     sizes = tests.groupby("fold").size()
@@ -146,7 +147,7 @@ def test_lpo_on_260_images_gives_52_folds_of_5():
 
 
 def test_lpo_with_remainder_has_folds_of_at_most_p():
-    table = make_table({"a": 100, "b": 60, "c": 37})  # 197 images
+    table = make_table({"a": 100, "b": 60, "c": 37}, per_group=1)  # 197 images
     tests = make_split(table, "lpo", p=5)
     sizes = tests[tests["role"] == "test"].groupby("fold").size()
     assert len(sizes) == math.ceil(197 / 5) and sizes.max() == 5 and sizes.min() == 4
@@ -269,7 +270,7 @@ SETTINGS = {"dataset": "fake", "data_root": "somewhere", "method": "lpo", "p": 5
 
 def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path):
     def write(seed: int, out: str):
-        split = make_split(make_table(), "lpo", p=5, seed=seed)
+        split = make_split(make_table(per_group=1), "lpo", p=5, seed=seed)
         return write_split(split, {**SETTINGS, "seed": seed}, tmp_path / out, "s")
 
     first, again, other = write(0, "a"), write(0, "b"), write(1, "c")
@@ -415,13 +416,16 @@ def test_script_stops_on_bad_file_and_skips_it_when_asked(png_dataset, tmp_path,
     assert bad not in set(pd.read_csv(out / "s.csv")["image"])
 
 
-def test_script_default_name_and_lpo_for_all_idb(png_dataset, tmp_path, capsys):
+def test_script_default_name_and_groups_before_the_all_idb_name(png_dataset, tmp_path,
+                                                                capsys):
+    """ALL-IDB-like names get leave-P-out, but only after the groups were looked at: crops
+    that share smears (here: patients) are split by group."""
     script = load_script()
     args = script.parse_args(["--dataset", "all_idb2_fake", "--out-dir", str(tmp_path),
                               "--no-check-images", "--exclude", "basophil"])
     script.main(args)
-    assert (tmp_path / "all_idb2_fake_lpo_p5_seed0_excl-basophil.csv").is_file()
-    assert "method: lpo" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("all_idb2_fake_group_kfold_k5_seed0_excl-basophil_*.csv"))) == 1
+    assert "method: group_kfold" in capsys.readouterr().out
 
 
 def test_acceptance_all_idb2_gives_52_folds_in_seconds(tmp_path):
@@ -436,7 +440,7 @@ def test_acceptance_all_idb2_gives_52_folds_in_seconds(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
-    csv_path = tmp_path / "all_idb2_lpo_p5_seed0.csv"
+    csv_path, = tmp_path.glob("all_idb2_lpo_p5_seed0_*.csv")
     split = pd.read_csv(csv_path)
     tests = split[split["role"] == "test"]
     assert tests["fold"].nunique() == 52 and (tests.groupby("fold").size() == 5).all()
@@ -472,10 +476,114 @@ def test_default_split_of_another_data_root_is_kept_and_a_fingerprinted_one_is_u
     args.data_root = str(second)
     split_b = resolve_split(args, method="kfold", data_dir=tmp_path, k=2)
     assert default.read_bytes() == before  # the first root's split is untouched
-    assert split_b.path != default and split_b.path.name.startswith(default.stem + "_data-")
+    assert split_b.path != default  # its own fingerprint: other images, other name
+    assert split_b.path.stem.rsplit("_", 1)[0] == default.stem.rsplit("_", 1)[0]
     assert set(split_b.fold(0)["path"]).isdisjoint(set(split_a.fold(0)["path"]))
     assert "extra.png" in " ".join(split_b.fold(0)["path"])
     # Both resolve again to their own file, and reload cleanly.
     assert resolve_split(args, method="kfold", data_dir=tmp_path, k=2).path == split_b.path
     args.data_root = str(first)
     assert resolve_split(args, method="kfold", data_dir=tmp_path, k=2).path == default
+
+
+# ----------------------------------------------------------------------------- group-safe by default
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["patient-per-class", "mixed-patients"])
+@pytest.mark.parametrize("method,options", [("kfold", dict(k=4)), ("lpo", dict(p=3))])
+def test_kfold_and_lpo_split_grouped_tables_by_group(method, options, mixed):
+    """kfold and lpo on data with patients: no patient on two sides of any fold, every
+    patient tested exactly once, validation drawn by patient, and the split is not leaky."""
+    table = make_table(mixed_groups=mixed)
+    split = make_split(table, method, seed=5, exclude_classes=["thrombocyte"], **options)
+    kept = kept_rows(split)
+    assert kept.groupby(["fold", "group"])["role"].nunique().max() == 1
+    tests = kept[kept["role"] == "test"]
+    assert tests.groupby("group")["fold"].nunique().max() == 1
+    assert set(tests["group"]) == set(kept["group"])  # every patient tested once
+    assert (kept[kept["role"] == "val"].groupby("fold").size() > 0).all()
+    assert check_split(split, grouped=True) == []
+    assert folds.split_is_grouped(method, "auto", kept)
+    assert not folds.split_is_leaky(method, "auto", kept)
+
+
+def test_lpo_leaves_out_p_groups_per_fold():
+    table = make_table({"a": 30, "b": 24}, per_group=3)  # 10 + 8 patients
+    split = make_split(table, "lpo", p=4, seed=0)
+    tests = kept_rows(split).query("role == 'test'")
+    per_fold = tests.groupby("fold")["group"].nunique()
+    assert len(per_fold) == math.ceil(18 / 4) and per_fold.max() == 4 and per_fold.min() == 3
+    both = tests.groupby("fold")["class_name"].nunique()
+    assert (both == 2).all()  # classes spread over the folds, as by image
+
+
+def test_too_few_groups_for_lpo_is_an_input_error():
+    with pytest.raises(InputError, match="only 4 groups .* --p 5"):
+        make_split(make_table({"a": 10, "b": 10}, per_group=5), "lpo", p=5)
+
+
+@pytest.mark.parametrize("method,options", [("kfold", dict(k=5)), ("lpo", dict(p=5))])
+def test_images_without_groups_split_exactly_as_before(method, options):
+    """Groups that are the images' own names (ALL-IDB2): the group-aware code changes nothing."""
+    table = make_table(per_group=1)
+    by_default = make_split(table, method, seed=2, **options)
+    by_image = make_split(table, method, seed=2, groups=None, **options)
+    pd.testing.assert_frame_equal(by_default, by_image)
+    assert not folds.split_is_leaky(method, None, kept_rows(by_image))
+
+
+@pytest.mark.parametrize("method,options", [("kfold", dict(k=5)), ("lpo", dict(p=5)),
+                                            ("random", dict())])
+def test_image_level_split_of_grouped_data_leaks_and_is_marked_leaky(method, options, tmp_path):
+    """``groups=None`` (--ignore-groups) and ``random`` split patients by image: the group check
+    finds the leak, and the file written says leaky."""
+    table = make_table(mixed_groups=True)
+    split = make_split(table, method, seed=0, groups=None, **options)
+    problems = check_split(split, grouped=True, complete=method != "random")
+    assert any("group(s) in two roles" in p for p in problems)
+    with pytest.raises(InputError, match="leaky or inconsistent split"):
+        assert_no_leakage(split, grouped=True, complete=method != "random")
+    settings = {"dataset": "x", "method": method, "dataset_hash": "h", "groups": None}
+    write_split(split, settings, tmp_path, "s")
+    assert folds.read_json(tmp_path / "s.json")["leaky"] is True
+    assert folds.split_is_leaky(method, None, kept_rows(split))
+
+
+def test_a_split_that_puts_one_patient_on_two_sides_fails_the_check():
+    split = make_split(make_table({"a": 12, "b": 12}), "kfold", k=2, seed=0)
+    assert check_split(split, grouped=True) == []
+    fold0 = split[split["fold"] == 0]
+    tested = fold0[fold0["role"] == "test"].iloc[0]
+    # move one image of a tested patient into training: an image-level split would do this
+    sibling = split.index[(split["fold"] == 0) & (split["group"] == tested["group"])
+                          & (split["image"] != tested["image"])][0]
+    leaky = split.copy()
+    leaky.loc[sibling, "role"] = "train"
+    assert any("group(s) in two roles" in p for p in check_split(leaky, grouped=True))
+
+
+def test_default_method_looks_at_groups_before_dataset_names():
+    smears = make_table({"blast": 20, "other": 20}, per_group=4)  # ALL-IDB1 crops share smears
+    assert folds.default_method("all_idb1", smears)[0] == "group_kfold"
+    cells = make_table({"blast": 20, "other": 20}, per_group=1)
+    assert folds.default_method("all_idb2", cells)[0] == "lpo"
+    owner = cells.assign(source_split=["TEST" if i % 4 == 0 else "TRAIN"
+                                       for i in range(len(cells))])
+    assert folds.default_method("kaggle", owner)[0] == "predefined"
+    assert folds.default_method("pbc", cells)[0] == "kfold"
+
+
+def test_copies_are_joined_for_every_method_on_kaggle_only():
+    cells = make_table({"a": 10, "b": 10}, per_group=1)
+    for method in ("kfold", "lpo", "group_kfold", "predefined"):
+        assert folds.joins_copies("auto", method, "kaggle", cells)
+        assert folds.joins_copies("auto", method, "synthetic_kaggle", cells)
+        assert not folds.joins_copies("auto", method, "kaggle", cells, ignore_groups=True)
+        assert not folds.joins_copies("off", method, "kaggle", cells)
+    assert not folds.joins_copies("auto", "random", "kaggle", cells)
+    assert not folds.joins_copies("auto", "lpo", "all_idb2", cells)  # thesis split unchanged
+    assert folds.joins_copies("auto", "predefined", "bloodmnist", cells)
+    assert not folds.joins_copies("auto", "kfold", "kaggle", make_table(per_group=3))
+    assert folds.joins_copies("group", "lpo", "all_idb2", cells)
+    # Kaggle split by image (copies not joined) is leaky even though no group is repeated
+    assert folds.split_is_leaky("kfold", "auto", cells, copies_expected=True)
+    assert not folds.split_is_leaky("kfold", "auto", cells)
