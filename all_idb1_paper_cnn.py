@@ -72,8 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"{QUICK['BATCH_SIZE']} with --quick)")
     parser.add_argument("--augmented-dir", default="data/augmented",
                         help="root of the augmented training images (default data/augmented)")
-    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
-                        help="Keras fit verbosity (2: one line per epoch; default 0)")
     add_gpu_arguments(parser)
     return parser.parse_args(argv)
 
@@ -103,20 +101,22 @@ def heldout_metrics(run_dir, class_names) -> "pd.DataFrame":
 
 
 def main(args: argparse.Namespace):
+    from leukocyte_cnn.artifacts import record_of
     from leukocyte_cnn.errors import InputError
     from leukocyte_cnn.experiment import (make_optimizer, resolve_split, script_settings,
                                           start_training_run)
-    from leukocyte_cnn.gpu import compile_kwargs
+    from leukocyte_cnn.gpu import compile_kwargs, model_scope, require_xla, setup_devices
     from leukocyte_cnn.io import save_model
     from leukocyte_cnn.keras_metrics import plot_epoch_metrics, positive_class_metrics
     from leukocyte_cnn.networks import paper_cnn
     from leukocyte_cnn.paper_augmentation import (augmentation_root, training_table,
                                                   write_training_set)
     from leukocyte_cnn.pipeline import make_dataset
-    from leukocyte_cnn.reporting import summarize_run, write_table
+    from leukocyte_cnn.reporting import leaky_banner, run_config, summarize_run, write_table
     from leukocyte_cnn.training import (CHECKPOINT, finish_fold, fit, parse_fold_list,
-                                        predict_table, run_folds)
+                                        predict_table, record_fold_inputs, run_folds)
 
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
     epochs = args.epochs or settings["EPOCHS"]
@@ -140,7 +140,7 @@ def main(args: argparse.Namespace):
     augmentation = {"image_size": [size, size], "n_rotations": rotations,
                     "blur_sigma": BLUR_SIGMA, "max_shift": MAX_SHIFT, "max_shear": MAX_SHEAR,
                     "seed": args.seed}
-    augmented_root = augmentation_root(args.augmented_dir, split.name, augmentation)
+    augmented_root = augmentation_root(args.augmented_dir, split, augmentation)
 
     run_dir = start_training_run(
         args, "all_idb1_paper_cnn", knobs=settings, split=split,
@@ -157,27 +157,32 @@ def main(args: argparse.Namespace):
 
     def train_fold(fold):
         start = time.perf_counter()
+        fold.artifacts["paper_augmentation"] = record_of(augmented_root)
         manifest = write_training_set(fold.train, augmented_root, fold.fold,
                                       settings=augmentation, seed=args.seed)
         train = training_table(manifest, augmented_root, fold.train)
+        record_fold_inputs(fold, train)  # fold_XX/inputs.csv: the copies and their sources
         print(f"fold {fold.fold}: {len(fold.train)} training images -> {len(train)} augmented "
               f"({time.perf_counter() - start:.1f} s, {augmented_root}); validation "
               f"{len(fold.val)}, test {len(fold.test)} (originals)", flush=True)
 
         # 3. A fresh paper CNN, trained with early stopping on the validation originals.
-        model = paper_cnn(input_shape=(size, size, 3), num_classes=2, filters=FILTERS)
         loss = "sparse_categorical_crossentropy"
-        model.compile(optimizer=make_optimizer(OPTIMIZER, LEARNING_RATE), loss=loss,
-                      metrics=["accuracy", *positive_class_metrics(POSITIVE_LABEL)],
-                      **compile_kwargs(args.xla))
+        with model_scope():  # several replicas: weights, optimizer state, metrics mirrored
+            model = paper_cnn(input_shape=(size, size, 3), num_classes=2, filters=FILTERS)
+            model.compile(optimizer=make_optimizer(OPTIMIZER, LEARNING_RATE), loss=loss,
+                          metrics=["accuracy", *positive_class_metrics(POSITIVE_LABEL)],
+                          **compile_kwargs(args.xla))
+        require_xla(model, args.xla)
         fit_start = time.perf_counter()
         history = fit(model, dataset(train, True, fold.seed),
                       dataset(fold.val, False, fold.seed) if len(fold.val) else None,
                       epochs=epochs, patience=settings["PATIENCE"],
-                      fold_directory=fold.directory, verbose=args.verbose)
+                      fold_directory=fold.directory)
         # Keep the checkpoint loadable by plain keras.models.load_model(safe_mode=True):
         # its compile state names only built-in metrics.
-        model.compile(optimizer=model.optimizer, loss=loss, metrics=["accuracy"])
+        with model_scope():
+            model.compile(optimizer=model.optimizer, loss=loss, metrics=["accuracy"])
         save_model(model, fold.directory / CHECKPOINT)
         trained = time.perf_counter()
 
@@ -198,9 +203,10 @@ def main(args: argparse.Namespace):
     write_table(table, run_dir / "heldout_metrics",
                 title="Held-out test metrics (positive class: "
                       f"{class_names[POSITIVE_LABEL]})",
-                note="Precision, recall and F1 of the positive class and ROC-AUC of its "
-                     "probability, against integer labels; test images never augmented, "
-                     "trained on or used for early stopping.")
+                note=leaky_banner(run_config(run_dir))
+                + "Precision, recall and F1 of the positive class and ROC-AUC of its "
+                  "probability, against integer labels; test images never augmented, "
+                  "trained on or used for early stopping.")
     from leukocyte_cnn.reporting import markdown_table
 
     print(f"\n{run_dir / 'heldout_metrics.md'}:\n\n{markdown_table(table)}")

@@ -5,8 +5,9 @@ augmentation, the input pipeline, networks, the cross-validation training loop, 
 tables and plots. Each top-level script is one experiment and reads like a methods section.
 """
 
-import os as _os
+from .progress import quiet_tensorflow_import as _quiet_tensorflow_import
 
-# TensorFlow's C++ INFO/WARNING lines (oneDNN notices, graph attribute chatter) drown the one
-# line per fold that researchers read; set TF_CPP_MIN_LOG_LEVEL=0 to see them again.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ and absl lines (CUDA stub notices, a "failed call to cuInit" error on
+# machines without a GPU, oneDNN notices) drown the lines researchers read. They are hidden
+# before TensorFlow is first imported; --verbose or TF_CPP_MIN_LOG_LEVEL=0 shows them again.
+_quiet_tensorflow_import()

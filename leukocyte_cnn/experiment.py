@@ -33,6 +33,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_dataset: st
                              "data/splits/<dataset>_<method>_...csv, created if missing "
                              "(with a _data-<hash> suffix when that name already holds a "
                              "split of other images)")
+    parser.add_argument("--ignore-groups", action="store_true",
+                        help="split the default split by image even when images share "
+                             "patients/smears/source cells (and leave copies unjoined): a LEAKY "
+                             "split, and every table and figure of the run says so; only to "
+                             "reproduce published numbers made that way")
+    parser.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="option of the dataset reader for the default split (repeatable), "
+                             "e.g. --reader-option crops=true for single-cell crops of "
+                             "ALL-IDB1 smears")
     parser.add_argument("--run-name", default=None,
                         help="name of the run folder under --results-dir (default: derived "
                              "from script, dataset and --quick)")
@@ -45,6 +54,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_dataset: st
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="few folds, few epochs, small images: a smoke run in minutes on a CPU")
+    from .progress import add_console_arguments
+
+    add_console_arguments(parser)  # --quiet, --verbose
     return parser
 
 
@@ -55,6 +67,10 @@ def split_arguments(args: argparse.Namespace, *, method: str, data_dir: Path = D
             "--out-dir", str(data_dir / "splits")]
     if args.data_root:
         argv += ["--data-root", str(args.data_root)]
+    if getattr(args, "ignore_groups", False):
+        argv.append("--ignore-groups")
+    for option in getattr(args, "reader_option", None) or []:
+        argv += ["--reader-option", option]
     flags = {"k": "--k", "p": "--p", "min_images": "--min-images",
              "val_fraction": "--val-fraction", "test_fraction": "--test-fraction",
              "zheng_dataset": "--zheng-dataset", "test_sources": "--test-sources"}
@@ -76,32 +92,32 @@ def resolve_split(args: argparse.Namespace, *, method: str, data_dir: Path = DAT
     """Load ``--split``, or this script's default split, writing it first if it is absent.
 
     The default split is exactly what ``cross_validation_splits.py`` writes with the same
-    options (the same code runs, and the file name encodes method, k/P, seed and exclusions),
-    so later scripts and other machines read identical folds.
+    options: the same code runs, and the file name ends in the fingerprint of the images and
+    every split setting, so a split made with other settings or from other images (another
+    data root under the same dataset name) lies under another name and is never reused or
+    overwritten by mistake; later scripts and other machines read identical folds.
     """
     import cross_validation_splits as cvs
-    from .folds import SplitDatasetMismatch, load_split
+    from .folds import load_split
 
     if args.split:
+        refuse_split_options(args)
         return load_split(args.split, data_root=args.data_root)
     cvs_args = cvs.parse_args(split_arguments(args, method=method, data_dir=data_dir,
                                               **split_options))
-    name = cvs.split_file_name(cvs_args, method, cvs.reader_options(cvs_args))
-    path = Path(cvs_args.out_dir) / f"{name}.csv"
-    if not path.exists():
-        cvs.main(cvs_args)
-    try:
-        return load_split(path, data_root=args.data_root)
-    except SplitDatasetMismatch as mismatch:
-        # The default name was taken by a split of other images under the same dataset name
-        # (e.g. a low-resolution copy, or another data root): keep that one untouched and
-        # use a split named after this dataset's fingerprint.
-        cvs_args.name = f"{name}_data-{mismatch.current_hash[:8]}"
-        other = Path(cvs_args.out_dir) / f"{cvs_args.name}.csv"
-        print(f"note: {path} was made from other images; this data root uses {other}")
-        if not other.exists():
-            cvs.main(cvs_args)
-        return load_split(other, data_root=args.data_root)
+    return load_split(cvs.main(cvs_args), data_root=args.data_root)
+
+
+def refuse_split_options(args: argparse.Namespace) -> None:
+    """``--ignore-groups``/``--reader-option`` shape the default split; a ``--split`` file
+    already records its own: one line instead of a switch that does nothing."""
+    given = [flag for flag, value in (("--ignore-groups", getattr(args, "ignore_groups", False)),
+                                      ("--reader-option", getattr(args, "reader_option", None)))
+             if value]
+    if given:
+        raise InputError(f"--split {args.split}: {' and '.join(given)} shape(s) the default "
+                         "split only; the split file records its own (make it with "
+                         "cross_validation_splits.py)")
 
 
 def present_exclusions(args: argparse.Namespace, exclude_classes: Sequence[str]
@@ -117,8 +133,19 @@ def present_exclusions(args: argparse.Namespace, exclude_classes: Sequence[str]
         return ()
     from .datasets import class_names, read_dataset
 
-    present = set(class_names(read_dataset(args.dataset, args.data_root)))
+    present = set(class_names(read_dataset(args.dataset, args.data_root,
+                                           **dataset_reader_options(args))))
     return tuple(c for c in exclude_classes if c in present)
+
+
+def dataset_reader_options(args: argparse.Namespace) -> dict:
+    """The reader options the default split is made with (``--reader-option``,
+    ``--zheng-dataset``), as ``cross_validation_splits.reader_options`` parses them."""
+    import cross_validation_splits as cvs
+
+    return cvs.reader_options(argparse.Namespace(
+        zheng_dataset=getattr(args, "zheng_dataset", None),
+        reader_option=getattr(args, "reader_option", None) or []))
 
 
 def run_dir_for(args: argparse.Namespace, script: str) -> Path:
@@ -128,38 +155,43 @@ def run_dir_for(args: argparse.Namespace, script: str) -> Path:
 
 def script_settings(script: str | ModuleType, args: argparse.Namespace) -> dict:
     """A script's hyperparameters: its UPPER_CASE module constants (:func:`runinfo.knobs`),
-    updated with the script's ``QUICK`` dict under ``--quick``.
+    updated with the script's ``QUICK`` dict under ``--quick``, then with the knobs set from
+    outside (``$LEUKOCYTE_KNOBS``, :mod:`leukocyte_cnn.knobs`), which beat ``QUICK``.
 
     ``script`` is the script's module or its ``__name__``. The result is what ``start_run``
     records as ``knobs``; command-line overrides stay the script's business.
     """
+    from .knobs import overrides_of
     from .runinfo import knobs
 
     module = sys.modules[script] if isinstance(script, str) else script
     settings = knobs(module)
     if args.quick:
         settings.update(module.QUICK)
+    settings.update(overrides_of(module))
     return settings
 
 
 def start_training_run(args: argparse.Namespace, script: str, *, knobs: dict, split, title: str,
                        class_names: Sequence[str], extra: dict | None = None) -> Path:
-    """Set up the devices for ``--mixed-precision``/``--xla`` (:func:`gpu.configure_devices`),
-    then :func:`start_run`, with both switches recorded after ``extra``."""
-    from .gpu import configure_devices
+    """:func:`start_run` with the device switches recorded after ``extra`` as they took effect
+    (:func:`gpu.device_settings`: precision policy, XLA, determinism, replicas). The devices
+    are normally set up already, first thing in ``main()`` (:func:`gpu.setup_devices`)."""
+    from .gpu import device_settings
 
-    configure_devices(args.mixed_precision, args.xla)
     return start_run(args, script, knobs=knobs, split=split, title=title,
-                     class_names=class_names,
-                     extra={**(extra or {}), "mixed_precision": args.mixed_precision,
-                            "xla": args.xla})
+                     class_names=class_names, extra={**(extra or {}), **device_settings(args)})
 
 
 def start_run(args: argparse.Namespace, script: str, *, knobs: dict, split, title: str,
               class_names: Sequence[str], extra: dict | None = None) -> Path:
     """Create the run folder with the settings that determine its numbers."""
+    from .io import file_sha256
+
     config = {"script": script, "title": title, "dataset": args.dataset,
               "data_root": args.data_root, "split_file": str(split.csv_path),
+              "split_sha256": file_sha256(split.csv_path),
+              "split_fingerprint": (split.settings.get("fingerprint") or {}).get("fingerprint"),
               "dataset_hash": split.settings.get("dataset_hash"),
               "split_method": split.settings.get("method"),
               "leaky": bool(split.settings.get("leaky", False)),
@@ -167,7 +199,11 @@ def start_run(args: argparse.Namespace, script: str, *, knobs: dict, split, titl
               "n_folds": len(split.folds), "class_names": list(class_names),
               "seed": args.seed, "quick": bool(args.quick), "knobs": knobs, **(extra or {})}
     run_dir = prepare_run_dir(run_dir_for(args, script), config)
+    from .progress import run_header, set_console
+
+    set_console(quiet=getattr(args, "quiet", False))
     print(f"run folder {run_dir} ({title})", flush=True)
+    print(run_header(args, split, class_names), flush=True)
     return run_dir
 
 
@@ -221,13 +257,15 @@ def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
     always come from the split. ``optimizer_options`` go to the optimizer (e.g. SGD's
     ``momentum``). ``mask_column`` names a column of the tables holding one mask file per
     image; the pipeline then blanks every image's background (training, validation and test
-    alike) before resizing.
+    alike) before resizing. ``batch_size`` is the global batch: under several replicas
+    (:func:`gpu.model_scope`) each step's ``batch_size`` images are split over them.
     """
-    from .gpu import compile_kwargs
+    from .gpu import compile_kwargs, model_scope, require_xla
     from .pipeline import make_dataset
-    from .training import fit_and_predict
+    from .training import fit_and_predict, record_fold_inputs
 
     train = fold.train if train_table is None else train_table
+    record_fold_inputs(fold, train)  # fold_XX/inputs.csv: what this fold feeds, before training
     label_mode = "binary" if binary else "int"
 
     def dataset(table, training: bool):
@@ -237,10 +275,13 @@ def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
                             label_mode=label_mode, cache=memory_cache(len(table), image_size),
                             masks=table[mask_column].tolist() if mask_column else None)
 
-    model = build_model()
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate, **(optimizer_options or {})),
-                  loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                  metrics=["accuracy"], **compile_kwargs(xla))
+    with model_scope():  # several replicas: weights, optimizer state and metrics mirrored
+        model = build_model()
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate,
+                                               **(optimizer_options or {})),
+                      loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+                      metrics=["accuracy"], **compile_kwargs(xla))
+    require_xla(model, xla)
     return fit_and_predict(fold, model, train_ds=dataset(train, True),
                            val_ds=dataset(fold.val, False) if len(fold.val) else None,
                            test_ds=dataset(fold.test, False), class_names=class_names,

@@ -97,6 +97,17 @@ def fitting_block_count(input_shape: Sequence[int], n_blocks: int) -> int:
     return fitted
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A ``UserWarning`` once per process: a script builds the same network for every fold,
+    and Keras/TensorFlow reset Python's own once-per-location registry between folds."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def linear_cnn(
     *,
     input_shape: Shape = (257, 257, 3),
@@ -123,10 +134,10 @@ def linear_cnn(
     if n_blocks == 0:
         raise ValueError(f"linear_cnn: {input_shape[:2]} px is too small for one 3x3+pool block")
     if n_blocks < len(filters):
-        warnings.warn(
+        _warn_once(
             f"linear_cnn: only {n_blocks} of {len(filters)} conv blocks fit a "
             f"{input_shape[0]}x{input_shape[1]} image; dropping the last "
-            f"{len(filters) - n_blocks}", UserWarning, stacklevel=2)
+            f"{len(filters) - n_blocks}")
     inputs, x = model_input(input_shape, input_scaling)
     for index, n_filters in enumerate(filters[:n_blocks], start=1):
         x = layers.Conv2D(n_filters, 3, padding="valid", activation="relu",

@@ -43,8 +43,9 @@ from .training import (CHECKPOINT, EPOCHS, PREDICTIONS, fold_dir, fold_is_done,
                        load_predictions, run_folds)
 
 SPLIT_METHODS = ("predefined", "random")
-LEAKY_WARNING = ("LEAKY SPLIT (--split-method random): augmented copies of one source cell "
-                 "can sit in both training and test, so these accuracies are inflated (one "
+LEAKY_WARNING = ("LEAKY SPLIT (--split-method random or --ignore-groups): augmented copies of "
+                 "one source cell can sit in both training and test (or validation), so these "
+                 "accuracies are inflated (one "
                  "earlier study reported 0.99 this way); shown only to reproduce such numbers. "
                  "Use the dataset's own TRAIN/TEST split for real estimates.")
 
@@ -151,14 +152,32 @@ def run_trials(split, run_dir: str | os.PathLike, settings: Sequence[Setting],
     ``experiment.train_classifier_fold``). ``folds`` default to all folds of the split (one,
     fold 0, for a TRAIN/TEST split).
     """
+    from . import progress
+
     parent = read_settings(run_dir)["config"]
     folds = list(split.folds if folds is None else folds)
     trials = list(trials)
+    todo = [(s.name, t) for s in settings for t in trials
+            if not trial_is_done(run_dir, s.name, t, folds)]
+    total = len(settings) * len(trials)
+    with progress.tracking(len(todo) * len(folds),
+                           f"{len(settings)} setting(s) x {len(trials)} trial(s) = {total}, "
+                           f"{len(todo)} to train" + (f", {len(folds)} folds each"
+                                                     if len(folds) > 1 else "")):
+        return _run_trials(split, run_dir, settings, trials, seed, train_fold, folds, parent,
+                           [f"{s.name} trial {t}" for s in settings for t in trials])
+
+
+def _run_trials(split, run_dir, settings, trials, seed, train_fold, folds, parent, order):
+    """The loop of :func:`run_trials`."""
+    from . import progress
+
     trained = []
     for setting in settings:
         for trial in trials:
             where = trial_dir(run_dir, setting.name, trial)
             head = f"{setting.name} trial {trial}"
+            number = f"({order.index(head) + 1}/{len(order)})"
             if trial_is_done(run_dir, setting.name, trial, folds):
                 print(f"{head}: finished earlier, kept", flush=True)
                 continue
@@ -168,8 +187,9 @@ def run_trials(split, run_dir: str | os.PathLike, settings: Sequence[Setting],
                       "trial": trial, "seed": seed + trial}
             prepare_run_dir(where, config)
             start = time.perf_counter()
-            run_folds(split, where, folds, seed + trial,
-                      lambda fold, s=setting, t=trial: train_fold(s, t, fold), quiet=True)
+            with progress.outer_label(f"{head} {number}"):
+                run_folds(split, where, folds, seed + trial,
+                          lambda fold, s=setting, t=trial: train_fold(s, t, fold), quiet=True)
             accuracy = float(predictions_metrics(load_predictions(where),
                                                  parent["class_names"])["accuracy"])
             print(f"{head}: test accuracy {accuracy:.3f} | {time.perf_counter() - start:.1f} s",

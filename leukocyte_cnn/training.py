@@ -29,7 +29,13 @@ CHECKPOINT = "model.keras"
 
 @dataclasses.dataclass
 class Fold:
-    """One fold's images by role, where it writes, and the seed it uses."""
+    """One fold's images by role, where it writes, and the seed it uses.
+
+    ``split_sha256`` is the split file the fold comes from and ``artifacts`` the derived
+    artifacts it used (``{kind: artifacts.record_of(path)}``, e.g. its balanced-fold folder,
+    added by the fold body): both go into ``timing.json``, so resumes and merges can refuse
+    folds made from other files (``runinfo.check_fold_chain``).
+    """
 
     fold: int
     train: pd.DataFrame
@@ -37,6 +43,8 @@ class Fold:
     test: pd.DataFrame
     directory: Path
     seed: int
+    split_sha256: str | None = None
+    artifacts: dict = dataclasses.field(default_factory=dict)
 
 
 def fold_dir(run_dir: str | os.PathLike, fold: int) -> Path:
@@ -78,8 +86,27 @@ def run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int
 
     ``train_fold`` builds a fresh model, trains it on ``fold.train``, stops early on
     ``fold.val`` and returns the predictions of ``fold.test`` (see :func:`fit_and_predict`).
-    One line per fold says where the run is.
+    One line per fold says where the run is; :func:`fit` adds one per epoch with the ETA of
+    the fold and of the run (:mod:`leukocyte_cnn.progress`, silent under ``--quiet``).
     """
+    from . import progress
+
+    todo = [k for k in folds if not fold_is_done(run_dir, k)]
+    done = f" ({len(folds) - len(todo)} finished earlier)" if len(todo) < len(folds) else ""
+    with progress.tracking(len(todo), f"{len(todo)} fold(s){done}"):
+        return _run_folds(split, run_dir, folds, seed, train_fold, quiet=quiet)
+
+
+def _run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int,
+               train_fold: Callable[[Fold], pd.DataFrame], *, quiet: bool = False) -> list[int]:
+    """The loop of :func:`run_folds`."""
+    from . import progress
+
+    from .io import file_sha256
+    from .runinfo import check_fold_chain
+
+    split_sha256 = file_sha256(split.csv_path) if getattr(split, "csv_path", None) else None
+    check_fold_chain(run_dir, split_sha256)  # finished folds of another split: one line
     trained = []
     for i, k in enumerate(folds, 1):
         head = f"fold {k} ({i}/{len(folds)})"
@@ -91,14 +118,15 @@ def run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int
         fold = Fold(fold=k, train=rows[rows.role == "train"].reset_index(drop=True),
                     val=rows[rows.role == "val"].reset_index(drop=True),
                     test=rows[rows.role == "test"].reset_index(drop=True),
-                    directory=fold_dir(run_dir, k), seed=seed + k)
+                    directory=fold_dir(run_dir, k), seed=seed + k, split_sha256=split_sha256)
         fold.directory.mkdir(parents=True, exist_ok=True)
         for leftover in fold.directory.glob(".*.tmp*"):  # a write cut short by a kill
             leftover.unlink()
         set_seed(fold.seed)
         start = time.perf_counter()
         try:
-            predictions = train_fold(fold)
+            with progress.unit(head if len(folds) > 1 or not quiet else ""):
+                predictions = train_fold(fold)
         except Exception as exc:
             _name_unreadable_image(fold, exc)  # a decode error deep in tf.data: say which file
             raise
@@ -162,10 +190,14 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
 
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[4:]
+    from .progress import epoch_callback
+
     callbacks = [_EpochTimer(),
                  keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
                                                restore_best_weights=True, verbose=0),
                  *extra_callbacks]
+    if not verbose:  # Keras' own per-epoch output replaces ours when asked for
+        callbacks.append(epoch_callback(epochs))
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
                         verbose=verbose, shuffle=False)  # tf.data shuffles, seeded
     log = pd.DataFrame(history.history)
@@ -176,10 +208,27 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
     return history
 
 
+def predict_eagerly(model, dataset) -> np.ndarray:
+    """The model's outputs for every batch of ``dataset`` (images, or (images, labels)).
+
+    Called batch by batch without ``tf.function``: ``model.predict`` traces a new graph for
+    every fresh fold model and again for each fold's last, smaller batch, and after a few folds
+    TensorFlow warns about "excessive retracing"; a test set is predicted once per fold, so
+    eager calls cost little and trace nothing.
+    """
+    outputs = []
+    for batch in dataset:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        outputs.append(np.asarray(model(images, training=False), dtype=np.float64))
+    if not outputs:
+        return np.zeros((0, 1))
+    return np.concatenate(outputs)
+
+
 def predict_table(model, test_ds, test: pd.DataFrame, class_names: Sequence[str],
                   fold: int) -> pd.DataFrame:
     """Per-image test probabilities as a predictions table (the run's raw result)."""
-    prob = probabilities_from_output(model.predict(test_ds, verbose=0))
+    prob = probabilities_from_output(predict_eagerly(model, test_ds))
     if len(prob) != len(test):
         raise RuntimeError(f"model returned {len(prob)} predictions for {len(test)} images")
     table = pd.DataFrame({"fold": fold, "image": test["image"].to_numpy(),
@@ -200,7 +249,8 @@ def finish_fold(fold: Fold, predictions: pd.DataFrame, class_names: Sequence[str
     write_json(fold.directory / "timing.json",
                {**timings, "fold": fold.fold, "seed": fold.seed,
                 "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-                "test_accuracy": metrics["accuracy"], "provenance": provenance()})
+                "test_accuracy": metrics["accuracy"], "split_sha256": fold.split_sha256,
+                "artifacts": fold.artifacts, "provenance": provenance()})
     write_csv(fold.directory / PREDICTIONS, predictions)
     return predictions
 
@@ -219,6 +269,46 @@ def fit_and_predict(fold: Fold, model, *, train_ds, val_ds, test_ds,
                "predict_seconds": time.perf_counter() - trained,
                "epochs_run": len(history.history.get("loss", []))}
     return finish_fold(fold, predictions, class_names, timings)
+
+
+INPUTS = "inputs.csv"
+INPUT_COLUMNS = ["role", "image", "group", "source_image", "label", "class_name", "path"]
+
+
+def write_fold_inputs(directory: str | os.PathLike, train: pd.DataFrame, val: pd.DataFrame,
+                      test: pd.DataFrame) -> Path:
+    """``<fold directory>/inputs.csv``: one row per image a fold feeds, written before training.
+
+    Columns: ``role`` (train/val/test), ``image`` (the split key, or an augmented file's key),
+    ``group`` (patient, smear or source cell; an augmented copy's is its source's),
+    ``source_image`` (the split image an augmented or class-balanced training image was made
+    from; else the image itself), ``label``, ``class_name``, ``path``. ``train`` is what
+    really trains (e.g. the balanced images that replace the split's training rows). With the
+    split file beside it, anyone can check from the run folder alone that no image, group or
+    copy of a test image was trained on.
+    """
+    parts = []
+    for role, table in (("train", train), ("val", val), ("test", test)):
+        images = table["image"].astype(str)
+        sources = table["source_image"].astype(str) if "source_image" in table else images
+        groups = (table["group"].astype(str) if "group" in table
+                  else pd.Series([""] * len(table), index=table.index))
+        parts.append(pd.DataFrame({"role": role, "image": images.to_numpy(),
+                                   "group": groups.to_numpy(), "source_image": sources.to_numpy(),
+                                   "label": table["label"].astype(int).to_numpy(),
+                                   "class_name": table["class_name"].astype(str).to_numpy(),
+                                   "path": table["path"].astype(str).to_numpy()}))
+    path = Path(directory) / INPUTS
+    write_csv(path, pd.concat(parts, ignore_index=True)[INPUT_COLUMNS])
+    return path
+
+
+def record_fold_inputs(fold: Fold, train: pd.DataFrame | None = None) -> Path:
+    """:func:`write_fold_inputs` for a fold: ``train`` replaces ``fold.train`` when the fold
+    trains on other images (class-balanced, offline-augmented); validation and test images
+    are the fold's own."""
+    return write_fold_inputs(fold.directory, fold.train if train is None else train,
+                             fold.val, fold.test)
 
 
 def load_predictions(run_dir: str | os.PathLike) -> pd.DataFrame:

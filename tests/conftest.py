@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep test output readable
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep test output readable (no cuInit)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,8 @@ and only tiny models see data, so the file runs in well under a minute on two CP
 """
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -43,10 +45,14 @@ def test_linear_cnn_multiclass_has_softmax_head_and_hand_computed_count():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_linear_cnn_at_64_px_drops_the_blocks_that_do_not_fit():
+def test_linear_cnn_at_64_px_drops_the_blocks_that_do_not_fit(monkeypatch):
     # 64 -> 31 -> 14 -> 6 -> 2; a fifth block would need at least 4 px.
+    monkeypatch.setattr(nets, "_WARNED", set())  # a fresh process: warned once
     with pytest.warns(UserWarning, match="only 4 of 6"):
         model = nets.linear_cnn(input_shape=(64, 64, 3), num_classes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per run, not once per fold
+        nets.linear_cnn(input_shape=(64, 64, 3), num_classes=2)
     assert model.get_layer("flatten").output.shape[-1] == 2 * 2 * 8
     assert [layer.name for layer in model.layers if layer.name.endswith("_conv")] == [
         f"block{i}_conv" for i in range(1, 5)]
