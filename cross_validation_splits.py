@@ -52,9 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "group_kfold: k-fold disjoint by patient/source cell; predefined: "
                              "the owner's TEST split or fold_k folders; random: one image-level "
                              "split that ignores groups (leaky; only to reproduce published "
-                             "numbers). Default: lpo for ALL-IDB-like sets, predefined when the "
-                             "data ships a TEST split, group_kfold when images share patients, "
-                             "else kfold")
+                             "numbers). kfold and lpo split by group when images share "
+                             "patients/smears/source cells. Default: group_kfold when images "
+                             "share groups, lpo for ALL-IDB-like sets, predefined when the "
+                             "data ships a TEST split, else kfold")
     parser.add_argument("--k", type=int, default=K, help=f"folds of kfold/group_kfold (default {K})")
     parser.add_argument("--p", type=int, default=P,
                         help=f"test images per fold of lpo (default {P}: ceil(N/P) folds)")
@@ -79,18 +80,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "else every split that is not test or validation)")
     parser.add_argument("--near-duplicates", choices=("auto", "group", "off"), default="auto",
                         help="join copies of one cell (identical or near-duplicate pixels) "
-                             "into one group before a predefined split draws its validation "
-                             "images by group; auto = when the data has no groups of its own "
-                             "(e.g. Kaggle's TRAIN of augmented copies). Default auto")
+                             "into one group before the split, so test and validation images "
+                             "are drawn by group; auto = for every method but random when the "
+                             "data has no groups of its own and holds copies by nature "
+                             "(Kaggle), and for predefined splits of ungrouped data. off on "
+                             "Kaggle gives an image-level split, labelled LEAKY. Default auto")
     parser.add_argument("--near-threshold", type=int, default=None,
                         help="Hamming distance in bits of a near-duplicate (default: "
                              "leakage.DEFAULT_THRESHOLD = 10)")
     parser.add_argument("--ignore-groups", action="store_true",
-                        help="predefined: draw validation by image even when images share "
-                             "patients/source cells")
+                        help="split by image even when images share patients/smears/source "
+                             "cells (and do not join copies): the split is marked leaky and "
+                             "every run on it is labelled LEAKY; only to reproduce published "
+                             "numbers made that way")
     parser.add_argument("--name", default=None,
                         help="file name of the split (default: <dataset>_<method>_<k|p>_seed<seed>"
-                             ", plus exclusions)")
+                             ", plus exclusions, then _<fingerprint>: the first 10 hex digits "
+                             "of the hash of the images and every setting, so splits made "
+                             "differently never share a file). An existing file made from other "
+                             "inputs is never overwritten")
     parser.add_argument("--out-dir", default=OUT_DIR, help=f"output folder (default {OUT_DIR})")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave unreadable image files out (listed in the JSON) instead of "
@@ -128,17 +136,10 @@ def option_value(text: str):
 
 
 def default_method(dataset: str, table) -> tuple[str, str]:
-    """The method a dataset is usually split with, and why."""
-    from leukocyte_cnn.folds import has_real_groups, predefined_variant
+    """The method a dataset is usually split with, and why (``folds.default_method``)."""
+    from leukocyte_cnn.folds import default_method as choose
 
-    name = dataset.lower()
-    if "all_idb" in name or "multiclass" in name:
-        return "lpo", "leave-P-out as in the thesis on ALL-IDB"
-    if predefined_variant(table) == "test_sources":
-        return "predefined", "the dataset ships its own TEST split"
-    if has_real_groups(table):
-        return "group_kfold", "images share patients/source cells, so folds are split by group"
-    return "kfold", "stratified k-fold"
+    return choose(dataset, table)
 
 
 def split_file_name(args: argparse.Namespace, method: str, options: dict) -> str:
@@ -216,8 +217,9 @@ def summary_lines(split, settings: dict) -> list[str]:
     if settings["skipped_bad_files"]:
         lines.append(f"skipped bad files: {len(settings['skipped_bad_files'])}")
     if settings.get("leaky"):
-        lines.append("WARNING: random image-level split; groups and the owner's split are "
-                     "ignored, so test accuracy can be inflated")
+        lines.append("WARNING: LEAKY image-level split (--method random, --ignore-groups or "
+                     "copies left unjoined): one patient, smear or source cell can sit on two "
+                     "sides, so test accuracy can be inflated")
     counts = {role: [c[role] for c in settings["role_counts"]] for role in ("train", "val", "test")}
     spread = ", ".join(f"{role} {min(v)}" + (f"-{max(v)}" if max(v) != min(v) else "")
                        for role, v in counts.items())
@@ -225,8 +227,66 @@ def summary_lines(split, settings: dict) -> list[str]:
     return lines
 
 
-def main(args: argparse.Namespace) -> None:
+def split_inputs(args: argparse.Namespace, method: str, options: dict,
+                 dataset_hash: str) -> dict:
+    """Everything that determines a split file's content: its fingerprint's inputs.
+
+    The images (``dataset_hash`` of the listing), reader options, method and every option
+    that changes which image lands where, plus the versions of the fold and near-duplicate
+    code. The data root is left out: the same images elsewhere give the same split.
+    """
+    from leukocyte_cnn import folds, leakage
+
+    inputs = {"artifact": "split", "dataset": args.dataset, "reader_options": options,
+              "dataset_hash": dataset_hash, "method": method, "seed": args.seed,
+              "val_fraction": args.val_fraction, "min_images": args.min_images,
+              "exclude": sorted(args.exclude), "ignore_groups": bool(args.ignore_groups),
+              "near_duplicates": args.near_duplicates, "near_threshold": args.near_threshold,
+              # Bad files change the split only when they are left out: kept (unchecked) or
+              # stopping the script, the images listed are the same.
+              "skip_bad_files": bool(args.skip_bad and not args.no_check_images),
+              "code": {"folds": folds.SPLIT_CODE_VERSION,
+                       "near_duplicates": getattr(leakage, "NEAR_DUPLICATE_VERSION", 1)}}
+    if method in ("kfold", "group_kfold"):
+        inputs["k"] = args.k
+    elif method == "lpo":
+        inputs["p"] = args.p
+    elif method == "random":
+        inputs["test_fraction"] = args.test_fraction
+    elif method == "predefined":
+        inputs.update(test_sources=args.test_sources, val_sources=args.val_sources,
+                      train_sources=args.train_sources)
+    return inputs
+
+
+def existing_split(csv_path, inputs: dict, named: bool):
+    """``csv_path`` when it holds the split made from ``inputs`` (reuse it), ``None`` when
+    nothing is there; a file made from other inputs is never overwritten: one line."""
+    from pathlib import Path
+
+    from leukocyte_cnn.artifacts import canonical, fingerprint
+
+    csv_path = Path(csv_path)
+    if not csv_path.exists():
+        return None
+    json_path = csv_path.with_suffix(".json")
+    recorded = read_json(json_path).get("fingerprint") if json_path.is_file() else None
+    if recorded and recorded.get("fingerprint") == fingerprint(inputs):
+        return csv_path
+    old, new = (recorded or {}).get("inputs") or {}, canonical(inputs)
+    changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)] if recorded else ["no fingerprint in its JSON"]
+    raise InputError(f"{csv_path}: holds a split made from other inputs ("
+                     + "; ".join(changed[:3]) + "); it is kept: "
+                     + ("choose another --name" if named else "delete it to re-make it"))
+
+
+def main(args: argparse.Namespace):
+    """Write the split (or find the identical one already written); return its CSV path."""
+    from pathlib import Path
+
     from leukocyte_cnn import folds
+    from leukocyte_cnn.artifacts import fingerprint, short
 
     start = time.perf_counter()
     options = reader_options(args)
@@ -234,18 +294,25 @@ def main(args: argparse.Namespace) -> None:
     table = read_dataset(args.dataset, args.data_root, **options)
     full_hash = dataset_hash(table)  # of the full listing: what load_split re-reads
     n_read = len(table)
-    table, bad = check_image_files(table, args)
     if args.method:
         method, reason = args.method, ""
     else:
         method, reason = default_method(args.dataset, table)
         print(f"method: {method} ({reason}); choose another with --method")
+    inputs = split_inputs(args, method, options, full_hash)
+    name = args.name or f"{split_file_name(args, method, options)}_{short(fingerprint(inputs))}"
+    found = existing_split(Path(args.out_dir) / f"{name}.csv", inputs, bool(args.name))
+    if found is not None:
+        print(f"split {found} already made from the same images and settings (fingerprint "
+              f"{short(fingerprint(inputs))}); reused")
+        return found
+    table, bad = check_image_files(table, args)
     where = args.data_root or args.dataset
     extra = predefined_sources(args, table) if method == "predefined" else {}
     groups = None if args.ignore_groups else "auto"
     near = None
-    if (method == "predefined" and groups and args.near_duplicates != "off"
-            and (args.near_duplicates == "group" or not folds.has_real_groups(table))):
+    if folds.joins_copies(args.near_duplicates, method, args.dataset, table,
+                          ignore_groups=args.ignore_groups):
         from leukocyte_cnn.leakage import DEFAULT_THRESHOLD, near_duplicate_groups
 
         threshold = DEFAULT_THRESHOLD if args.near_threshold is None else args.near_threshold
@@ -261,11 +328,10 @@ def main(args: argparse.Namespace) -> None:
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              min_images=args.min_images, exclude_classes=args.exclude,
                              groups=groups, where=where, **extra)
-    if method in ("kfold", "lpo") and folds.has_real_groups(table):
-        print("warning: images share patients/source cells but this method splits by image; "
-              "the same patient can be trained and tested (use --method group_kfold)")
     kept = split[split["role"] != "excluded"]
     grouped = folds.split_is_grouped(method, groups, kept.drop_duplicates("image"))
+    leaky = folds.split_is_leaky(method, groups, kept.drop_duplicates("image"),
+                                 copies_expected=folds.ships_copies(args.dataset) and near is None)
     settings = {
         "dataset": args.dataset, "data_root": args.data_root, "reader_options": options,
         "method": method, "k": args.k if method in ("kfold", "group_kfold") else None,
@@ -273,7 +339,7 @@ def main(args: argparse.Namespace) -> None:
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction if method == "random" else None,
         "min_images": args.min_images, "exclude_classes": sorted(args.exclude),
-        "groups": groups, "grouped": grouped, "leaky": method == "random",
+        "groups": groups, "grouped": grouped, "leaky": leaky,
         "skipped_bad_files": bad, "images_checked": not args.no_check_images,
         "dataset_hash": full_hash, "n_images_read": n_read,
         "class_names": folds._class_names_by_label(table), **extra,
@@ -287,13 +353,14 @@ def main(args: argparse.Namespace) -> None:
         unused = table[~table["image"].isin(used)]
         settings["unused_sources"] = {str(k): int(v) for k, v in
                                       unused.groupby("source_split").size().items()}
-    name = args.name or split_file_name(args, method, options)
+    settings["fingerprint"] = {"fingerprint": fingerprint(inputs), "inputs": inputs}
     csv_path, json_path = folds.write_split(split, settings, args.out_dir, name)
     for line in summary_lines(split, read_json(json_path)):
         print(line)
     if settings.get("unused_sources"):
         print("not used: " + ", ".join(f"{k} {v}" for k, v in settings["unused_sources"].items()))
     print(f"wrote {csv_path} and {json_path.name} ({time.perf_counter() - start:.1f} s)")
+    return csv_path
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 For every fold of a split file, the *training* images of each class are augmented to the same
 count (thesis: 150) with seeded, distinct rotations of 0-359 degrees plus flips (optionally
 small shifts, zoom and stain jitter). Validation and test images are never read, so no copy of
-a test cell can reach training. The images go to ``data/augmented/<split>/fold_XX/<class>/``
-with a ``manifest.csv`` naming the source image and the transform of every written file.
-Re-running skips folds whose manifest exists. ``linear_cnn_multiclass_lpocv.py`` and
+a test cell can reach training. The images go to
+``data/augmented/<split>_balanced_<fingerprint>/fold_XX/<class>/`` with a ``manifest.csv``
+naming the source image and the transform of every written file; the fingerprint covers the
+split file's SHA-256 and every knob below, so changing a knob (here, or ``--seed``/``--quick``)
+makes a new folder instead of reusing the old one. Re-running skips folds whose manifest
+exists. ``linear_cnn_multiclass_lpocv.py`` and
 ``resnext_from_scratch.py`` train on these folders.
 """
 from __future__ import annotations
@@ -35,9 +38,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def augmented_root(split, out_dir: str | Path) -> Path:
-    """``data/augmented/<split name>``: one folder per split file, so splits never mix."""
-    return Path(out_dir) / split.name
+def balancing_settings(args: argparse.Namespace) -> dict:
+    """This script's knobs that decide the balanced images (they key the output folder)."""
+    return {"target_per_class": target_per_class(args), "seed": args.seed,
+            "image_size": QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE,
+            "shifts": SHIFT_FRACTION, "zoom": ZOOM_FRACTION, "stain": STAIN_JITTER}
+
+
+def augmented_root(split, out_dir: str | Path, args: argparse.Namespace) -> Path:
+    """``data/augmented/<split>_balanced_<fingerprint>``: one folder per split file and
+    balancing settings, so folds made with other knobs are never reused."""
+    from leukocyte_cnn.balancing import open_balanced_root
+
+    return open_balanced_root(out_dir, split, **balancing_settings(args))
 
 
 def target_per_class(args: argparse.Namespace) -> int:
@@ -47,13 +60,14 @@ def target_per_class(args: argparse.Namespace) -> int:
 
 def balanced_training_images(args: argparse.Namespace, split, fold):
     """The fold's class-balanced augmented training table, for the scripts that train on
-    these folders (made here first when missing; ``--augmented-dir``, ``--target``)."""
+    these folders (made here first when missing, with this script's knobs; ``--augmented-dir``,
+    ``--target``)."""
+    from leukocyte_cnn.artifacts import record_of
     from leukocyte_cnn.balancing import balanced_training_table
 
-    return balanced_training_table(
-        fold.train, fold.fold, augmented_root(split, args.augmented_dir),
-        target_per_class=target_per_class(args), seed=args.seed,
-        image_size=QUICK_IMAGE_SIZE if args.quick else None)
+    root = augmented_root(split, args.augmented_dir, args)
+    fold.artifacts["balanced_folds"] = record_of(root)  # recorded in the fold's timing.json
+    return balanced_training_table(fold.train, fold.fold, root, **balancing_settings(args))
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -61,20 +75,18 @@ def main(args: argparse.Namespace) -> Path:
     from leukocyte_cnn.training import parse_fold_list
 
     split = resolve_multiclass_split(args)
-    target = target_per_class(args)
-    size = QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE
-    out_root = augmented_root(split, args.out_dir)
+    balancing = balancing_settings(args)
+    out_root = augmented_root(split, args.out_dir, args)
     folds = parse_fold_list(args.folds, split.folds)
     if args.quick and not args.folds:
         folds = folds[:QUICK_FOLDS]
-    print(f"balancing {len(folds)} folds of {split.csv_path} to {target} images per class "
+    print(f"balancing {len(folds)} folds of {split.csv_path} to "
+          f"{balancing['target_per_class']} images per class "
           f"-> {out_root}", flush=True)
     for i, k in enumerate(folds, 1):
         start = time.perf_counter()
         train = split.fold(k).query("role == 'train'")
-        manifest = balance_fold(train, k, out_root, target_per_class=target,
-                                seed=args.seed, image_size=size, shifts=SHIFT_FRACTION,
-                                zoom=ZOOM_FRACTION, stain=STAIN_JITTER)
+        manifest = balance_fold(train, k, out_root, **balancing)
         counts = manifest.groupby("class_name").size().to_dict()
         print(f"fold {k} ({i}/{len(folds)}): {len(manifest)} training images {counts} "
               f"({time.perf_counter() - start:.1f} s)", flush=True)

@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
+    from leukocyte_cnn.gpu import setup_devices
+
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     import linear_cnn_da as da
     from leukocyte_cnn.experiment import (script_settings, start_training_run,
                                           train_classifier_fold)
@@ -59,7 +62,8 @@ def main(args: argparse.Namespace):
         args, "linear_cnn_multiclass", knobs=settings, split=split,
         title="Linear CNN, leukocyte classes", class_names=split.class_names,
         extra={"image_size": size, "epochs": epochs,
-               "augmented_dir": str(da.augmented_root(split, args.augmented_dir)),
+               "augmented_dir": str(da.augmented_root(split, args.augmented_dir, args)),
+               "balancing": da.balancing_settings(args),
                "target_per_class": da.target_per_class(args)})
 
     def train_fold(fold):

@@ -17,7 +17,7 @@ cardinality 8, 4-wide bottlenecks: 0.37 M parameters) at 96 px; ``--variant resn
 --image-size 224`` is the paper's network for a GPU. On a CPU, grouped convolutions run on
 TensorFlow's own kernel instead of Keras' ~150x slower XLA path, and the strided 1x1 shortcut
 convolutions avoid a oneDNN crash (``leukocyte_cnn.grouped_conv``, switched on by
-``configure_devices`` for every training script). Outputs per fold and summary are those of
+``gpu.setup_devices`` for every training script). Outputs per fold and summary are those of
 every training script here (``docs/architecture.md``).
 """
 from __future__ import annotations
@@ -142,37 +142,17 @@ def resolve_resnext_split(args: argparse.Namespace, k: int):
                          zheng_dataset=args.zheng_dataset)
 
 
-def record_fold_inputs(fold, train_table) -> None:
-    """``fold_XX/inputs.csv``: every image the fold feeds, by role, with its source image.
-
-    ``source_image`` is the split key an augmented copy was made from (the image itself
-    otherwise), so a reader can check that no test image, in any form, was trained on.
-    """
-    import pandas as pd
-
-    from leukocyte_cnn.io import write_csv
-
-    parts = []
-    for role, table in (("train", train_table), ("val", fold.val), ("test", fold.test)):
-        sources = table["source_image"] if "source_image" in table else table["image"]
-        parts.append(pd.DataFrame({"role": role, "image": table["image"].astype(str),
-                                   "source_image": sources.astype(str),
-                                   "label": table["label"].astype(int),
-                                   "class_name": table["class_name"], "path": table["path"]}))
-    write_csv(fold.directory / "inputs.csv", pd.concat(parts, ignore_index=True))
-
-
 def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
                        learning_rate: float | None = None, xla: bool = False):
-    """One fold: record its inputs, then train ``build()`` with online flips and rotations,
-    stop early on the fold's validation images and predict its test images.
+    """One fold: train ``build()`` with online flips and rotations (``fold_XX/inputs.csv``
+    records the images fed, see ``training.record_fold_inputs``), stop early on the fold's
+    validation images and predict its test images.
 
     Shared by from-scratch training, fine-tuning and both arms of the learning curve.
     """
     from leukocyte_cnn.augment import online_augmentation
     from leukocyte_cnn.experiment import train_classifier_fold
 
-    record_fold_inputs(fold, train_table)
     size = int(settings["IMAGE_SIZE"])
     return train_classifier_fold(
         fold, build, class_names=class_names, image_size=(size, size),
@@ -187,24 +167,26 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
 def main(args: argparse.Namespace):
     import linear_cnn_da as da
     from leukocyte_cnn.experiment import start_run
-    from leukocyte_cnn.gpu import configure_devices
+    from leukocyte_cnn.gpu import device_settings, setup_devices
     from leukocyte_cnn.reporting import summarize_run
     from leukocyte_cnn.training import parse_fold_list, run_folds
 
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = resolve_settings(sys.modules[__name__], args)
     arch = architecture(settings)
     split = resolve_resnext_split(args, settings["K"])
     folds = parse_fold_list(args.folds, split.folds)
-    configure_devices(args.mixed_precision, args.xla)
     n_params = build_model(arch, len(split.class_names)).count_params()
     run_dir = start_run(args, "resnext_from_scratch", knobs=settings, split=split,
                         title=f"ResNeXt from scratch ({arch['variant']}, {n_params:,} parameters, "
                               f"{arch['image_size']} px)",
                         class_names=split.class_names,
                         extra={"architecture": arch, "parameters": n_params,
-                               "augmented_dir": args.augmented_dir,
+                               "augmented_dir": str(da.augmented_root(
+                                   split, args.augmented_dir, args)),
+                               "balancing": da.balancing_settings(args),
                                "target_per_class": da.target_per_class(args),
-                               "mixed_precision": args.mixed_precision, "xla": args.xla})
+                               **device_settings(args)})
 
     def train_fold(fold):
         return train_resnext_fold(

@@ -55,6 +55,7 @@ K = 5                      # folds of the target's stratified k-fold split (thes
 SOURCE_DATASET = "synthetic_kaggle"  # pretraining data: a similar task, never the target data
 SOURCE_HELD_OUT_FOLDS = 5  # without an owner's TEST split: hold out 1 of this many folds
 SOURCE_MIN_IMAGES = 5      # source classes with fewer images are left out
+PRETRAIN_CODE_VERSION = 1  # part of a source checkpoint's fingerprint; bump when pretraining changes
 # --quick: a narrow ResNeXt-14 at 48 px, few epochs, three target folds
 QUICK = dict(VARIANT="resnext14", IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
              EPOCHS=6, PATIENCE=3, BATCH_SIZE=16, K=3)
@@ -116,13 +117,18 @@ def source_parts(args: argparse.Namespace, seed: int):
     stratified fold of ``SOURCE_HELD_OUT_FOLDS``, by group when images share patients or cells.
     """
     from leukocyte_cnn.datasets import dataset_hash, read_dataset
-    from leukocyte_cnn.folds import has_real_groups, make_split, predefined_variant
+    from leukocyte_cnn.folds import (has_real_groups, joins_copies, make_split,
+                                     predefined_variant)
 
     table = read_dataset(args.source_dataset, args.source_data_root)
     if predefined_variant(table) != "none":
         method = "predefined"
     else:
         method = "group_kfold" if has_real_groups(table) else "kfold"
+    if joins_copies("auto", method, args.source_dataset, table):  # Kaggle: copies held out together
+        from leukocyte_cnn.leakage import near_duplicate_groups
+
+        table, _ = near_duplicate_groups(table)
     rows = make_split(table, method, k=SOURCE_HELD_OUT_FOLDS, seed=seed, val_fraction=0.0,
                       min_images=SOURCE_MIN_IMAGES,
                       where=args.source_data_root or args.source_dataset)
@@ -143,6 +149,8 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
     import pandas as pd
 
     import resnext_from_scratch as scratch
+    from leukocyte_cnn.artifacts import canonical, fingerprint, short
+    from leukocyte_cnn.errors import InputError
     from leukocyte_cnn.io import read_json
     from leukocyte_cnn.runinfo import provenance
     from leukocyte_cnn.seeding import set_seed
@@ -150,16 +158,28 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
     from leukocyte_cnn.transfer import save_source_checkpoint, sidecar_path
 
     arch = scratch.architecture(settings)
+    train, held_out, names, source_hash, method = source_parts(args, args.seed)
+    # The checkpoint's identity: source images, held-out rule, architecture, the knobs that
+    # pretraining uses and the seed. Its name ends in their fingerprint, so other settings
+    # train another checkpoint instead of silently reusing this one.
+    inputs = {"artifact": "source_checkpoint", "source_dataset": args.source_dataset,
+              "source_dataset_hash": source_hash, "held_out_method": method,
+              "architecture": arch, "seed": args.seed, "code": PRETRAIN_CODE_VERSION,
+              "knobs": {k: v for k, v in settings.items()
+                        if not k.startswith(("FINE_TUNE", "RETRAIN", "TRAIN_SIZES"))}}
     name = args.checkpoint_name or "_".join(
         ["resnext", args.source_dataset, arch["variant"], f"{arch['image_size']}px",
-         f"seed{args.seed}"] + (["quick"] if args.quick else []))
+         f"seed{args.seed}"] + (["quick"] if args.quick else []) + [short(fingerprint(inputs))])
     checkpoint = Path(args.results_dir) / "checkpoints" / f"{name}.keras"
     if sidecar_path(checkpoint).exists():
         done = read_json(sidecar_path(checkpoint))
-        print(f"{checkpoint}: pretrained earlier (val accuracy {done.get('val_accuracy', 0):.3f}), "
-              "kept; delete it or pass --checkpoint-name to train another", flush=True)
+        if done.get("fingerprint") != fingerprint(inputs):
+            raise InputError(f"{checkpoint}: pretrained with other settings or source images "
+                             "(fingerprint differs); it is kept: choose another "
+                             "--checkpoint-name or delete it")
+        print(f"{checkpoint}: pretrained earlier from the same inputs (val accuracy "
+              f"{done.get('val_accuracy', 0):.3f}), kept", flush=True)
         return checkpoint
-    train, held_out, names, source_hash, method = source_parts(args, args.seed)
     print(f"pretraining {arch['variant']} on {args.source_dataset}: {len(train)} training, "
           f"{len(held_out)} held-out images, classes {', '.join(names)}", flush=True)
     fold = Fold(fold=0, train=train, val=held_out, test=held_out,
@@ -175,7 +195,8 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
                 "source_dataset": args.source_dataset, "source_data_root": args.source_data_root,
                 "source_dataset_hash": source_hash, "held_out_method": method,
                 "n_train": len(train), "n_val": len(held_out), "seed": args.seed,
-                "val_accuracy": val_accuracy, "knobs": settings, "provenance": provenance()}
+                "val_accuracy": val_accuracy, "knobs": settings, "provenance": provenance(),
+                "fingerprint": fingerprint(inputs), "fingerprint_inputs": canonical(inputs)}
     save_source_checkpoint(model, checkpoint, metadata=metadata,
                            images=pd.concat([train, held_out], ignore_index=True))
     print(f"saved {checkpoint} (held-out accuracy {val_accuracy:.3f}); fine-tune with "
@@ -206,6 +227,7 @@ def source_config(source) -> dict:
     keep = ("source_dataset", "source_dataset_hash", "class_names", "architecture",
             "val_accuracy", "seed")
     return {"path": str(source.path), "sha256": source.sha256,
+            "fingerprint": source.metadata.get("fingerprint"),
             **{key: source.metadata.get(key) for key in keep}}
 
 
@@ -214,6 +236,7 @@ def fine_tune(args: argparse.Namespace, settings: dict):
     import linear_cnn_da as da
     import resnext_from_scratch as scratch
     from leukocyte_cnn.experiment import start_run
+    from leukocyte_cnn.gpu import device_settings
     from leukocyte_cnn.networks import trainable_param_count
     from leukocyte_cnn.reporting import summarize_run
     from leukocyte_cnn.training import parse_fold_list, run_folds
@@ -228,11 +251,16 @@ def fine_tune(args: argparse.Namespace, settings: dict):
                               f"{trainable:,} of {total:,} parameters)",
                         class_names=split.class_names,
                         extra={"source": source_config(source), "trainable_parameters": trainable,
-                               "parameters": total, "augmented_dir": args.augmented_dir,
+                               "parameters": total,
+                               "augmented_dir": str(da.augmented_root(
+                                   split, args.augmented_dir, args)),
+                               "balancing": da.balancing_settings(args),
                                "target_per_class": da.target_per_class(args),
-                               "mixed_precision": args.mixed_precision, "xla": args.xla})
+                               **device_settings(args)})
 
     def train_fold(fold):
+        fold.artifacts["source_checkpoint"] = {"path": str(source.path),
+                                               "fingerprint": source.sha256}
         return scratch.train_resnext_fold(
             fold, lambda: source.load_for(n_classes, settings["RETRAIN"]),
             class_names=split.class_names, settings=settings,
@@ -250,6 +278,7 @@ def learning_curve(args: argparse.Namespace, settings: dict):
     """Accuracy, macro-F1, ROC-AUC vs training images per class, from scratch and by transfer."""
     import resnext_from_scratch as scratch
     from leukocyte_cnn.experiment import start_run
+    from leukocyte_cnn.gpu import device_settings
     from leukocyte_cnn.training import parse_fold_list, run_folds
     from leukocyte_cnn.transfer import (MODES, curve_dir, learning_curve_table,
                                         parse_train_sizes, subsample_per_class,
@@ -267,7 +296,7 @@ def learning_curve(args: argparse.Namespace, settings: dict):
                         class_names=split.class_names,
                         extra={"source": source_config(source), "train_sizes": sizes,
                                "scratch_architecture": scratch_arch,
-                               "mixed_precision": args.mixed_precision, "xla": args.xla})
+                               **device_settings(args)})
     for size in sizes:
         for mode in MODES:
             print(f"learning curve: {size} training images per class, {mode}", flush=True)
@@ -275,6 +304,8 @@ def learning_curve(args: argparse.Namespace, settings: dict):
             def train_fold(fold, size=size, mode=mode):
                 fold.train = subsample_per_class(fold.train, size, seed=args.seed, fold=fold.fold)
                 if mode == "transfer":
+                    fold.artifacts["source_checkpoint"] = {"path": str(source.path),
+                                                           "fingerprint": source.sha256}
                     build = lambda: source.load_for(n_classes, settings["RETRAIN"])  # noqa: E731
                     rate = settings["FINE_TUNE_LEARNING_RATE"]
                 else:
@@ -298,10 +329,10 @@ def learning_curve(args: argparse.Namespace, settings: dict):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.gpu import configure_devices
+    from leukocyte_cnn.gpu import setup_devices
 
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = transfer_settings(args)
-    configure_devices(args.mixed_precision, args.xla)
     if args.pretrain:
         return pretrain(args, settings)
     if args.train_sizes:

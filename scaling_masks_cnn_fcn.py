@@ -100,21 +100,25 @@ def build_classifier(network: str, scaler, settings: dict, num_classes: int):
 
 
 def unet_masks_for(args, split, fold: int, quick: bool):
-    """The U-Net mask folder of this split's fold; trains the U-Net (unet_masks.py) if absent."""
-    from leukocyte_cnn.masks import mask_set_is_complete, unet_mask_root
+    """The U-Net mask folder of this split's fold, made by unet_masks.py with its knobs and
+    this run's seed; trains the U-Net first when no set with that fingerprint exists."""
+    import unet_masks
+    from leukocyte_cnn.experiment import script_settings
+    from leukocyte_cnn.masks import unet_mask_inputs, unet_mask_set_is_current
 
     if args.unet_mask_dir:
         return args.unet_mask_dir
-    root = unet_mask_root(DATA_DIR, split.name, fold, quick=quick)
-    if not mask_set_is_complete(root):
-        import unet_masks
-
+    argv = ["--dataset", args.dataset, "--split", str(split.csv_path), "--seed",
+            str(args.seed), "--folds", str(fold), "--results-dir", args.results_dir]
+    if args.data_root:
+        argv += ["--data-root", str(args.data_root)]
+    unet_args = unet_masks.parse_args(argv + (["--quick"] if quick else []))
+    unet_settings = script_settings(unet_masks, unet_args)
+    root = unet_masks.mask_root_for(unet_args, split, fold, unet_settings)
+    inputs = unet_mask_inputs(split, fold, unet_masks.mask_set_settings(unet_args, unet_settings))
+    if not unet_mask_set_is_current(root, inputs):
         print(f"no U-Net masks in {root} yet: running unet_masks.py on this split", flush=True)
-        argv = ["--dataset", args.dataset, "--split", str(split.csv_path), "--seed",
-                str(args.seed), "--folds", str(fold), "--results-dir", args.results_dir]
-        if args.data_root:
-            argv += ["--data-root", str(args.data_root)]
-        unet_masks.main(unet_masks.parse_args(argv + (["--quick"] if quick else [])))
+        unet_masks.main(unet_args)
     return root
 
 
@@ -149,9 +153,13 @@ def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, si
 
 
 def main(args: argparse.Namespace):
+    from leukocyte_cnn.gpu import setup_devices
+
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     from leukocyte_cnn import studies
     from leukocyte_cnn.experiment import (script_settings, start_training_run,
                                           train_classifier_fold)
+    from leukocyte_cnn.artifacts import record_of
     from leukocyte_cnn.masks import ensure_otsu_masks, mask_paths, otsu_mask_root
     from leukocyte_cnn.scaling import (load_moments, moments_of_images, save_moments,
                                        scaler_from_moments)
@@ -184,9 +192,11 @@ def main(args: argparse.Namespace):
         if mask == "none":
             return tables
         if mask == "otsu":
+            fold.artifacts["otsu_masks"] = record_of(otsu_root)
             return [t.assign(mask=ensure_otsu_masks(t, otsu_root, min_votes=OTSU_MIN_VOTES))
                     for t in tables]
         root = unet_masks_for(args, split, fold.fold, args.quick)
+        fold.artifacts["unet_masks"] = record_of(root)  # recorded in the fold's timing.json
         return [t.assign(mask=mask_paths(root, t["image"], hint="run unet_masks.py on this "
                                          "split first")) for t in tables]
 

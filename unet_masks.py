@@ -7,7 +7,9 @@ learns from ground-truth masks where the dataset has them for every training ima
 synthetic sets, Zheng 2018) and from Otsu masks otherwise (TARGETS). It then writes a mask
 for every image of the split (PNG, 0/255, at the image's own size, mirroring the image tree;
 with --quick only for the few images per class that quick runs use) into
-``data/masks/unet/<split>[_quick]/fold_XX/``, where ``scaling_masks_cnn_fcn.py`` finds them.
+``data/masks/unet/<split>_<fingerprint>/fold_XX/``, where ``scaling_masks_cnn_fcn.py`` finds
+them. The fingerprint covers the split file's SHA-256, the fold and every U-Net setting; the
+folder's ``fingerprint.json`` and ``masks.csv`` name the run and checkpoint that made it.
 
 What we fixed: the U-Net trains on the fold's training images only and stops early on its
 validation images; test images are only ever predicted, so masks of test images carry no
@@ -56,11 +58,36 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"what the U-Net learns from (default {TARGETS}: ground-truth "
                              "masks when every training image has one, else Otsu masks)")
     parser.add_argument("--mask-dir", default=None,
-                        help="where the masks go (default data/masks/unet/<split>[_quick]/"
+                        help="where the masks go (default data/masks/unet/<split>_<fingerprint>/"
                              "fold_XX, where scaling_masks_cnn_fcn.py looks)")
     parser.add_argument("--epochs", type=int, default=None, help=f"max epochs (default {EPOCHS})")
     add_gpu_arguments(parser)
     return parser.parse_args(argv)
+
+
+UNET_MASK_CODE_VERSION = 1  # bump when the same settings would give other masks
+
+
+def mask_set_settings(args: argparse.Namespace, settings: dict) -> dict:
+    """What decides a fold's U-Net masks besides the split: the U-Net's knobs, targets, epochs
+    and seed (the fingerprint inputs of the mask set, with the split's SHA-256 and fold)."""
+    names = ("IMAGE_SIZE", "START_FILTERS", "OPTIMIZER", "LEARNING_RATE", "BATCH_SIZE",
+             "PATIENCE", "MASK_THRESHOLD", "OTSU_MIN_VOTES", "MAX_IMAGES_PER_CLASS")
+    return {"unet": {name: settings[name] for name in names},
+            "epochs": args.epochs or settings["EPOCHS"], "targets": args.targets or TARGETS,
+            "seed": args.seed, "code": UNET_MASK_CODE_VERSION}
+
+
+def mask_root_for(args: argparse.Namespace, split, fold: int, settings: dict):
+    """The mask folder of ``fold``: ``--mask-dir/fold_XX``, else the fingerprinted default
+    ``data/masks/unet/<split>_<fingerprint>/fold_XX`` (see masks.unet_mask_root)."""
+    from pathlib import Path
+
+    from leukocyte_cnn.masks import unet_mask_root
+
+    if args.mask_dir:
+        return Path(args.mask_dir) / f"fold_{fold:02d}"
+    return unet_mask_root(DATA_DIR, split, fold, mask_set_settings(args, settings))
 
 
 def to_gray(images):
@@ -161,37 +188,47 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn import studies
     from leukocyte_cnn.errors import InputError
     from leukocyte_cnn.experiment import make_optimizer, script_settings, start_run
-    from leukocyte_cnn.gpu import compile_kwargs, configure_devices
+    from leukocyte_cnn.gpu import (compile_kwargs, device_settings, model_scope, require_xla,
+                                   setup_devices)
     from leukocyte_cnn.io import write_csv
+    from leukocyte_cnn.artifacts import describe_difference
+    from leukocyte_cnn.io import file_sha256
     from leukocyte_cnn.masks import (COMPLETE_MARKER, ensure_otsu_masks, mark_complete,
                                      mask_file, mask_set_is_complete, otsu_mask_root,
-                                     truth_mask_column, unet_mask_root, write_mask)
+                                     truth_mask_column, unet_mask_inputs,
+                                     unet_mask_set_is_current, write_mask)
     from leukocyte_cnn.networks import unet
     from leukocyte_cnn.reporting import markdown_table, write_table
     from leukocyte_cnn.seeding import set_seed
-    from leukocyte_cnn.training import fit, fold_dir, parse_fold_list
+    from leukocyte_cnn.training import fit, fold_dir, parse_fold_list, write_fold_inputs
 
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
     targets = args.targets or TARGETS
     size = tuple(settings["IMAGE_SIZE"])
     split = studies.resolve_study_split(args)
     folds = parse_fold_list(args.folds, split.folds)
-    configure_devices(args.mixed_precision, args.xla)
     run_dir = start_run(args, "unet_masks", knobs=settings, split=split, title="U-Net masks",
                         class_names=split.class_names,
-                        extra={"epochs": epochs, "targets": targets, "mask_dir": args.mask_dir})
+                        extra={"epochs": epochs, "targets": targets, "mask_dir": args.mask_dir,
+                               **device_settings(args)})
     otsu_root = otsu_mask_root(DATA_DIR, args.dataset, split.settings.get("dataset_hash"),
                                OTSU_MIN_VOTES)
     cap = settings["MAX_IMAGES_PER_CLASS"]
 
     for k in folds:
         out = fold_dir(run_dir, k)
-        mask_root = (Path(args.mask_dir) / f"fold_{k:02d}" if args.mask_dir
-                     else unet_mask_root(DATA_DIR, split.name, k, quick=args.quick))
-        if (out / "mask_scores.csv").is_file() and mask_set_is_complete(mask_root):
-            print(f"fold {k}: finished earlier, kept ({mask_root})", flush=True)
-            continue
+        mask_root = mask_root_for(args, split, k, settings)
+        inputs = unet_mask_inputs(split, k, mask_set_settings(args, settings))
+        if unet_mask_set_is_current(mask_root, inputs):
+            if (out / "mask_scores.csv").is_file():
+                print(f"fold {k}: finished earlier, kept ({mask_root})", flush=True)
+                continue
+        elif mask_set_is_complete(mask_root):  # made otherwise: never overwritten in place
+            raise InputError(f"{mask_root}: holds U-Net masks made otherwise "
+                             f"({describe_difference(mask_root, inputs)}); it is kept: choose "
+                             "another --mask-dir or delete it")
         # With MAX_IMAGES_PER_CLASS (quick runs) every role is capped the way the classifier
         # scripts cap it (same function, same seed), so masks exist for the images they use.
         rows = split.fold(k)
@@ -213,14 +250,16 @@ def main(args: argparse.Namespace):
               f"{len(val)} validation images", flush=True)
 
         set_seed(args.seed + k)
-        model = unet(input_shape=(*size, 1), start_filters=settings["START_FILTERS"])
-        model.compile(optimizer=make_optimizer(OPTIMIZER, LEARNING_RATE),
-                      loss="binary_crossentropy",
-                      metrics=["accuracy", keras.metrics.BinaryIoU(target_class_ids=[1],
-                                                                   threshold=MASK_THRESHOLD,
-                                                                   name="iou")],
-                      **compile_kwargs(args.xla))
+        with model_scope():  # several replicas: weights, optimizer state, metrics mirrored
+            model = unet(input_shape=(*size, 1), start_filters=settings["START_FILTERS"])
+            model.compile(optimizer=make_optimizer(OPTIMIZER, LEARNING_RATE),
+                          loss="binary_crossentropy",
+                          metrics=["accuracy", keras.metrics.BinaryIoU(
+                              target_class_ids=[1], threshold=MASK_THRESHOLD, name="iou")],
+                          **compile_kwargs(args.xla))
+        require_xla(model, args.xla)
         out.mkdir(parents=True, exist_ok=True)
+        write_fold_inputs(out, train, val, rows[rows.role == "test"])  # what the U-Net fed
         fit(model, pair_dataset(train, target, size, settings["BATCH_SIZE"], shuffle=True,
                                 seed=args.seed + k),
             pair_dataset(val, target, size, settings["BATCH_SIZE"], shuffle=False, seed=0)
@@ -231,13 +270,16 @@ def main(args: argparse.Namespace):
         # The set is marked incomplete while it is rewritten, so no study reads a mixture.
         (mask_root / COMPLETE_MARKER).unlink(missing_ok=True)
         scores, manifest = [], []
+        checkpoint_sha = file_sha256(out / "model.keras")
         for row, mask in predict_masks(model, rows, size, settings["BATCH_SIZE"], MASK_THRESHOLD):
             path = write_mask(mask_file(mask_root, row.image), mask)
-            manifest.append({"image": row.image, "mask": str(path.relative_to(mask_root))})
+            manifest.append({"image": row.image, "mask": str(path.relative_to(mask_root)),
+                             "unet_run": str(out), "unet_checkpoint_sha256": checkpoint_sha})
             scores.append(score_rows(row.role, row.image, mask, row.otsu, row.truth))
         scores = pd.DataFrame(scores).assign(fold=k, target=target)
         write_csv(out / "mask_scores.csv", scores)
-        mark_complete(mask_root, pd.DataFrame(manifest))
+        mark_complete(mask_root, pd.DataFrame(manifest), inputs,
+                      made_by={"unet_run": str(out), "unet_checkpoint_sha256": checkpoint_sha})
         print(f"fold {k}: {len(manifest)} masks in {mask_root}", flush=True)
 
     scores = pd.concat([pd.read_csv(fold_dir(run_dir, k) / "mask_scores.csv") for k in folds],

@@ -4,6 +4,11 @@ Only the ``train`` rows of a fold are ever read here: validation and test images
 augmented, so no transformed copy of a test cell can reach training. Each fold's images go
 to ``<out>/fold_XX/<class>/`` with a ``manifest.csv`` (source image, transform parameters)
 written last; a fold with a manifest is complete and is skipped on re-runs.
+
+``<out>`` is keyed by what made it (:func:`open_balanced_root`): the split file's SHA-256,
+the target per class, seed, image size, shift/zoom/stain jitter and this code's version give
+its fingerprint, which ends its name and sits in its ``fingerprint.json``. Balanced folds made
+with other settings lie in another folder and are never reused by mistake.
 """
 from __future__ import annotations
 
@@ -19,6 +24,36 @@ from .errors import InputError
 from .io import write_csv
 
 MANIFEST = "manifest.csv"
+BALANCING_CODE_VERSION = 1  # bump when the same settings would write other images
+
+
+def balancing_inputs(split, *, target_per_class: int, seed: int,
+                     image_size: tuple[int, int] | None = None, shifts: float = 0.0,
+                     zoom: float = 0.0, stain: float = 0.0) -> dict:
+    """What determines the balanced folds of ``split``: the fingerprint's inputs."""
+    return {"artifact": "balanced_folds", "split": split.name,
+            "split_sha256": split.settings.get("split_sha256"),
+            "target_per_class": int(target_per_class), "seed": int(seed),
+            "image_size": list(image_size) if image_size is not None else None,
+            "shifts": float(shifts), "zoom": float(zoom), "stain": float(stain),
+            "code": BALANCING_CODE_VERSION}
+
+
+def open_balanced_root(out_dir: str | os.PathLike, split, **settings) -> Path:
+    """The folder of ``split``'s balanced folds made with ``settings`` (see
+    :func:`balancing_inputs`): ``<out_dir>/<split>_balanced_<fingerprint>``, created with its
+    ``fingerprint.json`` if new, refused with one line if what lies there was made otherwise."""
+    from .artifacts import keyed_path, require_match, write_sidecar
+
+    inputs = balancing_inputs(split, **settings)
+    root = keyed_path(out_dir, f"{split.name}_balanced", inputs)
+    if root.exists():
+        require_match(root, inputs, "balanced-fold folder",
+                      "it is kept; delete it to re-make it")
+    else:
+        root.mkdir(parents=True)
+        write_sidecar(root, "balanced_folds", inputs)
+    return root
 
 
 def augmented_fold_dir(out_root: str | os.PathLike, fold: int) -> Path:
@@ -93,18 +128,20 @@ def read_augmented_fold(out_root: str | os.PathLike, fold: int,
 
 def balanced_training_table(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
                             target_per_class: int, seed: int,
-                            image_size: tuple[int, int] | None = None) -> pd.DataFrame:
+                            image_size: tuple[int, int] | None = None, shifts: float = 0.0,
+                            zoom: float = 0.0, stain: float = 0.0) -> pd.DataFrame:
     """A fold's class-balanced training table: ``linear_cnn_da.py``'s images, made here if missing.
 
     The step every script that trains on balanced folds starts with (linear CNN multiclass,
-    ResNeXt): reuse the fold's augmented folder when its manifest exists, else write it first
+    ResNeXt): reuse the fold's augmented folder when its manifest exists (``out_root`` comes
+    from :func:`open_balanced_root`, so it was made with these settings), else write it first
     with :func:`balance_fold`, then read it back checked against ``train``
     (:func:`read_augmented_fold`).
     """
     if not (augmented_fold_dir(out_root, fold) / MANIFEST).exists():
         print(f"fold {fold}: no augmented images yet, balancing now", flush=True)
         balance_fold(train, fold, out_root, target_per_class=target_per_class, seed=seed,
-                     image_size=image_size)
+                     image_size=image_size, shifts=shifts, zoom=zoom, stain=stain)
     return read_augmented_fold(out_root, fold, train)
 
 

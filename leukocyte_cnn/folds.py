@@ -122,6 +122,9 @@ def make_split(table: pd.DataFrame, method: str, *, k: int = 5, p: int = 5, seed
         raise InputError(f"--method {method}: unknown method; choose one of {', '.join(METHODS)}")
     if groups not in ("auto", None):
         raise ValueError(f"groups must be 'auto' or None, not {groups!r}")
+    if groups is None and method == "group_kfold":
+        raise InputError("--ignore-groups: contradicts --method group_kfold, which always "
+                         "splits by group; use --method kfold to split by image")
     kept, excluded = apply_exclusion(table, min_images, exclude_classes)
     if kept["class_name"].nunique() < 2:
         raise InputError(f"{where}: fewer than two classes left after setting aside classes "

@@ -148,30 +148,61 @@ def mask_set_is_complete(mask_root: str | os.PathLike) -> bool:
     return (Path(mask_root) / COMPLETE_MARKER).is_file()
 
 
-def mark_complete(mask_root: str | os.PathLike, manifest: pd.DataFrame) -> None:
-    """Write ``masks.csv`` (image key -> mask file) and then the completion marker."""
+def mark_complete(mask_root: str | os.PathLike, manifest: pd.DataFrame,
+                  inputs: dict | None = None, made_by: dict | None = None) -> None:
+    """Write ``masks.csv`` (image key -> mask file), the fingerprint sidecar of ``inputs``
+    (with ``made_by``: the run and checkpoint that made the masks) and then the marker."""
+    from .artifacts import write_sidecar
     from .io import write_csv, write_text
 
     write_csv(Path(mask_root) / "masks.csv", manifest)
+    if inputs is not None:
+        write_sidecar(mask_root, "unet_masks", inputs, made_by=made_by)
     write_text(Path(mask_root) / COMPLETE_MARKER, f"{len(manifest)} masks\n")
+
+
+OTSU_CODE_VERSION = 1  # bump when the same settings would give other Otsu masks
 
 
 def otsu_mask_root(data_dir: str | os.PathLike, dataset: str, dataset_hash: str | None,
                    min_votes: int = MIN_VOTES) -> Path:
-    """``<data_dir>/masks/otsu/<dataset>_<hash12>[_votesN]``: Otsu masks depend on each image
-    alone, so one set serves every split of one copy of a dataset."""
-    name = f"{dataset}_{str(dataset_hash or 'nohash')[:12]}"
-    if min_votes != MIN_VOTES:
-        name += f"_votes{min_votes}"
-    return Path(data_dir) / "masks" / "otsu" / name
+    """``<data_dir>/masks/otsu/<dataset>_<fingerprint>``: Otsu masks depend on each image
+    alone, so one set serves every split of one copy of a dataset; the fingerprint covers the
+    dataset hash, the vote rule, the fill cut-off and this code's version."""
+    from .artifacts import keyed_path, write_sidecar
+
+    inputs = {"artifact": "otsu_masks", "dataset": dataset, "dataset_hash": dataset_hash,
+              "min_votes": int(min_votes), "fill_max": FILL_MAX, "code": OTSU_CODE_VERSION}
+    root = keyed_path(Path(data_dir) / "masks" / "otsu", dataset, inputs)
+    if not (root / "fingerprint.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        write_sidecar(root, "otsu_masks", inputs)
+    return root
 
 
-def unet_mask_root(data_dir: str | os.PathLike, split_name: str, fold: int,
-                   quick: bool = False) -> Path:
-    """``<data_dir>/masks/unet/<split>[_quick]/fold_XX``: a U-Net is trained on one fold's
-    training images, so its masks belong to that fold of that split."""
-    return (Path(data_dir) / "masks" / "unet" / (split_name + ("_quick" if quick else ""))
-            / f"fold_{fold:02d}")
+def unet_mask_root(data_dir: str | os.PathLike, split, fold: int, unet_inputs: dict) -> Path:
+    """``<data_dir>/masks/unet/<split>_<fingerprint>/fold_XX``: a U-Net is trained on one
+    fold's training images, so its masks belong to that fold of that split file (by its
+    SHA-256) and to the U-Net settings in ``unet_inputs``; other settings, another seed or a
+    changed split never reuse the set."""
+    from .artifacts import keyed_path
+
+    inputs = unet_mask_inputs(split, fold, unet_inputs)
+    return keyed_path(Path(data_dir) / "masks" / "unet", split.name, inputs) / f"fold_{fold:02d}"
+
+
+def unet_mask_inputs(split, fold: int, unet_inputs: dict) -> dict:
+    """The fingerprint inputs of one fold's U-Net mask set."""
+    return {"artifact": "unet_masks", "split": split.name,
+            "split_sha256": split.settings.get("split_sha256"), "fold": int(fold),
+            **unet_inputs}
+
+
+def unet_mask_set_is_current(mask_root: str | os.PathLike, inputs: dict) -> bool:
+    """A complete mask set made from exactly ``inputs`` (its ``fingerprint.json`` agrees)."""
+    from .artifacts import matches
+
+    return mask_set_is_complete(mask_root) and matches(mask_root, inputs)
 
 
 def ensure_otsu_masks(table: pd.DataFrame, mask_root: str | os.PathLike, *,

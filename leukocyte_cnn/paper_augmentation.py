@@ -23,7 +23,6 @@ see :func:`augmentation_root`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -43,11 +42,27 @@ FIXED_VARIANTS = ("original", "grayscale", "equalized", "flip_h", "flip_v", "blu
                   "shear")
 
 
-def augmentation_root(base: str | os.PathLike, split_name: str, settings: dict) -> Path:
-    """``<base>/<split>/paper_cnn-<hash of settings>``: other settings never reuse a folder,
-    and other scripts' augmented folders of the same split are never touched."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(base) / split_name / f"paper_cnn-{digest}"
+PAPER_AUGMENTATION_CODE_VERSION = 1  # bump when the same settings would write other images
+
+
+def augmentation_root(base: str | os.PathLike, split, settings: dict) -> Path:
+    """``<base>/<split>/paper_cnn_<fingerprint>``: the fingerprint covers the split file's
+    SHA-256, ``settings`` and this code's version, so other settings or a changed split never
+    reuse a folder, and other scripts' augmented folders of the same split are never touched.
+    The folder's ``fingerprint.json`` records those inputs."""
+    from .artifacts import keyed_path, require_match, write_sidecar
+
+    inputs = {"artifact": "paper_augmentation", "split": split.name,
+              "split_sha256": split.settings.get("split_sha256"), "settings": settings,
+              "code": PAPER_AUGMENTATION_CODE_VERSION}
+    root = keyed_path(Path(base) / split.name, "paper_cnn", inputs)
+    if root.exists():
+        require_match(root, inputs, "paper-augmentation folder",
+                      "it is kept; delete it to re-make it")
+    else:
+        root.mkdir(parents=True)
+        write_sidecar(root, "paper_augmentation", inputs)
+    return root
 
 
 def plan_variants(train: pd.DataFrame, n_rotations: int, rng: np.random.Generator | int, *,

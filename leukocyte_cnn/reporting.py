@@ -17,7 +17,7 @@ import pandas as pd
 from .io import atomic_path, write_csv, write_text
 from .metrics import (SUMMARY_METRICS, format_mean_std, mean_std, per_fold_table,
                       predictions_metrics, prob_columns)
-from .runinfo import read_settings
+from .runinfo import chain_lines, check_fold_chain, read_settings
 from .training import EPOCHS, load_predictions
 
 
@@ -36,6 +36,13 @@ def leaky_banner(settings: dict, text: str = LEAKY_TEXT) -> str:
     """The one LEAKY label of Markdown reports: a bold block quote, or ``""`` when the run's
     split is not leaky. ``settings`` is ``settings.json`` or its ``config``."""
     return f"> **{text}**\n\n" if is_leaky_config(settings) else ""
+
+
+def run_config(run_dir: str | os.PathLike) -> dict:
+    """The ``config`` of a run folder's ``settings.json`` ({} when there is none), for the
+    LEAKY label of figures and tables drawn from a run folder."""
+    path = Path(run_dir) / "settings.json"
+    return read_settings(run_dir).get("config", {}) if path.is_file() else {}
 
 
 def leaky_tag(settings: dict) -> str:
@@ -65,12 +72,24 @@ def write_table(frame: pd.DataFrame, path_without_suffix: str | os.PathLike, tit
     return csv_path, md_path
 
 
+def figure_titles(fig) -> str:
+    """The figure's title and its axes' titles, ``" | "``-joined (what a reader sees first)."""
+    texts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    for ax in fig.get_axes():
+        texts += [ax.get_title(loc) for loc in ("left", "center", "right")]
+    return " | ".join(t for t in texts if t)
+
+
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save a matplotlib figure atomically and close it."""
+    """Save a matplotlib figure atomically and close it. A PNG carries its titles in its
+    ``Title`` text chunk (:func:`figure_titles`), so labels such as LEAKY can be checked
+    without looking at the picture."""
     import matplotlib.pyplot as plt
 
+    fmt = Path(path).suffix[1:]
+    metadata = {"Title": figure_titles(fig)} if fmt.lower() == "png" else None
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix[1:])
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt, metadata=metadata)
     plt.close(fig)
     return Path(path)
 
@@ -104,7 +123,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
 
 
 def plot_roc(predictions: pd.DataFrame, class_names: Sequence[str],
-             path: str | os.PathLike) -> Path:
+             path: str | os.PathLike, title_suffix: str = "") -> Path:
     from sklearn.metrics import roc_curve
 
     plt = _pyplot()
@@ -119,12 +138,14 @@ def plot_roc(predictions: pd.DataFrame, class_names: Sequence[str],
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("ROC (pooled test folds" + (", one-vs-rest)" if len(targets) > 1 else ")"))
+    ax.set_title("ROC (pooled test folds" + (", one-vs-rest)" if len(targets) > 1 else ")")
+                 + title_suffix)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 
-def plot_learning_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+def plot_learning_curves(run_dir: str | os.PathLike, path: str | os.PathLike,
+                         title_suffix: str = "") -> Path | None:
     """Training and validation loss/accuracy per epoch, one thin line per fold."""
     logs = sorted(Path(run_dir).glob(f"fold_*/{EPOCHS}"))
     if not logs:
@@ -141,7 +162,7 @@ def plot_learning_curves(run_dir: str | os.PathLike, path: str | os.PathLike) ->
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric}: training (solid) / validation (dashed)")
+        ax.set_title(f"{metric}: training (solid) / validation (dashed){title_suffix}")
     return save_figure(fig, path)
 
 
@@ -151,6 +172,7 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
     settings = read_settings(run_dir)
     config = settings["config"]
     class_names = list(config["class_names"])
+    chain = check_fold_chain(run_dir, config.get("split_sha256"))  # refuses a mixed split
     predictions = load_predictions(run_dir)
     pooled = predictions_metrics(predictions, class_names)
     folds = per_fold_table(predictions, class_names)
@@ -177,8 +199,13 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
               f"`{config.get('split_file')}` (dataset hash `{str(config.get('dataset_hash'))[:12]}`)",
               f"- folds finished: {len(folds)}" + (f" of {expected}" if expected else "")
               + f"; pooled test images: {pooled['n']}; seed {config.get('seed')}",
-              f"- code: `{settings['provenance']['git']['commit'][:12]}`"
-              + (" (uncommitted changes)" if settings["provenance"]["git"]["dirty"] else ""),
+              *(chain_lines(chain) or [
+                  f"- code: `{settings['provenance']['git']['commit'][:12]}`"
+                  + (" (uncommitted changes)" if settings["provenance"]["git"]["dirty"]
+                     else "")]),
+              f"- split file SHA-256 `{str(config.get('split_sha256'))[:12]}`; each fold's "
+              "`timing.json` records its split, artifacts and commit, and `inputs.csv` "
+              "the images it used",
               "", "## Test metrics", "",
               "Pooled: all folds' test predictions together. Per fold: mean ± sample std over "
               "folds (ROC-AUC and balanced accuracy only where a fold's test set has two or "
@@ -194,9 +221,11 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
                   f"{', '.join(map(str, config['excluded_classes']))}", ""]
     write_text(run_dir / "summary.md", "\n".join(lines))
 
-    plot_confusion_matrix(pooled["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
-    plot_roc(predictions, class_names, run_dir / "roc.png")
-    plot_learning_curves(run_dir, run_dir / "learning_curves.png")
+    tag = leaky_tag(config)  # every figure title says LEAKY when the split is
+    plot_confusion_matrix(pooled["confusion_matrix"], class_names, run_dir / "confusion_matrix.png",
+                          title=f"Confusion matrix (pooled test folds){tag}")
+    plot_roc(predictions, class_names, run_dir / "roc.png", title_suffix=tag)
+    plot_learning_curves(run_dir, run_dir / "learning_curves.png", title_suffix=tag)
     if not quiet:
         print(f"\n{run_dir / 'summary.md'}:\n")
         print(markdown_table(shown[["metric", "pooled", "per_fold", "n_folds"]]))

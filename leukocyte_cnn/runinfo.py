@@ -42,17 +42,26 @@ def _jsonable(value: Any) -> bool:
         return False
 
 
+CODE_PATHS = ("*.py", "leukocyte_cnn", "tests", "benchmarks", "requirements*.txt")
+
+
 def git_commit() -> dict:
-    """Commit hash of the code that runs and whether the tree had uncommitted changes."""
+    """Commit hash of the code that runs and whether the tree had uncommitted changes.
+
+    ``dirty`` counts modified tracked files and untracked files under the code paths
+    (:data:`CODE_PATHS`: a new script or module changes what runs as much as an edit does);
+    ``data/`` and ``results/`` are ignored by git and never count.
+    """
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        changed = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)
     except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", False
-    return {"commit": commit or "unknown", "dirty": dirty}
+        commit, changed = "", ""
+    return {"commit": commit or "unknown", "dirty": bool(changed),
+            **({"changed_files": len(changed.splitlines())} if changed else {})}
 
 
 def library_versions() -> dict:
@@ -69,8 +78,13 @@ def library_versions() -> dict:
 
 
 def provenance() -> dict:
-    """Where and with what this process runs: code version, libraries, machine, time."""
+    """Where and with what this process runs: code version, libraries, machine, time, and
+    which knobs were set from outside the script (``$LEUKOCYTE_KNOBS``, e.g. by sweep.py)."""
+    from .knobs import applied_overrides
+
+    overrides = applied_overrides()
     return {
+        **({"knob_overrides": overrides} if overrides else {}),
         "git": git_commit(),
         "versions": library_versions(),
         "machine": {"host": platform.node(), "platform": platform.platform(),
@@ -106,3 +120,77 @@ def read_settings(run_dir: str | os.PathLike) -> dict:
     if not path.exists():
         raise InputError(f"{run_dir}: not a run folder (no settings.json)")
     return read_json(path)
+
+
+def fold_records(run_dir: str | os.PathLike) -> list[dict]:
+    """Each finished fold's record (``fold_XX/timing.json``): fold, commit, dirty flag, split
+    SHA-256 and artifact fingerprints, as written by ``training.finish_fold``."""
+    records = []
+    for path in sorted(Path(run_dir).glob("fold_*/timing.json")):
+        if not (path.parent / "predictions.csv").is_file():
+            continue
+        record = read_json(path)
+        git = (record.get("provenance") or {}).get("git") or {}
+        records.append({"fold": record.get("fold"), "commit": git.get("commit", "unknown"),
+                        "dirty": bool(git.get("dirty")),
+                        "split_sha256": record.get("split_sha256"),
+                        "artifacts": record.get("artifacts") or {}, "where": path.parent})
+    return records
+
+
+def check_fold_chain(run_dir: str | os.PathLike, split_sha256: str | None = None) -> dict:
+    """Refuse to pool folds made from different split files or different artifacts; say which
+    commits made them.
+
+    Folds copied in from other machines (``--folds`` jobs) or resumed later must have used the
+    same split file (SHA-256, and ``split_sha256`` when given: the run's own) and the same
+    artifact of every kind (e.g. balanced-fold folder, mask set); otherwise one line names the
+    folds that differ. Returns ``{"commits": {commit: [folds]}, "mixed": bool, "dirty": [folds]}``.
+    """
+    records = fold_records(run_dir)
+    splits = {}
+    for r in records:
+        if r["split_sha256"]:
+            splits.setdefault(r["split_sha256"], []).append(r["fold"])
+    if split_sha256 is not None and splits and set(splits) - {split_sha256}:
+        other = {k: v for k, v in splits.items() if k != split_sha256}
+        folds = sorted(f for v in other.values() for f in v)
+        raise InputError(f"{run_dir}: folds {folds} were made from another split file (SHA-256 "
+                         f"{next(iter(other))[:12]}, not {split_sha256[:12]}); they cannot be "
+                         "pooled with this run: delete them or use another --run-name")
+    if len(splits) > 1:
+        described = "; ".join(f"{sha[:12]}: folds {sorted(folds)}" for sha, folds in splits.items())
+        raise InputError(f"{run_dir}: folds were made from different split files ({described}); "
+                         "they cannot be pooled")
+    kinds: dict[str, dict[str, list]] = {}
+    for r in records:
+        for kind, artifact in r["artifacts"].items():
+            key = str((artifact or {}).get("fingerprint") if isinstance(artifact, dict)
+                      else artifact)
+            kinds.setdefault(kind, {}).setdefault(key, []).append(r["fold"])
+    for kind, versions in kinds.items():
+        if len(versions) > 1:
+            described = "; ".join(f"{str(fp)[:12]}: folds {sorted(f)}"
+                                  for fp, f in versions.items())
+            raise InputError(f"{run_dir}: folds used different {kind} ({described}); they "
+                             "cannot be pooled")
+    commits: dict[str, list] = {}
+    for r in records:
+        commits.setdefault(r["commit"], []).append(r["fold"])
+    return {"commits": commits, "mixed": len(commits) > 1,
+            "dirty": sorted(r["fold"] for r in records if r["dirty"])}
+
+
+def chain_lines(chain: dict) -> list[str]:
+    """The ``summary.md`` lines saying which commits made the folds, flagging a mix."""
+    commits = chain["commits"]
+    if not commits:
+        return []
+    parts = [f"`{c[:12]}` (folds {', '.join(map(str, sorted(f)))})" for c, f in commits.items()]
+    line = "- code: " + "; ".join(parts)
+    if chain["mixed"]:
+        line += (" — **MIXED: the folds were made by different commits**; compare the commits "
+                 "before trusting the pooled numbers")
+    if chain["dirty"]:
+        line += f" (uncommitted changes in folds {', '.join(map(str, chain['dirty']))})"
+    return [line]

@@ -159,7 +159,7 @@ def test_split_file_mixing_patients_must_say_leaky(fake_cnmc, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     cvs.main(cvs.parse_args(["--dataset", "cnmc", "--data-root", str(fake_cnmc), "--method",
                              "kfold", "--k", "3", "--out-dir", str(tmp_path / "splits")]))
-    by_image = tmp_path / "splits" / "cnmc_kfold_k3_seed0.csv"
+    by_image, = (tmp_path / "splits").glob("cnmc_kfold_k3_seed0_*.csv")
     args = cnmc_transfer.parse_args(argv(tmp_path, fake_cnmc, "--split", str(by_image),
                                          "--allow-random-init"))
     with pytest.warns(UserWarning, match="random weights"), \

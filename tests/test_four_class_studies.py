@@ -308,8 +308,19 @@ def test_unet_learns_from_training_masks_only_and_scores_against_ground_truth(
     assert set(train["role"]) == {"train"} and set(val["role"]) == {"val"}
     assert not (set(train["image"]) | set(val["image"])) & test_images
 
-    root = mask_lib.unet_mask_root("data", split_csv.stem, 0, quick=True)
+    unet_args = unet_masks.parse_args(["--dataset", "zheng2018", "--data-root",
+                                       str(zheng_like), "--split", str(split_csv), "--quick"])
+    from leukocyte_cnn.experiment import script_settings
+
+    split = load_split(split_csv)
+    root = unet_masks.mask_root_for(unet_args, split, 0,
+                                    script_settings(unet_masks, unet_args))
     assert mask_lib.mask_set_is_complete(root)
+    record = json.loads((root / "fingerprint.json").read_text())
+    assert record["inputs"]["split_sha256"] == split.settings["split_sha256"]
+    assert record["made_by"]["unet_checkpoint_sha256"]  # which U-Net made these masks
+    assert set(pd.read_csv(root / "masks.csv")["unet_run"]) == {
+        record["made_by"]["unet_run"]}
     for image in rows.loc[rows.role != "excluded", "image"]:  # a mask for every image
         assert mask_lib.read_mask(mask_lib.mask_file(root, image)).shape == (48, 64)
 
