@@ -220,11 +220,19 @@ def _cache_file(prefix: str, paths: list[str], labels: np.ndarray | None,
 
     tf.data reuses whatever cache file it finds; the fingerprint makes a cache for other
     files, labels, size or mask settings a different file instead of silently stale data.
+    Each file's size and modification time stand in for its content, so an image rewritten
+    in place (same path, new pixels) also gets a new cache.
     """
     digest = hashlib.sha256()
     for part in (paths, masks or [], [settings]):
         digest.update("\0".join(part).encode("utf-8"))
         digest.update(b"\1")
+    for path in [*paths, *(masks or [])]:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}\0".encode())
+        except OSError:  # a missing file fails later, in decoding, with its name
+            digest.update(b"?\0")
     if labels is not None:
         digest.update(np.ascontiguousarray(labels).tobytes())
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)

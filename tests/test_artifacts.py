@@ -267,3 +267,24 @@ def test_dirty_counts_untracked_code_files(tmp_path, monkeypatch):
     (tmp_path / "leukocyte_cnn").mkdir()
     (tmp_path / "leukocyte_cnn" / "new_module.py").write_text("y = 2\n")
     assert runinfo.git_commit()["dirty"] is True
+
+
+# --------------------------------------------------------------------------- pipeline caches
+
+
+def test_pipeline_file_cache_changes_when_an_image_is_rewritten_in_place(tmp_path):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from leukocyte_cnn.pipeline import _cache_file
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    first = _cache_file(str(tmp_path / "cache"), [str(path)], None, None, "64x64")
+    assert _cache_file(str(tmp_path / "cache"), [str(path)], None, None, "64x64") == first
+    Image.fromarray(np.full((4, 4, 3), 255, np.uint8)).save(path)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert _cache_file(str(tmp_path / "cache"), [str(path)], None, None, "64x64") != first
