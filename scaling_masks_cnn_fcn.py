@@ -72,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"comma-separated subset of {', '.join(NETWORKS)} (default: both)")
     parser.add_argument("--unet-mask-dir", default=None,
                         help="folder of U-Net masks mirroring the image tree (default: what "
-                             "unet_masks.py writes for this split, data/masks/unet/<split>/"
-                             "fold_XX; made here when missing)")
+                             "unet_masks.py writes for this split with its knobs and this seed, "
+                             "data/masks/unet/<split>_<fingerprint>/fold_XX; made here when "
+                             "missing)")
     parser.add_argument("--epochs", type=int, default=None, help=f"max epochs (default {EPOCHS})")
     add_gpu_arguments(parser)
     return parser.parse_args(argv)

@@ -30,9 +30,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_dataset: st
                              "(not needed for synthetic_* sets)")
     parser.add_argument("--split", default=None,
                         help="split CSV written by cross_validation_splits.py; default: "
-                             "data/splits/<dataset>_<method>_...csv, created if missing "
-                             "(with a _data-<hash> suffix when that name already holds a "
-                             "split of other images)")
+                             "data/splits/<dataset>_<method>_..._<fingerprint>.csv, created "
+                             "if missing (the fingerprint covers the images and every split "
+                             "setting, so other settings or images never reuse it)")
     parser.add_argument("--ignore-groups", action="store_true",
                         help="split the default split by image even when images share "
                              "patients/smears/source cells (and leave copies unjoined): a LEAKY "
