@@ -21,8 +21,15 @@ class InputError(Exception):
 
 
 def run_main(main: Callable[[], object]) -> None:
-    """Run ``main()``; turn an :class:`InputError` into ``error: <message>`` and exit code 2."""
+    """Run ``main()``; turn an :class:`InputError` into ``error: <message>`` and exit code 2.
+
+    First applies knob overrides from ``$LEUKOCYTE_KNOBS`` to the script (``__main__``), so
+    ``main()`` runs as if those UPPER_CASE lines had been edited (``leukocyte_cnn.knobs``).
+    """
     try:
+        from .knobs import apply_environment_overrides
+
+        apply_environment_overrides(sys.modules["__main__"])
         main()
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
