@@ -17,7 +17,9 @@ import pandas as pd
 from .io import atomic_path, write_csv, write_text
 from .metrics import (SUMMARY_METRICS, format_mean_std, mean_std, per_fold_table,
                       predictions_metrics, prob_columns)
+from .html_report import REPORT
 from .runinfo import chain_lines, check_fold_chain, read_settings
+from .stats import N_BOOTSTRAP, clustering_note, format_ci, metric_intervals
 from .training import EPOCHS, load_predictions
 
 
@@ -184,6 +186,9 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
         rows.append({"metric": name, "pooled": pooled[name], "fold_mean": mean,
                      "fold_std": std, "n_folds": int(folds[name].notna().sum())})
     summary = pd.DataFrame(rows)
+    intervals = metric_intervals(predictions, class_names, SUMMARY_METRICS)
+    summary.insert(2, "ci95_low", [intervals[m][0] for m in summary["metric"]])
+    summary.insert(3, "ci95_high", [intervals[m][1] for m in summary["metric"]])
     per_class = pd.DataFrame([{"class": c, **v} for c, v in pooled["per_class"].items()])
     write_csv(run_dir / "summary.csv", summary)
     write_csv(run_dir / "per_class.csv", per_class)
@@ -207,26 +212,92 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
               "`timing.json` records its split, artifacts and commit, and `inputs.csv` "
               "the images it used",
               "", "## Test metrics", "",
-              "Pooled: all folds' test predictions together. Per fold: mean ± sample std over "
+              "Pooled: all folds' test predictions together, with its 95 % confidence "
+              f"interval (percentile bootstrap, {N_BOOTSTRAP:,} seeded replicates: "
+              f"{clustering_note(predictions)}). Per fold: mean ± sample std over "
               "folds (ROC-AUC and balanced accuracy only where a fold's test set has two or "
               "more classes).", ""]
     shown = summary.assign(
-        per_fold=[format_mean_std(folds[m].tolist()) for m in summary["metric"]])
-    lines += [markdown_table(shown[["metric", "pooled", "per_fold", "n_folds"]]), "",
+        per_fold=[format_mean_std(folds[m].tolist()) for m in summary["metric"]],
+        **{POOLED_CI: [format_ci(v, lo, hi) for v, lo, hi in
+                       summary[["pooled", "ci95_low", "ci95_high"]].itertuples(index=False)]})
+    lines += [markdown_table(shown[["metric", POOLED_CI, "per_fold", "n_folds"]]), "",
               "## Per class (pooled)", "", markdown_table(per_class), "",
               "## Confusion matrix (pooled; rows true, columns predicted)", "",
               markdown_table(cm), ""]
     if config.get("excluded_classes"):
         lines += [f"Excluded classes (never trained or tested): "
                   f"{', '.join(map(str, config['excluded_classes']))}", ""]
-    write_text(run_dir / "summary.md", "\n".join(lines))
 
     tag = leaky_tag(config)  # every figure title says LEAKY when the split is
     plot_confusion_matrix(pooled["confusion_matrix"], class_names, run_dir / "confusion_matrix.png",
                           title=f"Confusion matrix (pooled test folds){tag}")
     plot_roc(predictions, class_names, run_dir / "roc.png", title_suffix=tag)
     plot_learning_curves(run_dir, run_dir / "learning_curves.png", title_suffix=tag)
+    lines += figure_links(run_dir)
+    write_text(run_dir / "summary.md", "\n".join(lines))
+    write_run_report(run_dir, settings, shown[["metric", POOLED_CI, "per_fold", "n_folds"]],
+                     per_class, cm, folds, predictions)
     if not quiet:
         print(f"\n{run_dir / 'summary.md'}:\n")
-        print(markdown_table(shown[["metric", "pooled", "per_fold", "n_folds"]]))
+        print(markdown_table(shown[["metric", POOLED_CI, "per_fold", "n_folds"]]))
+        print(f"report: {run_dir / REPORT}")
     return summary
+
+
+POOLED_CI = "pooled [95 % CI]"
+RUN_FIGURES = ("confusion_matrix.png", "roc.png", "learning_curves.png")
+
+
+def figure_links(folder: str | os.PathLike) -> list[str]:
+    """``summary.md`` lines showing the folder's figures (relative links) and the report."""
+    from .html_report import figures_in
+
+    figures = figures_in(folder, RUN_FIGURES)
+    lines = ["## Figures", "", f"All tables, figures, settings and provenance in one page: "
+             f"[{REPORT}]({REPORT}).", ""]
+    for figure in figures:
+        lines += [f"![{figure.stem.replace('_', ' ')}]({figure.name})", ""]
+    return lines
+
+
+def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
+                     per_class: pd.DataFrame, cm: pd.DataFrame, folds: pd.DataFrame,
+                     predictions: pd.DataFrame) -> Path:
+    """``report.html`` of a cross-validation run (see :mod:`leukocyte_cnn.html_report`)."""
+    from .html_report import (esc, figures_in, provenance_table, read_split_settings,
+                              settings_table, split_protocol, table_html, write_report)
+
+    config = settings["config"]
+    split = read_split_settings(config)
+    expected = config.get("n_folds")
+    facts = [("run folder", f"<code>{esc(run_dir)}</code>"),
+             ("dataset", esc(config.get("dataset")) + (
+                 f" from <code>{esc(config['data_root'])}</code>" if config.get("data_root")
+                 else "")),
+             ("classes", esc(", ".join(map(str, config.get("class_names", []))))),
+             ("split", f"<code>{esc(config.get('split_file'))}</code>"),
+             ("protocol", esc(split_protocol(config, split))),
+             ("test images", f"{len(predictions):,} pooled from {folds['fold'].nunique()} "
+                             f"fold(s)" + (f" of {expected}" if expected else "")),
+             ("seed", esc(config.get("seed")))]
+    note = ("<p class=note>Pooled: every finished fold's test predictions together; the 95 % "
+            f"interval is a percentile bootstrap ({N_BOOTSTRAP:,} seeded replicates; "
+            f"{esc(clustering_note(predictions))}). Per fold: mean ± sample std.</p>")
+    sections = [("Test metrics", table_html(metrics) + note),
+                ("Per class (pooled)", table_html(per_class)),
+                ("Confusion matrix (pooled; rows true, columns predicted)", table_html(cm)),
+                ("Per fold", table_html(folds)),
+                ("Settings", table_html(settings_table(config))),
+                ("Provenance", table_html(provenance_table(settings.get("provenance", {}))))]
+    return write_report(run_dir, title=config.get("title", run_dir.name),
+                        subtitle=f"{run_dir.name} · {config.get('script', '')}",
+                        banner=LEAKY_TEXT if is_leaky_config(config) else "",
+                        facts=facts, sections=sections,
+                        figures=figures_in(run_dir, RUN_FIGURES),
+                        figure_captions={"confusion_matrix.png": "Confusion matrix, pooled test "
+                                                                 "folds",
+                                         "roc.png": "ROC curves, pooled test folds",
+                                         "learning_curves.png": "Learning curves, one line per "
+                                                                "fold",
+                                         "_wide": ("learning_curves.png",)})
