@@ -37,13 +37,14 @@ h2 { font-size: 19px; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1
 table { border-collapse: collapse; margin: 8px 0 4px; font-size: 14px; }
 th, td { padding: 5px 10px; border-bottom: 1px solid #d8dee4; text-align: right; }
 th { background: #f6f8fa; font-weight: 600; }
-th:first-child, td:first-child { text-align: left; }
-td.text { text-align: left; }
+th:first-child, td:first-child, th.text { text-align: left; }
+td { white-space: nowrap; }
+td.text { text-align: left; } td.long { white-space: normal; max-width: 560px; }
 tr:hover td { background: #f6f8fa; }
 .note { color: #57606a; font-size: 13.5px; max-width: 900px; }
 .figures { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 18px; }
 figure { margin: 0; border: 1px solid #d8dee4; border-radius: 6px; padding: 8px; background: #fff; }
-figure.wide { grid-column: 1 / -1; }
+figure.wide { grid-column: 1 / -1; justify-self: center; max-width: 900px; width: 100%; }
 figure img { width: 100%; height: auto; display: block; }
 figcaption { color: #57606a; font-size: 13px; margin-top: 4px; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;
@@ -88,13 +89,17 @@ def _cell(value, digits: int) -> tuple[str, bool]:
 
 def table_html(frame: pd.DataFrame, digits: int = 3) -> str:
     """A plain HTML table; numbers right-aligned, text left-aligned."""
-    head = "".join(f"<th>{esc(c)}</th>" for c in frame.columns)
+    text_columns = [all(_cell(v, digits)[1] for v in frame[c]) and len(frame)
+                    for c in frame.columns]
+    head = "".join(f"<th{' class=text' if t else ''}>{esc(c)}</th>"
+                   for c, t in zip(frame.columns, text_columns))
     rows = []
     for row in frame.itertuples(index=False):
         cells = []
         for value in row:
             text, is_text = _cell(value, digits)
-            cells.append(f'<td{" class=text" if is_text else ""}>{esc(text)}</td>')
+            kind = (" class='text long'" if len(text) > 40 else " class=text") if is_text else ""
+            cells.append(f"<td{kind}>{esc(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

@@ -52,6 +52,15 @@ def leaky_tag(settings: dict) -> str:
     return " [LEAKY split]" if is_leaky_config(settings) else ""
 
 
+def color_mode_lines(config: dict) -> list[str]:
+    """The report line naming the input colours (a script's ``COLOR_MODE`` knob), if any."""
+    mode = (config.get("knobs") or {}).get("COLOR_MODE")
+    if mode is None:
+        return []
+    words = {"rgb": "RGB", "grayscale": "grayscale (ITU-R 601 luminance in all three channels)"}
+    return [f"- input colours (COLOR_MODE): {words.get(mode, mode)}"]
+
+
 def markdown_table(frame: pd.DataFrame, float_digits: int = 3) -> str:
     """A GitHub Markdown table (no extra dependency)."""
     def cell(value) -> str:
@@ -163,6 +172,7 @@ def plot_learning_curves(run_dir: str | os.PathLike, path: str | os.PathLike,
                             color="C0" if not prefix else "C1")
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
         ax.set_ylabel(metric)
         ax.set_title(f"{metric}: training (solid) / validation (dashed){title_suffix}")
     return save_figure(fig, path)
@@ -202,6 +212,7 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
         lines += [leaky_banner(config)]
     lines += [f"- run: `{run_dir.name}`; dataset: `{config.get('dataset')}`; split: "
               f"`{config.get('split_file')}` (dataset hash `{str(config.get('dataset_hash'))[:12]}`)",
+              *color_mode_lines(config),
               f"- folds finished: {len(folds)}" + (f" of {expected}" if expected else "")
               + f"; pooled test images: {pooled['n']}; seed {config.get('seed')}",
               *(chain_lines(chain) or [
@@ -218,10 +229,10 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
               "folds (ROC-AUC and balanced accuracy only where a fold's test set has two or "
               "more classes).", ""]
     shown = summary.assign(
-        per_fold=[format_mean_std(folds[m].tolist()) for m in summary["metric"]],
+        **{PER_FOLD: [format_mean_std(folds[m].tolist()) for m in summary["metric"]]},
         **{POOLED_CI: [format_ci(v, lo, hi) for v, lo, hi in
                        summary[["pooled", "ci95_low", "ci95_high"]].itertuples(index=False)]})
-    lines += [markdown_table(shown[["metric", POOLED_CI, "per_fold", "n_folds"]]), "",
+    lines += [markdown_table(shown[["metric", POOLED_CI, PER_FOLD, "n_folds"]]), "",
               "## Per class (pooled)", "", markdown_table(per_class), "",
               "## Confusion matrix (pooled; rows true, columns predicted)", "",
               markdown_table(cm), ""]
@@ -236,16 +247,17 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
     plot_learning_curves(run_dir, run_dir / "learning_curves.png", title_suffix=tag)
     lines += figure_links(run_dir)
     write_text(run_dir / "summary.md", "\n".join(lines))
-    write_run_report(run_dir, settings, shown[["metric", POOLED_CI, "per_fold", "n_folds"]],
+    write_run_report(run_dir, settings, shown[["metric", POOLED_CI, PER_FOLD, "n_folds"]],
                      per_class, cm, folds, predictions)
     if not quiet:
         print(f"\n{run_dir / 'summary.md'}:\n")
-        print(markdown_table(shown[["metric", POOLED_CI, "per_fold", "n_folds"]]))
+        print(markdown_table(shown[["metric", POOLED_CI, PER_FOLD, "n_folds"]]))
         print(f"report: {run_dir / REPORT}")
     return summary
 
 
 POOLED_CI = "pooled [95 % CI]"
+PER_FOLD = "per fold (mean ± std)"
 RUN_FIGURES = ("confusion_matrix.png", "roc.png", "learning_curves.png")
 
 

@@ -351,3 +351,104 @@ def format_p(p: float) -> str:
     if p is None or not np.isfinite(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+# --------------------------------------------------------------------------- comparison tables
+
+
+def compare_to_best(predictions: dict, class_names: Sequence[str],
+                    metrics: Sequence[str] = ("accuracy",), *, pair_on: Sequence[str] = ("image",),
+                    seeds_column: str | None = None, n_boot: int = N_BOOTSTRAP,
+                    seed: int = SEED) -> pd.DataFrame:
+    """Each entry's metrics with 95 % intervals, and its difference to the best entry.
+
+    ``predictions`` maps a name (a setting, a run) to its predictions table (``label``,
+    ``prob_*``, the ``pair_on`` columns and, when given, ``seeds_column``). The best entry has
+    the highest first metric. Every other entry is paired with it on the same test images
+    (``pair_on``; and the same seed or trial when ``seeds_column`` is given):
+
+    * two or more common seeds: the mean per-seed difference with its t interval, and the
+      paired t-test over seeds (:func:`paired_across_seeds`);
+    * one seed (or none): the difference on the pooled images with a paired bootstrap
+      interval, and a paired test on those images: exact McNemar for accuracy, DeLong for a
+      binary ROC-AUC, the paired bootstrap otherwise.
+
+    Columns per metric ``m``: ``m``, ``m_ci_low``, ``m_ci_high``, ``m_diff``,
+    ``m_diff_low``, ``m_diff_high``, ``m_p``, ``m_test``; plus ``name``, ``n_images`` and
+    ``best`` (True for the reference).
+    """
+    names = list(predictions)
+    columns = [f"prob_{c}" for c in class_names]
+    keys = list(pair_on) + ([seeds_column] if seeds_column else [])
+    values, rows = {}, []
+    for name in names:
+        table = predictions[name]
+        y = table["label"].to_numpy(dtype=int)
+        prob = table[columns].to_numpy(dtype=float)
+        groups = table[list(pair_on)].astype(str).agg("/".join, axis=1).to_numpy()
+        row = {"name": name, "n_images": int(table[list(pair_on)].drop_duplicates().shape[0])}
+        for m in metrics:
+            row[m] = METRICS[m](y, prob)
+            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap_ci(
+                y, prob, m, groups=groups, n_boot=n_boot, seed=seed)
+        values[name] = row
+        rows.append(row)
+    finite = [n for n in names if np.isfinite(values[n][metrics[0]])]
+    best = max(finite, key=lambda n: values[n][metrics[0]]) if finite else None
+    for row in rows:
+        row["best"] = row["name"] == best
+        for m in metrics:
+            row.update({f"{m}_diff": math.nan, f"{m}_diff_low": math.nan,
+                        f"{m}_diff_high": math.nan, f"{m}_p": math.nan, f"{m}_test": ""})
+        if best is None or row["best"]:
+            continue
+        merged = predictions[row["name"]].merge(predictions[best], on=keys,
+                                                suffixes=("", "_best"))
+        if not len(merged):
+            for m in metrics:
+                row[f"{m}_test"] = "no common test images"
+            continue
+        y = merged["label"].to_numpy(dtype=int)
+        prob = merged[columns].to_numpy(dtype=float)
+        prob_best = merged[[f"{c}_best" for c in columns]].to_numpy(dtype=float)
+        seeds = (sorted(merged[seeds_column].unique()) if seeds_column else [None])
+        for m in metrics:
+            if len(seeds) >= 2:
+                per_seed = [(METRICS[m](y[mask], prob[mask]), METRICS[m](y[mask], prob_best[mask]))
+                            for mask in (merged[seeds_column].to_numpy() == s for s in seeds)]
+                result = paired_across_seeds([a for a, _ in per_seed], [b for _, b in per_seed])
+                row.update({f"{m}_diff": result["difference"], f"{m}_diff_low": result["ci_low"],
+                            f"{m}_diff_high": result["ci_high"], f"{m}_p": result["p_ttest"],
+                            f"{m}_test": f"paired t-test over {len(seeds)} seeds"})
+                continue
+            paired = paired_bootstrap(y, prob, prob_best, m, n_boot=n_boot, seed=seed)
+            p, test = paired["p"], "paired bootstrap"
+            if m == "accuracy":
+                p = mcnemar_exact(prob.argmax(1) == y, prob_best.argmax(1) == y)["p"]
+                test = "exact McNemar"
+            elif m == "roc_auc" and prob.shape[1] == 2 and min(np.bincount(y, minlength=2)) >= 2:
+                p = delong_test(y == 1, prob[:, 1], prob_best[:, 1])["p"]
+                test = "DeLong"
+            row.update({f"{m}_diff": paired["difference"], f"{m}_diff_low": paired["ci_low"],
+                        f"{m}_diff_high": paired["ci_high"], f"{m}_p": p, f"{m}_test": test})
+    return pd.DataFrame(rows)
+
+
+def shown_comparison(numbers: pd.DataFrame, metrics: Sequence[str] = ("accuracy",),
+                     labels: dict | None = None) -> pd.DataFrame:
+    """The display columns of :func:`compare_to_best`: value [CI], Δ vs best [CI], p (test)."""
+    labels = labels or {}
+    out = pd.DataFrame({"name": numbers["name"]})
+    for m in metrics:
+        label = labels.get(m, m.replace("_", " "))
+        out[f"{label} [95 % CI]"] = [format_ci(v, lo, hi) for v, lo, hi in
+                                     numbers[[m, f"{m}_ci_low", f"{m}_ci_high"]].itertuples(
+                                         index=False)]
+        out[f"Δ {label} vs best [95 % CI]"] = [
+            "best" if best else format_difference(d, lo, hi)
+            for best, d, lo, hi in numbers[["best", f"{m}_diff", f"{m}_diff_low",
+                                            f"{m}_diff_high"]].itertuples(index=False)]
+        out[f"p ({label})"] = [
+            "" if best else (f"{format_p(p)} ({test})" if test else format_p(p))
+            for best, p, test in numbers[["best", f"{m}_p", f"{m}_test"]].itertuples(index=False)]
+    return out

@@ -280,12 +280,66 @@ def report_trials(run_dir: str | os.PathLike, settings: Sequence[Setting],
     per_trial = collect_trials(run_dir, settings, class_names, convergence_accuracy)
     write_csv(run_dir / "per_trial.csv", per_trial)
     numeric, shown = comparison_table(per_trial, settings, convergence_accuracy)
+    numeric, shown = difference_to_best(run_dir, settings, class_names, numeric, shown)
     plot_validation_curves(run_dir, settings, run_dir / "val_accuracy_curves.png")
     pooled_confusion_matrices(run_dir, settings, class_names)
     return numeric, shown
 
 
 # --------------------------------------------------------------------------- comparison tables
+
+DIFFERENCE_NOTE = (
+    "Δ vs best: test accuracy minus that of the best setting, on the same test images. With "
+    "two or more trials (trial t of every setting has the same seed): the mean per-trial "
+    "difference, its t 95 % interval and a paired t-test over the seeds; with one trial: the "
+    "paired bootstrap 95 % interval over test images and the exact McNemar test. p ≥ 0.05 "
+    "means these trials cannot tell the setting from the best one.")
+
+
+def trial_predictions(run_dir: str | os.PathLike, setting: str) -> pd.DataFrame | None:
+    """Every finished trial's test predictions of one setting, with a ``trial`` column."""
+    tables = []
+    for where in sorted((Path(run_dir) / setting).glob("trial_*")):
+        if list(where.glob(f"fold_*/{PREDICTIONS}")):
+            tables.append(load_predictions(where).assign(trial=int(where.name.split("_")[-1])))
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def difference_to_best(run_dir: str | os.PathLike, settings: Sequence[Setting],
+                       class_names: Sequence[str], numeric: pd.DataFrame, shown: pd.DataFrame
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add each setting's test-accuracy difference to the best setting, its 95 % interval and
+    a paired test (:func:`stats.compare_to_best`, see :data:`DIFFERENCE_NOTE`)."""
+    from .stats import compare_to_best, format_difference, format_p
+
+    tables = {s.name: t for s in settings
+              if (t := trial_predictions(run_dir, s.name)) is not None}
+    if not tables or not len(numeric):
+        return numeric, shown
+    result = compare_to_best(tables, class_names, ("accuracy",), pair_on=("fold", "image"),
+                             seeds_column="trial").set_index("name")
+    names = numeric["setting"]
+    numeric = numeric.assign(**{
+        "pooled_accuracy": names.map(result["accuracy"]),
+        "pooled_accuracy_ci_low": names.map(result["accuracy_ci_low"]),
+        "pooled_accuracy_ci_high": names.map(result["accuracy_ci_high"]),
+        "best": names.map(result["best"]),
+        "diff_to_best": names.map(result["accuracy_diff"]),
+        "diff_to_best_low": names.map(result["accuracy_diff_low"]),
+        "diff_to_best_high": names.map(result["accuracy_diff_high"]),
+        "p_vs_best": names.map(result["accuracy_p"]),
+        "test_vs_best": names.map(result["accuracy_test"])})
+    where = list(shown.columns).index("test accuracy") + 1 if "test accuracy" in shown else len(
+        shown.columns)
+    shown = shown.copy()
+    shown.insert(where, "Δ acc vs best [95 % CI]", [
+        "best" if row.best else format_difference(row.diff_to_best, row.diff_to_best_low,
+                                                  row.diff_to_best_high)
+        for row in numeric.itertuples()])
+    shown.insert(where + 1, "p vs best", [
+        "" if row.best else f"{format_p(row.p_vs_best)} ({row.test_vs_best})"
+        for row in numeric.itertuples()])
+    return numeric, shown
 
 
 def _finite(values) -> np.ndarray:
@@ -369,7 +423,7 @@ def write_comparison(run_dir: str | os.PathLike, numeric: pd.DataFrame, shown: p
                      quiet: bool = False) -> Path:
     """``<name>.csv`` (numbers, with a ``leaky`` column) and ``<name>.md`` (the table, with the
     LEAKY banner when the study's split is the random one, and the notes that define it)."""
-    from .reporting import markdown_table
+    from .reporting import color_mode_lines, markdown_table
 
     run_dir = Path(run_dir)
     config = read_settings(run_dir)["config"]
@@ -379,17 +433,52 @@ def write_comparison(run_dir: str | os.PathLike, numeric: pd.DataFrame, shown: p
     lines = [f"# {title}", ""]
     if leaky:
         lines += [f"> **{LEAKY_WARNING}**", ""]
+    if any(str(c).startswith("Δ") for c in shown.columns):
+        notes = [*notes, DIFFERENCE_NOTE]
     lines += [f"- run `{run_dir.name}`; dataset `{config.get('dataset')}`; split "
               f"`{config.get('split_file')}` (method {config.get('split_method')}"
-              + (", LEAKY" if leaky else "") + ")", *[f"- {note}" for note in notes], "",
-              markdown_table(shown)]
+              + (", LEAKY" if leaky else "") + ")", *color_mode_lines(config),
+              *[f"- {note}" for note in notes], "", markdown_table(shown)]
+    from .reporting import figure_links
+
+    lines += ["", *figure_links(run_dir)]
     path = write_text(run_dir / f"{name}.md", "\n".join(lines))
+    write_study_report(run_dir, shown, title=title, notes=notes)
     if not quiet:
         print(f"\n{path}:\n")
         if leaky:
             print(f"*** {LEAKY_WARNING} ***\n")
         print(markdown_table(shown))
     return path
+
+
+def write_study_report(run_dir: str | os.PathLike, shown: pd.DataFrame, *, title: str,
+                       notes: Sequence[str] = ()) -> Path:
+    """``report.html`` of a study folder: the comparison table, its notes, every figure of
+    the folder, the settings and provenance (:mod:`leukocyte_cnn.html_report`)."""
+    from .html_report import (esc, figures_in, provenance_table, read_split_settings,
+                              settings_table, split_protocol, table_html, write_report)
+    from .reporting import LEAKY_TEXT
+
+    run_dir = Path(run_dir)
+    settings = read_settings(run_dir)
+    config = settings["config"]
+    trials = sorted({p.parents[1].name for p in run_dir.glob(f"*/trial_*/fold_*/{PREDICTIONS}")})
+    facts = [("run folder", f"<code>{esc(run_dir)}</code>"),
+             ("dataset", esc(config.get("dataset"))),
+             ("classes", esc(", ".join(map(str, config.get("class_names", []))))),
+             ("split", f"<code>{esc(config.get('split_file'))}</code>"),
+             ("protocol", esc(split_protocol(config, read_split_settings(config)))),
+             ("trials", f"{len(trials)} finished trial folder name(s): "
+                        f"{esc(', '.join(trials))}; trial t seeded with {config.get('seed')} + t")]
+    notes_html = "".join(f"<p class=note>{esc(note)}</p>" for note in notes)
+    sections = [("Comparison", table_html(shown) + notes_html),
+                ("Settings", table_html(settings_table(config))),
+                ("Provenance", table_html(provenance_table(settings.get("provenance", {}))))]
+    return write_report(run_dir, title=title, subtitle=f"{run_dir.name} · {config.get('script')}",
+                        banner=LEAKY_TEXT if config.get("leaky") else "", facts=facts,
+                        sections=sections, figures=figures_in(run_dir),
+                        figure_captions={"_wide": ("val_accuracy_curves.png",)})
 
 
 # --------------------------------------------------------------------------- figures
@@ -454,7 +543,7 @@ def trial_fold_dir(run_dir: str | os.PathLike, setting: str, trial: int, fold: i
 
 def plot_feature_maps(model_path: str | os.PathLike, row: pd.Series, image_size: Sequence[int],
                       path: str | os.PathLike, *, inner: str, channels: int = 8,
-                      title: str = "") -> Path | None:
+                      title: str = "", color_mode: str = "rgb") -> Path | None:
     """The maps after every conv and pool layer of a trained model, for one image.
 
     ``model_path`` is a checkpoint whose first layer is named ``scaling`` and whose network is
@@ -474,7 +563,8 @@ def plot_feature_maps(model_path: str | os.PathLike, row: pd.Series, image_size:
         return None
     model = keras.models.load_model(model_path, safe_mode=True, compile=False)
     mask = row.get("mask") if isinstance(row.get("mask"), str) and row.get("mask") else None
-    image = load_arrays([row["path"]], image_size, masks=[mask] if mask else None)
+    image = load_arrays([row["path"]], image_size, masks=[mask] if mask else None,
+                        color_mode=color_mode)
     net = model.get_layer(inner)
     names = [layer.name for layer in net.layers
              if (layer.name.endswith(("_conv", "_pool")) or layer.name == "conv1x1")
