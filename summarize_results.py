@@ -3,6 +3,11 @@
 Use it after folds ran as separate jobs (``--folds``), possibly on different machines: copy
 their ``fold_XX`` folders into one run folder and run this script. It reads only
 ``settings.json`` and ``fold_XX/predictions.csv`` / ``epochs.csv``, never models or images.
+Folds made from another split file or other artifacts are refused; folds of several commits
+are flagged in ``summary.md``.
+
+``--results-md RESULTS.md`` regenerates the tables of RESULTS.md from the run folders its
+markers name (``leukocyte_cnn.results_md``).
 """
 from __future__ import annotations
 
@@ -11,8 +16,15 @@ import argparse
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="+", help="run folder(s) under results/")
-    return parser.parse_args(argv)
+    parser.add_argument("run_dirs", nargs="*", help="run folder(s) under results/")
+    parser.add_argument("--results-md", default=None, metavar="RESULTS.md",
+                        help="rewrite the tables of this file from the run folders named in "
+                             "its <!-- results: RUN --> markers (blocks whose run folders are "
+                             "not here are kept)")
+    args = parser.parse_args(argv)
+    if not args.run_dirs and not args.results_md:
+        parser.error("give run folder(s) or --results-md")
+    return args
 
 
 def main(args: argparse.Namespace) -> None:
@@ -20,6 +32,11 @@ def main(args: argparse.Namespace) -> None:
 
     for run_dir in args.run_dirs:
         summarize_run(run_dir)
+    if args.results_md:
+        from leukocyte_cnn.results_md import regenerate
+
+        for note in regenerate(args.results_md):
+            print(f"{args.results_md}: {note}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class Fold:
     seed: int
     split_sha256: str | None = None
     artifacts: dict = dataclasses.field(default_factory=dict)
+    started: tuple[float, float] | None = None  # (wall, CPU) clock when run_folds started it
 
 
 def fold_dir(run_dir: str | os.PathLike, fold: int) -> Path:
@@ -124,6 +125,7 @@ def _run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: in
             leftover.unlink()
         set_seed(fold.seed)
         start = time.perf_counter()
+        fold.started = (start, time.process_time())
         try:
             with progress.unit(head if len(folds) > 1 or not quiet else ""):
                 predictions = train_fold(fold)
@@ -246,6 +248,9 @@ def finish_fold(fold: Fold, predictions: pd.DataFrame, class_names: Sequence[str
                 timings: dict) -> pd.DataFrame:
     """Write the fold's timing/provenance, then its predictions (last: marks the fold done)."""
     metrics = predictions_metrics(predictions, class_names)
+    if fold.started is not None:  # the whole fold: balancing, training, prediction
+        timings = {"fold_wall_seconds": time.perf_counter() - fold.started[0],
+                   "fold_cpu_seconds": time.process_time() - fold.started[1], **timings}
     write_json(fold.directory / "timing.json",
                {**timings, "fold": fold.fold, "seed": fold.seed,
                 "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
