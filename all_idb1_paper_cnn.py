@@ -12,7 +12,8 @@ test images, with accuracy = precision = recall (0.96-0.99) and ROC-AUC 0.99-1.0
 What we fixed:
 
 - The held-out test images (fold 0 of a seeded, stratified k-fold split file) and the
-  validation images for early stopping are chosen by image *before* any augmentation;
+  validation images for early stopping are chosen *before* any augmentation (by smear when
+  the images are crops of smears: ``--reader-option crops=true``);
   only the remaining training images are augmented (``data/augmented/<split>/...`` with a
   manifest naming the source of every file), so no copy of a test or validation image is
   ever trained on. The source drew validation from the augmented pool, so copies of one
@@ -34,6 +35,7 @@ import argparse
 import time
 
 IMAGE_SIZE = 100          # input side in pixels (paper: 100x100)
+COLOR_MODE = "rgb"      # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 FILTERS = 30              # filters of both conv layers (paper: 30)
 OPTIMIZER = "adam"        # source: Adam
 LEARNING_RATE = 1e-4      # source: 1e-4
@@ -47,7 +49,7 @@ MAX_SHEAR = 15.0          # shear of 7.5-15 degrees, random sign
 K = 5                     # stratified k-fold; fold 0's test part (1/K: 22 of ALL-IDB1's 108
                           # smears, the source held out 20) is the held-out test set
 HELDOUT_FOLDS = "0"       # folds run when --folds is not given ("0-4": full cross-validation)
-VAL_FRACTION = 0.2        # validation share of the non-test images, per class, by image
+VAL_FRACTION = 0.2        # validation share of the non-test images, per class (by group)
 POSITIVE_LABEL = 1        # label of the positive class (blasts / lymphoblast)
 # --quick: the whole chain on the synthetic smears in a few minutes on 2 CPU cores
 QUICK = dict(IMAGE_SIZE=64, EPOCHS=20, PATIENCE=6, ROTATIONS=2, BATCH_SIZE=32)
@@ -124,7 +126,8 @@ def main(args: argparse.Namespace):
     if args.batch_size:
         settings["BATCH_SIZE"] = args.batch_size
 
-    # 1. Held-out test and validation images, chosen by image before any augmentation.
+    # 1. Held-out test and validation images, chosen before any augmentation (by group:
+    #    crops of one smear stay on one side).
     split = resolve_split(args, method="kfold", k=K, val_fraction=VAL_FRACTION)
     if not args.split and split.settings.get("val_fraction") != VAL_FRACTION:
         raise InputError(f"{split.csv_path}: has validation fraction "
@@ -153,7 +156,8 @@ def main(args: argparse.Namespace):
 
     def dataset(table, training: bool, seed: int):
         return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
-                            (size, size), settings["BATCH_SIZE"], shuffle=training, seed=seed)
+                            (size, size), settings["BATCH_SIZE"], shuffle=training, seed=seed,
+                            color_mode=COLOR_MODE)
 
     def train_fold(fold):
         start = time.perf_counter()

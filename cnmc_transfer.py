@@ -31,6 +31,7 @@ from pathlib import Path
 
 BACKBONE = "EfficientNetB3"  # or InceptionResNetV2 (the report's first model)
 IMAGE_SIZE = 224              # input side in pixels (report: 224; C-NMC cells are 450x450)
+COLOR_MODE = "rgb"            # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 BATCH_SIZE = 40               # report: 40
 OPTIMIZER = "adamax"          # report: Adamax
 LEARNING_RATE = 1e-3          # report: 0.001
@@ -203,13 +204,14 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.datasets import read_dataset
     from leukocyte_cnn.errors import InputError
     from leukocyte_cnn.experiment import script_settings, start_run, train_classifier_fold
-    from leukocyte_cnn.gpu import configure_devices
+    from leukocyte_cnn.gpu import device_settings, setup_devices
     from leukocyte_cnn.networks import cnmc_model
     from leukocyte_cnn.pretrained import (resolve_imagenet_weights, weights_description,
                                           weights_load_errors)
     from leukocyte_cnn.reporting import summarize_run
     from leukocyte_cnn.training import parse_fold_list, run_folds
 
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
     epochs = args.epochs or settings["EPOCHS"]
@@ -243,11 +245,9 @@ def main(args: argparse.Namespace):
                          "dataset's fold_k folders and validation_data with its labels CSV")
     final = final_test_split(args) if want_final else None  # checked before anything trains
     class_names = split.class_names
-    configure_devices(args.mixed_precision, args.xla)
     extra = {"backbone": backbone, "initial_weights": init,
              "weights_file": None if weights is None else Path(weights).name,
-             "image_size": size, "epochs": epochs, "split_by": mode,
-             "mixed_precision": args.mixed_precision, "xla": args.xla}
+             "image_size": size, "epochs": epochs, "split_by": mode, **device_settings(args)}
     split_words = {"folds": "the dataset's patient-disjoint folds",
                    "patient": f"{K}-fold by patient", "image": "image-level split (LEAKY)"}
 
@@ -257,6 +257,7 @@ def main(args: argparse.Namespace):
             fold, build_model, class_names=class_names, image_size=(size, size),
             batch_size=settings["BATCH_SIZE"], epochs=epochs, patience=settings["PATIENCE"],
             optimizer=OPTIMIZER, learning_rate=LEARNING_RATE, xla=args.xla,
+            color_mode=COLOR_MODE,
             augment=online_augmentation(rotation_degrees=ROTATION_DEGREES,
                                         horizontal_flip=HORIZONTAL_FLIP, vertical_flip=False,
                                         shift=SHIFT, zoom=ZOOM, shear=SHEAR_DEGREES,

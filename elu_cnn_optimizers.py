@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 
 IMAGE_SIZE = (120, 160)   # (height, width): the Kaggle 240x320 images halved, as in the deck
+COLOR_MODE = "rgb"      # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 FILTERS = (32, 64, 128, 256, 512)  # conv widths of the five blocks (study)
 CONVS_PER_BLOCK = 3       # Conv-BN-ELU units per block (study)
 DENSE_UNITS = 512         # two hidden dense layers of this width (study)
@@ -73,6 +74,9 @@ def build_elu_cnn(settings: dict, num_classes: int, dropout: float):
 
 
 def main(args: argparse.Namespace):
+    from leukocyte_cnn.gpu import setup_devices
+
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     from leukocyte_cnn import studies
     from leukocyte_cnn.experiment import (script_settings, start_training_run,
                                           train_classifier_fold)
@@ -105,7 +109,7 @@ def main(args: argparse.Namespace):
             class_names=class_names, image_size=tuple(settings["IMAGE_SIZE"]),
             batch_size=settings["BATCH_SIZE"], epochs=epochs, patience=settings["PATIENCE"],
             optimizer=setup.params["optimizer"], learning_rate=setup.params["learning_rate"],
-            optimizer_options=options, xla=args.xla)
+            optimizer_options=options, xla=args.xla, color_mode=COLOR_MODE)
 
     folds = parse_fold_list(args.folds, split.folds)
     studies.run_trials(split, run_dir, setups, range(seeds), args.seed, train_fold, folds=folds)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 IMAGE_SIZE = 257          # input side in pixels (thesis: 257, ALL-IDB2's native size)
+COLOR_MODE = "rgb"      # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 FILTERS = (4, 8, 8, 8, 16, 16)  # conv widths of the six blocks (thesis)
 DENSE_UNITS = 32          # hidden dense layer
 OPTIMIZER = "rmsprop"     # thesis: RMSprop
@@ -63,6 +64,9 @@ def binary_view(split, positive: str):
 
 
 def main(args: argparse.Namespace):
+    from leukocyte_cnn.gpu import setup_devices
+
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     from leukocyte_cnn.augment import online_augmentation
     from leukocyte_cnn.experiment import (resolve_split, script_settings, start_training_run,
                                           train_classifier_fold)
@@ -91,6 +95,7 @@ def main(args: argparse.Namespace):
             class_names=class_names, image_size=(size, size),
             batch_size=settings["BATCH_SIZE"], epochs=epochs, patience=settings["PATIENCE"],
             optimizer=OPTIMIZER, learning_rate=LEARNING_RATE, binary=True, xla=args.xla,
+            color_mode=COLOR_MODE,
             augment=online_augmentation(rotation_degrees=ROTATION_DEGREES,
                                         horizontal_flip=FLIPS, vertical_flip=FLIPS,
                                         seed=fold.seed))

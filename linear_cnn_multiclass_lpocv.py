@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 IMAGE_SIZE = 257          # input side in pixels (thesis: 257)
+COLOR_MODE = "rgb"      # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 FILTERS = (4, 8, 8, 8, 16, 16)  # conv widths of the six blocks (thesis)
 DENSE_UNITS = 32          # hidden dense layer
 OPTIMIZER = "adam"        # thesis: Adam
@@ -71,10 +72,12 @@ def main(args: argparse.Namespace):
         return train_classifier_fold(
             fold, lambda: linear_cnn(input_shape=(size, size, 3),
                                      num_classes=len(split.class_names), filters=FILTERS,
-                                     dense_units=DENSE_UNITS),
+                                     dense_units=DENSE_UNITS,
+                                     binary_sigmoid=False),  # softmax even for two classes
             class_names=split.class_names, image_size=(size, size),
             batch_size=settings["BATCH_SIZE"], epochs=epochs, patience=settings["PATIENCE"],
-            optimizer=OPTIMIZER, learning_rate=LEARNING_RATE, train_table=train, xla=args.xla)
+            optimizer=OPTIMIZER, learning_rate=LEARNING_RATE, train_table=train, xla=args.xla,
+            color_mode=COLOR_MODE)
 
     run_folds(split, run_dir, folds, args.seed, train_fold)
     return summarize_run(run_dir)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 
 IMAGE_SIZE = (120, 160)   # (height, width): the Kaggle 240x320 images halved (ResNet50 >= 32 px)
+COLOR_MODE = "rgb"      # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 DEPTHS = ("frozen", "partial", "full")  # models 5, 6, 7 of the study
 UNFREEZE_FROM_STAGE = 5   # partial: stages >= this train (2-5; 5 = the last stage, conv5_*)
 OPTIMIZER = "adam"        # one optimizer for all depths
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
+    from leukocyte_cnn.gpu import setup_devices
+
+    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     from leukocyte_cnn import studies
     from leukocyte_cnn.experiment import (script_settings, start_training_run,
                                           train_classifier_fold)
@@ -110,7 +114,7 @@ def main(args: argparse.Namespace):
             fold, lambda: build_model(setup.name),
             class_names=class_names, image_size=size, batch_size=settings["BATCH_SIZE"],
             epochs=epochs, patience=settings["PATIENCE"], optimizer=OPTIMIZER,
-            learning_rate=setup.params["learning_rate"], xla=args.xla)
+            learning_rate=setup.params["learning_rate"], xla=args.xla, color_mode=COLOR_MODE)
 
     folds = parse_fold_list(args.folds, split.folds)
     studies.run_trials(split, run_dir, setups, range(seeds), args.seed, train_fold, folds=folds)

@@ -4,7 +4,9 @@ Reproduces ``ResNext_From_Scratch.py`` of the Helmholtz externship (Schouten; AL
 cells): a ResNeXt (Xie et al., CVPR 2017; ``resnext_network.py``) trained from random weights
 on each fold's class-balanced augmented training images (``linear_cnn_da.py``'s output, made
 here first if missing, exactly as for the linear CNN), with stratified five-fold
-cross-validation; classes with fewer than five images are set aside as in the linear CNN.
+cross-validation (by group when images share patients, or are copies of one cell as in
+Kaggle: ``--dataset cnmc``, ``kaggle``); classes with fewer than five images are set aside
+as in the linear CNN.
 
 What we fixed: the original stopped early on its test fold, so its test accuracy had chosen
 its own epoch. Here every fold stops on the validation images the split carves from its
@@ -27,6 +29,7 @@ import sys
 
 VARIANT = "resnext29"      # resnext29 (stages 3,3,3), resnext14 (1,1,2) or resnext50_32x4d (GPU)
 IMAGE_SIZE = 96            # input side in px (cells are 64-128 px crops at this resolution)
+COLOR_MODE = "rgb"       # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 CARDINALITY = None         # groups of every 3x3 conv; None: the variant's (8; 32 for resnext50)
 BOTTLENECK_WIDTH = None    # channels per group in the first stage; None: the variant's (4)
 WIDTH = None               # first-stage output channels, doubled per stage; None: variant's (64)
@@ -159,9 +162,10 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
         batch_size=settings["BATCH_SIZE"], epochs=settings["EPOCHS"],
         patience=settings["PATIENCE"], optimizer=settings["OPTIMIZER"],
         learning_rate=learning_rate or settings["LEARNING_RATE"], train_table=train_table,
-        xla=xla, augment=online_augmentation(rotation_degrees=settings["ROTATION_DEGREES"],
-                                             horizontal_flip=settings["FLIPS"],
-                                             vertical_flip=settings["FLIPS"], seed=fold.seed))
+        xla=xla, color_mode=settings["COLOR_MODE"],
+        augment=online_augmentation(rotation_degrees=settings["ROTATION_DEGREES"],
+                                    horizontal_flip=settings["FLIPS"],
+                                    vertical_flip=settings["FLIPS"], seed=fold.seed))
 
 
 def main(args: argparse.Namespace):

@@ -37,6 +37,7 @@ from pathlib import Path
 # the checkpoint does not record its own; the same as resnext_from_scratch.py
 VARIANT = "resnext29"      # resnext29 (stages 3,3,3), resnext14 (1,1,2) or resnext50_32x4d (GPU)
 IMAGE_SIZE = 96            # input side in px; must equal the checkpoint's
+COLOR_MODE = "rgb"       # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 CARDINALITY = None         # groups of every 3x3 conv; None: the variant's (8; 32 for resnext50)
 BOTTLENECK_WIDTH = None    # channels per group in the first stage; None: the variant's (4)
 WIDTH = None               # first-stage output channels, doubled per stage; None: variant's (64)

@@ -34,6 +34,8 @@ from __future__ import annotations
 import argparse
 
 IMAGE_SIZE = (120, 160)   # (height, width): 240x320 halved, as in the deck
+COLOR_MODE = "rgb"        # rgb, or grayscale (ITU-R 601 luminance in all 3 channels; the
+                          # study compared colour with grayscale inputs)
 SCALINGS = ("pixel_channel", "global", "channel", "divide255")  # deck's four scalings
 MASKS = ("none", "otsu", "unet")  # background blanking: none, Otsu, U-Net (unet_masks.py)
 NETWORKS = ("cnn", "fcn")  # the deck's best CNN and FCN
@@ -149,7 +151,7 @@ def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, si
     return studies.plot_feature_maps(
         studies.trial_fold_dir(run_dir, setting.name, 0, fold) / "model.keras", test.iloc[0],
         size, run_dir / f"feature_maps_{setting.name}.png", channels=FEATURE_MAP_CHANNELS,
-        inner=f"copenhagen_{network}",
+        inner=f"copenhagen_{network}", color_mode=COLOR_MODE,
         title=f"{setting.name}: feature maps of test image {test.iloc[0]['image']}")
 
 
@@ -209,7 +211,7 @@ def main(args: argparse.Namespace):
             moments = load_moments(path)
         else:
             moments = moments_of_images(train["path"].tolist(), size, masks=train["mask"].tolist()
-                                        if mask != "none" else None)
+                                        if mask != "none" else None, color_mode=COLOR_MODE)
             save_moments(path, moments)
         return scaler_from_moments(scaling, moments)
 
@@ -222,7 +224,7 @@ def main(args: argparse.Namespace):
             fold, lambda: build_classifier(params["network"], scaler, settings, len(class_names)),
             class_names=class_names, image_size=size, batch_size=settings["BATCH_SIZE"],
             epochs=epochs, patience=settings["PATIENCE"], optimizer=OPTIMIZER,
-            learning_rate=LEARNING_RATE, xla=args.xla,
+            learning_rate=LEARNING_RATE, xla=args.xla, color_mode=COLOR_MODE,
             mask_column="mask" if params["mask"] != "none" else None)
 
     folds = parse_fold_list(args.folds, split.folds)

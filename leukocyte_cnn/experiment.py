@@ -203,7 +203,8 @@ def start_run(args: argparse.Namespace, script: str, *, knobs: dict, split, titl
 
     set_console(quiet=getattr(args, "quiet", False))
     print(f"run folder {run_dir} ({title})", flush=True)
-    print(run_header(args, split, class_names), flush=True)
+    if not getattr(args, "quiet", False):
+        print(run_header(args, split, class_names), flush=True)
     return run_dir
 
 
@@ -248,7 +249,7 @@ def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
                           patience: int, optimizer: str, learning_rate: float, augment=None,
                           train_table=None, binary: bool = False, xla: bool = False,
                           verbose: int = 0, optimizer_options: dict | None = None,
-                          mask_column: str | None = None):
+                          mask_column: str | None = None, color_mode: str = "rgb"):
     """Train a fresh classifier on one fold and write its outputs (see training.fit_and_predict).
 
     ``build_model()`` returns an uncompiled model taking [0, 255] pixels. ``augment`` (a Keras
@@ -257,10 +258,12 @@ def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
     always come from the split. ``optimizer_options`` go to the optimizer (e.g. SGD's
     ``momentum``). ``mask_column`` names a column of the tables holding one mask file per
     image; the pipeline then blanks every image's background (training, validation and test
-    alike) before resizing. ``batch_size`` is the global batch: under several replicas
-    (:func:`gpu.model_scope`) each step's ``batch_size`` images are split over them.
+    alike) before resizing. ``color_mode`` (a script's ``COLOR_MODE`` knob: ``rgb`` or
+    ``grayscale``) is applied by the pipeline to every image. ``batch_size`` is the global
+    batch: under several replicas (:func:`gpu.model_scope`) each step's ``batch_size`` images
+    are split over them.
     """
-    from .gpu import compile_kwargs, model_scope, require_xla
+    from .gpu import check_global_batch, compile_kwargs, model_scope, require_xla
     from .pipeline import make_dataset
     from .training import fit_and_predict, record_fold_inputs
 
@@ -273,8 +276,10 @@ def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
                             image_size, batch_size, shuffle=training,
                             augment=augment if training else None, seed=fold.seed,
                             label_mode=label_mode, cache=memory_cache(len(table), image_size),
-                            masks=table[mask_column].tolist() if mask_column else None)
+                            masks=table[mask_column].tolist() if mask_column else None,
+                            color_mode=color_mode)
 
+    check_global_batch(batch_size)
     with model_scope():  # several replicas: weights, optimizer state and metrics mirrored
         model = build_model()
         model.compile(optimizer=make_optimizer(optimizer, learning_rate,

@@ -15,7 +15,8 @@ rounding. Steps, in order:
    decoded at the largest 1/2, 1/4 or 1/8 DCT scale that still gives >= (H, W) (libjpeg's
    scaled IDCT, as Pillow's ``draft``). Optional masks blank the background (masked images
    are decoded at full size, to match their masks). Resize to (H, W) (bilinear with
-   antialiasing by default; skipped when the decode already gave (H, W)), round to uint8.
+   antialiasing by default; skipped when the decode already gave (H, W)), round to uint8;
+   ``color_mode="grayscale"`` then turns it into ITU-R 601 luminance in all three channels.
 4. Optional cache (``"memory"`` or a file prefix) of those uint8 images: 4× smaller than
    float32 and identical to what an uncached run computes.
 5. Shuffle of the decoded images (seeded), when shuffling a cached dataset.
@@ -45,6 +46,8 @@ from .errors import InputError
 # Bumped whenever decoded pixels change, so on-disk caches of older pixels are not reused.
 PIPELINE_VERSION = 2  # 2: JPEGs decoded with libjpeg's DCT scaling
 LABEL_MODES = ("int", "onehot", "binary")
+COLOR_MODES = ("rgb", "grayscale")  # grayscale: ITU-R 601 luminance in all three channels
+BT601_WEIGHTS = (0.299, 0.587, 0.114)  # luminance = 0.299 R + 0.587 G + 0.114 B
 RESIZE_METHODS = ("bilinear", "bicubic", "area", "nearest", "lanczos3", "lanczos5",
                   "gaussian", "mitchellcubic")
 
@@ -214,6 +217,26 @@ def _resize(image, size: tuple[int, int], method: str, keep_aspect: bool):
     return out
 
 
+def _check_color_mode(color_mode: str) -> str:
+    if color_mode not in COLOR_MODES:
+        raise InputError(f"COLOR_MODE {color_mode!r}: expected one of {', '.join(COLOR_MODES)}")
+    return color_mode
+
+
+def _apply_color_mode(image, color_mode: str):
+    """uint8 (H, W, 3) in the colour mode: ``grayscale`` is the ITU-R BT.601 luminance
+    (0.299 R + 0.587 G + 0.114 B, rounded) copied into all three channels, so every network
+    of the repository (all built for three channels) takes it unchanged."""
+    import tensorflow as tf
+
+    if color_mode == "rgb":
+        return image
+    weights = tf.constant(BT601_WEIGHTS, tf.float32)  # tf.image's own are 0.2989, 0.587, 0.114
+    luminance = tf.reduce_sum(tf.cast(image, tf.float32) * weights, axis=-1, keepdims=True)
+    gray = tf.cast(tf.clip_by_value(tf.round(luminance), 0.0, 255.0), tf.uint8)
+    return tf.repeat(gray, 3, axis=-1)
+
+
 def _cache_file(prefix: str, paths: list[str], labels: np.ndarray | None,
                 masks: list[str] | None, settings: str) -> str:
     """Cache file name = prefix + fingerprint of the inputs.
@@ -248,7 +271,7 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
                  label_mode: str = "int", drop_remainder: bool = False,
                  masks: Sequence[Any] | None = None, preprocess: Callable | None = None,
                  resize_method: str = "bilinear", keep_aspect: bool = False,
-                 shuffle_buffer: int | None = None):
+                 shuffle_buffer: int | None = None, color_mode: str = "rgb"):
     """Build the ``tf.data.Dataset`` of ``(images, labels)`` batches for one image list.
 
     Args:
@@ -279,6 +302,8 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
         keep_aspect: resize without distortion and pad with black to (H, W).
         shuffle_buffer: buffer for shuffling a *cached* dataset; default the dataset size
             (an exact shuffle). Lower it if a file cache of large images exceeds memory.
+        color_mode: ``"rgb"`` or ``"grayscale"`` (ITU-R 601 luminance replicated to three
+            channels), applied after resizing, before the cache (and part of its fingerprint).
 
     Returns:
         A dataset of ``(float32 (B, H, W, 3) in [0, 255], labels)``, or of images only when
@@ -289,6 +314,7 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
     size = _check_size(image_size)
     if resize_method not in RESIZE_METHODS:
         raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
+    _check_color_mode(color_mode)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path_list = _as_path_list(paths)
@@ -322,7 +348,8 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
                         None if "mask" in row else size, keep_aspect)
         if "mask" in row:
             image = _apply_mask(image, row["mask"])
-        out = {"image": _resize(image, size, resize_method, keep_aspect)}
+        out = {"image": _apply_color_mode(_resize(image, size, resize_method, keep_aspect),
+                                          color_mode)}
         if "label" in row:
             out["label"] = row["label"]
         return out
@@ -331,7 +358,7 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
 
     if cache is not None:
         settings = (f"{PIPELINE_VERSION}|{size}|{resize_method}|{keep_aspect}|{label_mode}|"
-                    f"{num_classes}")
+                    f"{num_classes}|{color_mode}")
         ds = ds.cache("" if str(cache) == "memory" else
                       _cache_file(os.fspath(cache), path_list, encoded, mask_list, settings))
         if shuffle:
@@ -440,7 +467,8 @@ def load_arrays(paths: Sequence[Any], image_size: Sequence[int], *, batch_size: 
 
 
 def load_image(path: str | os.PathLike, image_size: Sequence[int], *,
-               resize_method: str = "bilinear", keep_aspect: bool = False) -> np.ndarray:
+               resize_method: str = "bilinear", keep_aspect: bool = False,
+               color_mode: str = "rgb") -> np.ndarray:
     """One image as float32 (H, W, 3) in [0, 255], decoded and resized as :func:`make_dataset` does.
 
     The same decoder choice (TensorFlow's native decoder, Pillow for TIFF and odd modes),
@@ -455,11 +483,12 @@ def load_image(path: str | os.PathLike, image_size: Sequence[int], *,
     size = _check_size(image_size)
     if resize_method not in RESIZE_METHODS:
         raise ValueError(f"resize_method must be one of {RESIZE_METHODS}, got {resize_method!r}")
+    _check_color_mode(color_mode)
     (path,) = _as_path_list([path])
     load_rgb, needs_pillow = _image_io()
     if needs_pillow(path):  # what _decode's Pillow branch runs inside tf.numpy_function
         image = tf.constant(load_rgb(path))
     else:
         image = _decode(tf.constant(path), tf.constant(False), "none", size, keep_aspect)
-    image = _resize(image, size, resize_method, keep_aspect)
+    image = _apply_color_mode(_resize(image, size, resize_method, keep_aspect), color_mode)
     return tf.cast(image, tf.float32).numpy()

@@ -141,15 +141,17 @@ def accumulate(batches: Iterable) -> PixelMoments:
 
 
 def moments_of_images(paths: Sequence[str], image_size: Sequence[int], *,
-                      masks: Sequence[str] | None = None, batch_size: int = 64) -> PixelMoments:
-    """Stream image files through the training pipeline (same decode, mask, resize) and
-    accumulate their moments. Pass the *training* images only."""
+                      masks: Sequence[str] | None = None, batch_size: int = 64,
+                      color_mode: str = "rgb") -> PixelMoments:
+    """Stream image files through the training pipeline (same decode, mask, resize, colour
+    mode) and accumulate their moments. Pass the *training* images only."""
     from .pipeline import make_dataset
 
     if not len(paths):
         raise InputError("scaler: no training images to fit on")
     return accumulate(make_dataset(list(paths), None, image_size, batch_size,
-                                   masks=list(masks) if masks is not None else None))
+                                   masks=list(masks) if masks is not None else None,
+                                   color_mode=color_mode))
 
 
 def fit_scalers(batches: Iterable, methods: Iterable[str] = SCALINGS) -> dict[str, Scaler]:

@@ -66,6 +66,7 @@ class Classifier:
     checkpoint: Path
     resize_method: str = "bilinear"
     keep_aspect: bool = False
+    color_mode: str = "rgb"  # the run's COLOR_MODE knob: uploads are converted as in training
     _predict_fn: Any = field(default=None, repr=False)
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
@@ -174,6 +175,8 @@ def load_classifier(checkpoint: str | os.PathLike, settings: str | os.PathLike) 
     """Load a ``.keras`` checkpoint (safe mode, no compile state) and its run settings."""
     import keras
 
+    from .pipeline import COLOR_MODES
+
     checkpoint, settings = Path(checkpoint), Path(settings)
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: checkpoint not found")
@@ -192,11 +195,16 @@ def load_classifier(checkpoint: str | os.PathLike, settings: str | os.PathLike) 
         raise InputError(f"{checkpoint}: checkpoint predicts {found} classes, but {settings} "
                          f"names {len(names)} ({', '.join(map(str, names))})")
     size = _image_size(config, model, settings)
+    color_mode = (config.get("knobs") or {}).get("COLOR_MODE", "rgb")
+    if color_mode not in COLOR_MODES:
+        raise InputError(f"{settings}: knob COLOR_MODE {color_mode!r} is not one of "
+                         f"{', '.join(COLOR_MODES)}")
     return Classifier(model=model, class_names=[str(n) for n in names], image_size=size,
                       model_id=model_id_for(checkpoint, checkpoint_sha256(checkpoint)),
                       checkpoint=checkpoint,
                       resize_method=str(config.get("resize_method", "bilinear")),
-                      keep_aspect=bool(config.get("keep_aspect", False)))
+                      keep_aspect=bool(config.get("keep_aspect", False)),
+                      color_mode=color_mode)
 
 
 def resolve_model(run: str | None = None, fold: int | None = None,
@@ -317,7 +325,8 @@ def decode_upload(data: bytes, name: str, classifier: Classifier,
             load_rgb(tmp.name)  # strict full decode: truncated or corrupt files stop here
             return load_image(tmp.name, classifier.image_size,
                               resize_method=classifier.resize_method,
-                              keep_aspect=classifier.keep_aspect)
+                              keep_aspect=classifier.keep_aspect,
+                              color_mode=classifier.color_mode)
         except InputError as exc:
             text = str(exc).replace(tmp.name, name)
             problem = text.split(": ", 1)[1] if ": " in text else text

@@ -13,8 +13,8 @@
   (``sweep_point.json``) when the process succeeds. The script's own fold-level resume makes
   a killed point continue where it stopped.
 - :func:`collect_results` pools each finished point's ``fold_*/predictions.csv`` (and, for
-  study scripts, each setting's trials) and :func:`bootstrap_intervals` gives seeded
-  percentile bootstrap intervals over test images; :func:`write_report` writes
+  study scripts, each setting's trials) and :func:`point_metrics` gives every metric with
+  its seeded bootstrap interval (:mod:`leukocyte_cnn.stats`); :func:`write_report` writes
   ``sweep.csv/.md/.png``.
 """
 from __future__ import annotations
@@ -40,9 +40,6 @@ from .knobs import ENV_VAR, parse_text
 SWEEP_FILE = "sweep.json"        # the sweep's script, script options and grid
 POINT_DONE = "sweep_point.json"  # written into a point's run folder when it finished
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_SEED = 0
-CONFIDENCE = 0.95
 
 
 # --------------------------------------------------------------------------- the grid
@@ -218,62 +215,17 @@ def run_point(script_path: Path, script_args: Sequence[str], sweep_dir: Path,
 # --------------------------------------------------------------------------- results
 
 
-def _auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """ROC-AUC by the rank-sum (Mann-Whitney) formula, ties counted half."""
-    from scipy.stats import rankdata
+def point_metrics(predictions: pd.DataFrame, class_names: Sequence[str]) -> dict:
+    """Each of :data:`METRICS` of pooled test predictions with its 95 % interval:
+    ``{metric: (value, low, high)}``, from :mod:`leukocyte_cnn.stats` (a seeded bootstrap
+    over test images, stratified by class and fold, whole groups where groups repeat), so
+    the same predictions always give the same interval."""
+    from .stats import METRICS as METRIC_FUNCTIONS, metric_intervals
 
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _metric_values(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """The :data:`METRICS` of one sample, as ``leukocyte_cnn.metrics`` defines them
-    (balanced accuracy, macro F1 and ROC-AUC over the classes present in ``y``)."""
-    pred = prob.argmax(axis=1)
-    present = np.unique(y)
-    recall, f1 = [], []
-    for c in present:
-        true_c, pred_c = y == c, pred == c
-        hits = float(np.sum(true_c & pred_c))
-        recall.append(hits / true_c.sum())
-        denominator = true_c.sum() + pred_c.sum()
-        f1.append(2 * hits / denominator if denominator else 0.0)
-    if len(present) < 2:
-        auc = float("nan")
-    elif prob.shape[1] == 2:
-        auc = _auc(y == 1, prob[:, 1])
-    else:
-        auc = float(np.mean([_auc(y == c, prob[:, c]) for c in present]))
-    return {"accuracy": float(np.mean(pred == y)), "balanced_accuracy": float(np.mean(recall)),
-            "macro_f1": float(np.mean(f1)), "roc_auc": auc}
-
-
-def bootstrap_intervals(y: np.ndarray, prob: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                        seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> dict:
-    """Each metric with a seeded percentile bootstrap interval over the test images:
-    ``{metric: (value, low, high)}``. The same predictions always give the same interval."""
-    y = np.asarray(y, dtype=int)
-    prob = np.asarray(prob, dtype=np.float64)
-    point = _metric_values(y, prob)
-    rng = np.random.default_rng(seed)
-    draws = {m: [] for m in METRICS}
-    for _ in range(resamples):
-        index = rng.integers(0, len(y), len(y))
-        for metric, value in _metric_values(y[index], prob[index]).items():
-            draws[metric].append(value)
-    tail = (1 - confidence) / 2 * 100
-    out = {}
-    for metric in METRICS:
-        values = np.asarray(draws[metric])
-        values = values[np.isfinite(values)]
-        low, high = (np.percentile(values, [tail, 100 - tail]) if len(values)
-                     else (float("nan"), float("nan")))
-        out[metric] = (point[metric], float(low), float(high))
-    return out
+    y = predictions["label"].to_numpy(dtype=int)
+    prob = predictions[[f"prob_{c}" for c in class_names]].to_numpy(dtype=np.float64)
+    intervals = metric_intervals(predictions, class_names, METRICS)
+    return {m: (float(METRIC_FUNCTIONS[m](y, prob)), *map(float, intervals[m])) for m in METRICS}
 
 
 def _runs_of_point(point_dir: Path) -> dict[str, list[Path]]:
@@ -297,7 +249,6 @@ def collect_results(sweep_dir: Path, points: Sequence[Mapping[str, Any]],
                     script_args: Sequence[str]) -> pd.DataFrame:
     """One row per finished point (and setting): its knobs, test images, folds, and every
     metric of the pooled test predictions with its bootstrap interval."""
-    from .metrics import prob_columns
     from .runinfo import read_settings
     from .training import load_predictions
 
@@ -310,8 +261,7 @@ def collect_results(sweep_dir: Path, points: Sequence[Mapping[str, Any]],
             class_names = read_settings(runs[0])["config"]["class_names"]
             tables = [load_predictions(run) for run in runs]
             pooled = pd.concat(tables, ignore_index=True)
-            prob = pooled[prob_columns(class_names)].to_numpy(dtype=np.float64)
-            intervals = bootstrap_intervals(pooled["label"].to_numpy(), prob)
+            intervals = point_metrics(pooled, class_names)
             row = {"point": index, **{k: _token(v) if isinstance(v, (list, tuple)) else v
                                       for k, v in point.items()}}
             if setting:
@@ -337,33 +287,31 @@ def rank(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table
 
 
-def _interval(value: float, low: float, high: float) -> str:
-    if math.isnan(value):
-        return "n/a"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def write_report(sweep_dir: Path, table: pd.DataFrame, knob_names: Sequence[str], metric: str,
                  *, script: str, script_args: Sequence[str], n_points: int) -> pd.DataFrame:
     """``sweep.csv`` (numbers), ``sweep.md`` (table with intervals, best marked) and
     ``sweep.png`` (the metric against each swept knob)."""
+    from .stats import N_BOOTSTRAP, SEED
+
     table = rank(table, metric)
     write_csv(sweep_dir / "sweep.csv", table)
     lines = [f"# Sweep of {script} over {' × '.join(knob_names)}", "",
              f"- script options: `{' '.join(script_args) or '(none)'}`",
              f"- points finished: {len(set(table['point'])) if len(table) else 0} of {n_points}; "
              f"sorted by {metric}; each point's run folder is `{sweep_dir.name}/<point>/`",
-             f"- metrics of the pooled test predictions of all finished folds, with "
-             f"{CONFIDENCE:.0%} percentile bootstrap intervals over test images "
-             f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED})", ""]
+             "- metrics of the pooled test predictions of all finished folds (and trials), "
+             f"with 95 % percentile bootstrap intervals over test images ({N_BOOTSTRAP} "
+             f"replicates, seed {SEED}; stratified by class and fold, whole groups where "
+             "groups repeat)", ""]
     if len(table):
         from .reporting import markdown_table
+        from .stats import format_ci
 
         shown = table[["point", *knob_names, *(["setting"] if "setting" in table else []),
                        "n_images"]].copy()
         shown.insert(0, "", ["**best**" if b else "" for b in table["best"]])
         for m in METRICS:
-            shown[m] = [_interval(*row) for row in
+            shown[m] = [format_ci(*row) for row in
                         table[[m, f"{m}_low", f"{m}_high"]].itertuples(index=False)]
         lines += [markdown_table(shown)]
         plot_sweep(table, knob_names, metric, sweep_dir / "sweep.png",
