@@ -47,8 +47,8 @@ QUICK = dict(IMAGE_SIZE=(48, 64), FILTERS=(8, 16, 32, 64, 128), CONVS_PER_BLOCK=
              MAX_IMAGES_PER_CLASS=24)
 
 # model name -> (optimizer, dropout after the dense layers); the order of the study
-MODELS = {"adam": ("adam", 0.0), "rmsprop": ("rmsprop", 0.0), "sgd": ("sgd", 0.0),
-          "sgd_dropout": ("sgd", DROPOUT)}
+MODELS = {"adam": ("adam", False), "rmsprop": ("rmsprop", False), "sgd": ("sgd", False),
+          "sgd_dropout": ("sgd", True)}  # True: DROPOUT, read when the run starts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,7 +96,7 @@ def main(args: argparse.Namespace):
     setups = [studies.Setting(name, {"optimizer": MODELS[name][0],
                                      "learning_rate": LEARNING_RATES[MODELS[name][0]],
                                      "momentum": SGD_MOMENTUM if MODELS[name][0] == "sgd" else None,
-                                     "dropout": MODELS[name][1]})
+                                     "dropout": DROPOUT if MODELS[name][1] else 0.0})
               for name in chosen]
     cap = settings["MAX_IMAGES_PER_CLASS"]
 

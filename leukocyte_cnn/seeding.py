@@ -7,22 +7,26 @@ import random
 import numpy as np
 
 
-def set_seed(seed: int, deterministic_ops: bool = True) -> None:
-    """Seed Python, NumPy, TensorFlow/Keras; optionally force deterministic TF kernels.
+def set_seed(seed: int, deterministic_ops: bool | None = None) -> None:
+    """Seed Python, NumPy, TensorFlow/Keras; switch TensorFlow's op determinism on or off.
 
-    Deterministic kernels make two CPU runs of the same configuration give byte-identical
-    predictions. On a GPU they cost some speed; pass ``deterministic_ops=False`` to trade
-    repeatability for speed there, and report that in the run's settings.
+    ``deterministic_ops=None`` (what the training loop passes) follows the script's
+    ``--deterministic/--no-deterministic``/``--xla`` choice made by
+    :func:`leukocyte_cnn.gpu.configure_devices` (on when nothing was configured). On, it makes
+    two CPU runs of the same configuration give byte-identical predictions; it is off under
+    ``--xla``, because Keras does not compile with XLA while op determinism is on.
     """
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
     import keras
-    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    from .gpu import deterministic_ops as configured
 
     keras.utils.set_random_seed(seed)  # seeds python, numpy and the TF global generator
-    if deterministic_ops:
-        try:
-            tf.config.experimental.enable_op_determinism()
-        except Exception:  # pragma: no cover - very old TF
-            pass
+    on = configured() if deterministic_ops is None else bool(deterministic_ops)
+    if on:
+        tf_config.enable_op_determinism()
+    elif tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()  # turned on by an earlier run in this process
