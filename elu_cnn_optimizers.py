@@ -46,7 +46,7 @@ QUICK = dict(IMAGE_SIZE=(48, 64), FILTERS=(8, 16, 32, 64, 128), CONVS_PER_BLOCK=
              DENSE_UNITS=64, EPOCHS=3, PATIENCE=3, SEEDS=2, BATCH_SIZE=16,
              MAX_IMAGES_PER_CLASS=24)
 
-# model name -> (optimizer, dropout after the dense layers); the order of the study
+# model name -> (optimizer, DROPOUT after the dense layers or not); the order of the study
 MODELS = {"adam": ("adam", False), "rmsprop": ("rmsprop", False), "sgd": ("sgd", False),
           "sgd_dropout": ("sgd", True)}  # True: DROPOUT, read when the run starts
 

@@ -175,8 +175,8 @@ def test_elu_study_builds_a_fresh_model_per_optimizer_and_beats_chance(
 def test_model_4_adds_dropout_after_each_dense_layer():
     settings = {**elu.QUICK, "IMAGE_SIZE": (32, 32)}
     names = lambda model: [layer.name for layer in model.layers]  # noqa: E731
-    assert elu.MODELS["sgd_dropout"] == ("sgd", 0.3)
-    with_dropout = names(elu.build_elu_cnn(settings, 4, elu.MODELS["sgd_dropout"][1]))
+    assert elu.MODELS["sgd_dropout"] == ("sgd", True) and elu.DROPOUT == 0.3
+    with_dropout = names(elu.build_elu_cnn(settings, 4, elu.DROPOUT))
     assert [n for n in with_dropout if "dropout" in n] == ["dense1_dropout", "dense2_dropout"]
     assert not [n for n in names(elu.build_elu_cnn(settings, 4, 0.0)) if "dropout" in n]
 

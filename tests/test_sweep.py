@@ -335,3 +335,23 @@ def test_linear_cnn_sweep_killed_after_its_first_point_resumes_to_the_same_table
             "config"]["knobs"]
         assert (knobs["LEARNING_RATE"], knobs["BATCH_SIZE"]) == (row.LEARNING_RATE,
                                                                  row.BATCH_SIZE)
+
+
+EXPERIMENT_SCRIPTS = ["linear_cnn_binary_lpocv", "linear_cnn_multiclass_lpocv", "linear_cnn_da",
+                      "resnext_from_scratch", "resnext_transfer_learning", "elu_cnn_optimizers",
+                      "resnet50_training_depth", "scaling_masks_cnn_fcn", "unet_masks",
+                      "all_idb1_paper_cnn", "cnmc_transfer"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_SCRIPTS)
+def test_no_knob_is_computed_from_another_at_import(name):
+    """Overrides reach a script's globals after import: a constant computed at import from
+    another knob (``MODELS = {...: DROPOUT}``) would keep the old value, silently."""
+    import ast
+
+    tree = ast.parse((REPO_ROOT / f"{name}.py").read_text())
+    derived = [node.targets[0].id for node in tree.body
+               if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+               and node.targets[0].id.isupper()
+               and any(isinstance(n, ast.Name) and n.id.isupper() for n in ast.walk(node.value))]
+    assert derived == []
