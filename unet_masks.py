@@ -185,7 +185,7 @@ def main(args: argparse.Namespace):
     import keras
     import pandas as pd
 
-    from leukocyte_cnn import studies
+    from leukocyte_cnn import progress, studies
     from leukocyte_cnn.errors import InputError
     from leukocyte_cnn.experiment import make_optimizer, script_settings, start_run
     from leukocyte_cnn.gpu import (compile_kwargs, device_settings, model_scope, require_xla,
@@ -260,18 +260,21 @@ def main(args: argparse.Namespace):
         require_xla(model, args.xla)
         out.mkdir(parents=True, exist_ok=True)
         write_fold_inputs(out, train, val, rows[rows.role == "test"])  # what the U-Net fed
-        fit(model, pair_dataset(train, target, size, settings["BATCH_SIZE"], shuffle=True,
-                                seed=args.seed + k),
-            pair_dataset(val, target, size, settings["BATCH_SIZE"], shuffle=False, seed=0)
-            if len(val) else None, epochs=epochs, patience=settings["PATIENCE"],
-            fold_directory=out)
+        with progress.unit(f"U-Net fold {k}"):  # epoch lines with the fold's ETA
+            fit(model, pair_dataset(train, target, size, settings["BATCH_SIZE"], shuffle=True,
+                                    seed=args.seed + k),
+                pair_dataset(val, target, size, settings["BATCH_SIZE"], shuffle=False, seed=0)
+                if len(val) else None, epochs=epochs, patience=settings["PATIENCE"],
+                fold_directory=out)
 
         # Masks for every image of the fold (test images are predicted, never trained on).
         # The set is marked incomplete while it is rewritten, so no study reads a mixture.
         (mask_root / COMPLETE_MARKER).unlink(missing_ok=True)
         scores, manifest = [], []
         checkpoint_sha = file_sha256(out / "model.keras")
-        for row, mask in predict_masks(model, rows, size, settings["BATCH_SIZE"], MASK_THRESHOLD):
+        for row, mask in progress.counted(
+                predict_masks(model, rows, size, settings["BATCH_SIZE"], MASK_THRESHOLD),
+                f"fold {k}: U-Net masks written", total=len(rows)):
             path = write_mask(mask_file(mask_root, row.image), mask)
             manifest.append({"image": row.image, "mask": str(path.relative_to(mask_root)),
                              "unet_run": str(out), "unet_checkpoint_sha256": checkpoint_sha})

@@ -92,8 +92,11 @@ def balance_fold(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
         save_rgb(Path(out_root) / rel, image)
         return rel.as_posix()
 
+    from .progress import counted
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        written = list(pool.map(write, plan.itertuples(index=False)))
+        written = list(counted(pool.map(write, plan.itertuples(index=False)),
+                               f"fold {fold}: balancing images written", total=len(plan)))
     manifest = pd.DataFrame({"image": written, "source_image": plan["source_image"].to_numpy(),
                              "label": plan["label"].astype(int).to_numpy(),
                              "class_name": plan["class_name"].to_numpy(),

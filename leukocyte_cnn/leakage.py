@@ -163,8 +163,12 @@ def hash_images(paths: Sequence[str], workers: int | None = None) -> tuple[list[
     """
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
+    from .progress import counted
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(_file_digest_and_hashes, [str(p) for p in paths]))
+        results = list(counted(pool.map(_file_digest_and_hashes, [str(p) for p in paths]),
+                               "hashing images (SHA-256 and perceptual hash)",
+                               total=len(paths)))
     digests = [digest for digest, _ in results]
     hashes = (np.stack([h for _, h in results]) if results
               else np.zeros((0, 8), dtype=np.uint64))

@@ -214,8 +214,10 @@ def ensure_otsu_masks(table: pd.DataFrame, mask_root: str | os.PathLike, *,
     """
     from .images import load_rgb
 
+    from .progress import counted
+
     paths = []
-    for image_key, path in zip(table["image"], table["path"]):
+    for image_key, path in counted(list(zip(table["image"], table["path"])), "Otsu masks"):
         target = mask_file(mask_root, image_key)
         if not target.is_file():
             write_mask(target, otsu_mask(load_rgb(path), min_votes=min_votes, fill_max=fill_max))

@@ -32,7 +32,7 @@ import re
 import sys
 import tempfile
 import time
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 # absl/glog lines ("I0000 00:00:1796.123 4840 cudart_stub.cc:31] ...") and absl's notice that
 # it has not been initialised; everything else written while TensorFlow imports passes through.
@@ -403,9 +403,10 @@ class Counter:
             self._say(time.perf_counter(), end=True)
 
 
-def counted(items: Sequence, what: str, interval: float = COUNTER_INTERVAL) -> Iterator:
-    """Iterate ``items`` with a :class:`Counter`."""
-    counter = Counter(len(items), what, interval)
+def counted(items: Iterable, what: str, interval: float = COUNTER_INTERVAL,
+            total: int | None = None) -> Iterator:
+    """Iterate ``items`` (of ``total`` items, default ``len(items)``) with a :class:`Counter`."""
+    counter = Counter(len(items) if total is None else total, what, interval)
     for item in items:
         yield item
         counter.step()
