@@ -22,15 +22,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="3-fold CV at 64 px with few epochs (the README's main job)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
     parser.add_argument("--results-dir", default="results", help="where run folders go")
+    parser.add_argument("--quiet", action="store_true",
+                        help="training steps print one line per fold only (no epoch lines)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="training steps also show TensorFlow's own log lines")
     return parser.parse_args(argv)
 
 
-def steps(quick: bool, seed: int, results_dir: str) -> list[list[str]]:
+def steps(quick: bool, seed: int, results_dir: str, console: list[str] = ()) -> list[list[str]]:
     tag = "quick" if quick else "thesis"
     binary_split = f"data/splits/helmholtz_binary_{tag}_seed{seed}.csv"
     multi_split = f"data/splits/helmholtz_multiclass_{tag}_seed{seed}.csv"
     method = ["--method", "kfold", "--k", "3"] if quick else ["--method", "lpo", "--p", "5"]
-    common = ["--seed", str(seed)] + (["--quick"] if quick else [])
+    common = ["--seed", str(seed)] + (["--quick"] if quick else []) + list(console)
     return [
         ["generate_synthetic_data.py", "--kind", "all_idb2", "--seed", str(seed)],
         ["generate_synthetic_data.py", "--kind", "multiclass", "--seed", str(seed)],
@@ -49,14 +53,16 @@ def steps(quick: bool, seed: int, results_dir: str) -> list[list[str]]:
 
 def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    for i, step in enumerate(steps(args.quick, args.seed, args.results_dir), 1):
+    console = ["--quiet"] * args.quiet + ["--verbose"] * args.verbose
+    for i, step in enumerate(steps(args.quick, args.seed, args.results_dir, console), 1):
         print(f"\n=== step {i}: python {' '.join(step)}", flush=True)
         result = subprocess.run([sys.executable, *step])
         if result.returncode != 0:
             sys.exit(f"step {i} failed ({step[0]} exited {result.returncode}); "
                      "fix it and run again: finished steps and folds are kept")
     print(f"\nHelmholtz pipeline finished in {time.perf_counter() - start:.0f} s; "
-          f"summaries: {args.results_dir}/linear_cnn_*/summary.md", flush=True)
+          f"summaries: {args.results_dir}/linear_cnn_*/summary.md, one page each with figures: "
+          f"{args.results_dir}/linear_cnn_*/report.html", flush=True)
 
 
 if __name__ == "__main__":
