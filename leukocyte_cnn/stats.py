@@ -328,22 +328,21 @@ def paired_across_seeds(values_a, values_b, level: float = LEVEL) -> dict:
 # --------------------------------------------------------------------------- formatting
 
 
-def format_ci(value: float, low: float, high: float, digits: int = 3) -> str:
-    """``0.812 [0.761, 0.858]``; ``n/a`` for a missing value."""
+def format_ci(value: float, low: float, high: float, digits: int = 3,
+              signed: bool = False) -> str:
+    """``0.812 [0.761, 0.858]`` (``signed``: ``-0.021 [-0.048, +0.005]``); ``n/a`` for a
+    missing value, the value alone without an interval."""
     if value is None or not np.isfinite(value):
         return "n/a"
+    form = f"{'+' if signed else ''}.{digits}f"
     if not (np.isfinite(low) and np.isfinite(high)):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return f"{value:{form}}"
+    return f"{value:{form}} [{low:{form}}, {high:{form}}]"
 
 
 def format_difference(difference: float, low: float, high: float, digits: int = 3) -> str:
-    """``-0.021 [-0.048, +0.005]``; ``best`` for the reference itself is the caller's job."""
-    if difference is None or not np.isfinite(difference):
-        return "n/a"
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return f"{difference:+.{digits}f}"
-    return f"{difference:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    """A difference with its interval, signs shown (:func:`format_ci` with ``signed``)."""
+    return format_ci(difference, low, high, digits, signed=True)
 
 
 def format_p(p: float) -> str:
