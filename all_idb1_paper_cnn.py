@@ -201,8 +201,8 @@ def main(args: argparse.Namespace):
     run_folds(split, run_dir, folds, args.seed, train_fold)
 
     # 5. Tables and figures from the fold files.
+    plot_epoch_metrics(run_dir, run_dir / "epoch_metrics.png")  # first: the report shows it
     summary = summarize_run(run_dir)
-    plot_epoch_metrics(run_dir, run_dir / "epoch_metrics.png")
     table = heldout_metrics(run_dir, class_names)
     write_table(table, run_dir / "heldout_metrics",
                 title="Held-out test metrics (positive class: "
