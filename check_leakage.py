@@ -68,7 +68,8 @@ def report_markdown(report, split, threshold: int) -> str:
     lines = [f"# Leakage audit of `{split.csv_path.name}`", "",
              f"- dataset `{settings.get('dataset')}`, method `{settings.get('method')}`, "
              f"{len(split.folds)} fold(s), dataset hash `{str(settings.get('dataset_hash'))[:12]}`"
-             + (" (split marked leaky: image-level random split)" if settings.get("leaky") else ""),
+             + (" (split marked leaky: image-level split, --method random or --ignore-groups)"
+                if settings.get("leaky") else ""),
              f"- {report.n_images} images hashed; near-duplicate threshold "
              f"{threshold} of 64 bits (DCT pHash, best of 8 rotations/flips)",
              f"- across the whole data (any roles): {report.duplicates_within_data['identical_pairs']}"

@@ -94,7 +94,7 @@ def plot_epoch_metrics(run_dir: str | os.PathLike, path: str | os.PathLike,
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from .reporting import save_figure
+    from .reporting import leaky_tag, run_config, save_figure
     from .training import EPOCHS
 
     logs = [pd.read_csv(p) for p in sorted(Path(run_dir).glob(f"fold_*/{EPOCHS}"))]
@@ -113,5 +113,6 @@ def plot_epoch_metrics(run_dir: str | os.PathLike, path: str | os.PathLike,
         ax.legend(unique.values(), unique.keys(), fontsize=7)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-    fig.suptitle("Per-epoch metrics (positive class for AUC/precision/recall)", fontsize=9)
+    fig.suptitle("Per-epoch metrics (positive class for AUC/precision/recall)"
+                 + leaky_tag(run_config(run_dir)), fontsize=9)
     return save_figure(fig, path)

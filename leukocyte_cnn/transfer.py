@@ -287,18 +287,21 @@ def learning_curve_table(run_dir: str | os.PathLike, sizes: Sequence[int],
 def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title: str,
                          note: str = "") -> tuple[Path, Path, Path]:
     """``learning_curve.csv`` (numbers), ``learning_curve.md`` (mean ± std) and ``.png``."""
-    from .reporting import markdown_table
+    from .reporting import leaky_banner, leaky_tag, markdown_table, run_config
 
     run_dir = Path(run_dir)
+    config = run_config(run_dir)  # a LEAKY split says so above the table and in the figure
     csv_path = write_csv(run_dir / "learning_curve.csv", table)
     shown = table[["size", "mode", "n_folds", "train_images"]].copy()
     shown["train_images"] = shown["train_images"].map(lambda v: f"{v:.1f}")
     for metric in CURVE_METRICS:
         shown[_METRIC_LABELS[metric]] = [_mean_pm_std(m, s) for m, s in
                                          zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
-    text = f"# {title}\n\n" + (f"{note}\n\n" if note else "") + markdown_table(shown)
+    text = (f"# {title}\n\n" + leaky_banner(config) + (f"{note}\n\n" if note else "")
+            + markdown_table(shown))
     md_path = write_text(run_dir / "learning_curve.md", text)
-    png_path = plot_learning_curve(table, run_dir / "learning_curve.png")
+    png_path = plot_learning_curve(table, run_dir / "learning_curve.png",
+                                   title_suffix=leaky_tag(config))
     return csv_path, md_path, png_path
 
 
@@ -308,7 +311,8 @@ def _mean_pm_std(mean: float, std: float) -> str:
     return f"{mean:.3f}" + ("" if std != std else f" ± {std:.3f}")
 
 
-def plot_learning_curve(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+def plot_learning_curve(table: pd.DataFrame, path: str | os.PathLike,
+                        title_suffix: str = "") -> Path:
     """Accuracy, macro-F1 and ROC-AUC against images per class, one line per mode (± std)."""
     import matplotlib
 
@@ -330,7 +334,7 @@ def plot_learning_curve(table: pd.DataFrame, path: str | os.PathLike) -> Path:
         ax.minorticks_off()
         ax.set_xlabel("training images per class")
         ax.set_ylabel(_METRIC_LABELS[metric])
-        ax.set_title(f"{_METRIC_LABELS[metric]} (mean ± std over folds)")
+        ax.set_title(f"{_METRIC_LABELS[metric]} (mean ± std over folds){title_suffix}")
         ax.legend(fontsize=8)
     return save_figure(fig, path)
 

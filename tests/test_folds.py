@@ -486,7 +486,7 @@ def test_default_split_of_another_data_root_is_kept_and_a_fingerprinted_one_is_u
     assert resolve_split(args, method="kfold", data_dir=tmp_path, k=2).path == default
 
 
-# ----------------------------------------------------------------------------- group-safe by default
+# ----------------------------------------------------------------------------- group-safe splits
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["patient-per-class", "mixed-patients"])
 @pytest.mark.parametrize("method,options", [("kfold", dict(k=4)), ("lpo", dict(p=3))])
