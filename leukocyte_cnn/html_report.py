@@ -50,6 +50,12 @@ figcaption { color: #57606a; font-size: 13px; margin-top: 4px; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px;
        background: #f6f8fa; padding: 1px 4px; border-radius: 4px; }
 details { margin: 6px 0; } summary { cursor: pointer; color: #0969da; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0 4px; }
+.card { border: 1px solid #d0d7de; border-radius: 8px; padding: 10px 16px; min-width: 170px;
+        background: #f6f8fa; }
+.card .label { color: #57606a; font-size: 13px; }
+.card .value { font-size: 24px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.card .sub { color: #57606a; font-size: 12.5px; font-variant-numeric: tabular-nums; }
 footer { margin-top: 40px; color: #8c959f; font-size: 12.5px; }
 """
 
@@ -207,18 +213,29 @@ def figures_in(folder: str | os.PathLike, first: Iterable[str] = ()) -> list[Pat
     return ordered + [p for p in found if p not in ordered]
 
 
+def cards_html(cards: Sequence[tuple[str, str, str]]) -> str:
+    """Headline numbers: (label, value, small print) boxes."""
+    return "<div class=cards>" + "".join(
+        f"<div class=card><div class=label>{esc(label)}</div><div class=value>{esc(value)}"
+        f"</div><div class=sub>{esc(sub)}</div></div>" for label, value, sub in cards) + "</div>"
+
+
 def write_report(folder: str | os.PathLike, *, title: str, subtitle: str = "",
-                 banner: str = "", facts: Sequence[tuple[str, str]] = (),
+                 banner: str = "", cards: Sequence[tuple[str, str, str]] = (),
+                 facts: Sequence[tuple[str, str]] = (),
                  sections: Sequence[tuple[str, str]] = (), figures: Sequence = (),
                  figure_captions: dict | None = None) -> Path:
-    """Write ``<folder>/report.html``. ``sections`` are (heading, HTML body) pairs shown after
-    the figures, which are PNG paths (``figure_captions`` maps file names to captions)."""
+    """Write ``<folder>/report.html``. ``cards`` are headline numbers under the title;
+    ``sections`` are (heading, HTML body) pairs, the figures (PNG paths; ``figure_captions``
+    maps file names to captions) come after the first."""
     captions = figure_captions or {}
     parts = [f"<h1>{esc(title)}</h1>"]
     if subtitle:
         parts.append(f"<p class=subtitle>{esc(subtitle)}</p>")
     if banner:
         parts.append(f"<div class=banner>{esc(banner)}</div>")
+    if cards:
+        parts.append(cards_html(cards))
     if facts:
         parts.append(facts_html(facts))
     body_sections = list(sections)

@@ -248,7 +248,7 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
     lines += figure_links(run_dir)
     write_text(run_dir / "summary.md", "\n".join(lines))
     write_run_report(run_dir, settings, shown[["metric", POOLED_CI, PER_FOLD, "n_folds"]],
-                     per_class, cm, folds, predictions)
+                     per_class, cm, folds, predictions, summary)
     if not quiet:
         print(f"\n{run_dir / 'summary.md'}:\n")
         print(markdown_table(shown[["metric", POOLED_CI, PER_FOLD, "n_folds"]]))
@@ -275,7 +275,7 @@ def figure_links(folder: str | os.PathLike) -> list[str]:
 
 def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
                      per_class: pd.DataFrame, cm: pd.DataFrame, folds: pd.DataFrame,
-                     predictions: pd.DataFrame) -> Path:
+                     predictions: pd.DataFrame, summary: pd.DataFrame) -> Path:
     """``report.html`` of a cross-validation run (see :mod:`leukocyte_cnn.html_report`)."""
     from .html_report import (esc, figures_in, provenance_table, read_split_settings,
                               settings_table, split_protocol, table_html, write_report)
@@ -290,8 +290,8 @@ def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
              ("classes", esc(", ".join(map(str, config.get("class_names", []))))),
              ("split", f"<code>{esc(config.get('split_file'))}</code>"),
              ("protocol", esc(split_protocol(config, split))),
-             ("test images", f"{len(predictions):,} pooled from {folds['fold'].nunique()} "
-                             f"fold(s)" + (f" of {expected}" if expected else "")),
+             ("folds", f"{folds['fold'].nunique()} finished" + (f" of {expected}"
+                                                                 if expected else "")),
              ("seed", esc(config.get("seed")))]
     note = ("<p class=note>Pooled: every finished fold's test predictions together; the 95 % "
             f"interval is a percentile bootstrap ({N_BOOTSTRAP:,} seeded replicates; "
@@ -302,9 +302,19 @@ def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
                 ("Per fold", table_html(folds)),
                 ("Settings", table_html(settings_table(config))),
                 ("Provenance", table_html(provenance_table(settings.get("provenance", {}))))]
+    numbers = summary.set_index("metric")
+    cards = [(label, f"{numbers.loc[m, 'pooled']:.3f}",
+              f"95 % CI {numbers.loc[m, 'ci95_low']:.3f}–{numbers.loc[m, 'ci95_high']:.3f}")
+             for m, label in (("accuracy", "test accuracy"),
+                              ("balanced_accuracy", "balanced accuracy"),
+                              ("roc_auc", "ROC-AUC"), ("macro_f1", "macro-F1"))
+             if m in numbers.index and np.isfinite(numbers.loc[m, "pooled"])]
+    cards.append(("test images", f"{len(predictions):,}",
+                  f"{folds['fold'].nunique()} fold(s), {len(config.get('class_names', []))} "
+                  "classes"))
     return write_report(run_dir, title=config.get("title", run_dir.name),
                         subtitle=f"{run_dir.name} · {config.get('script', '')}",
-                        banner=LEAKY_TEXT if is_leaky_config(config) else "",
+                        banner=LEAKY_TEXT if is_leaky_config(config) else "", cards=cards,
                         facts=facts, sections=sections,
                         figures=figures_in(run_dir, RUN_FIGURES),
                         figure_captions={"confusion_matrix.png": "Confusion matrix, pooled test "
