@@ -160,3 +160,22 @@ def test_filtered_stderr_drops_absl_lines_and_passes_the_rest(capfd):
         os.write(2, b"a line of our own\n")
     err = capfd.readouterr().err
     assert err == "a line of our own\n"
+
+
+def test_verbose_switch_acts_while_parsing_before_tensorflow_is_imported(monkeypatch):
+    import argparse
+
+    monkeypatch.setitem(progress._console, "verbose", False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    monkeypatch.delenv("LEUKOCYTE_VERBOSE", raising=False)
+    parser = progress.add_console_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([])
+    assert (args.quiet, args.verbose) == (False, False)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    args = parser.parse_args(["--verbose", "--quiet"])
+    assert (args.quiet, args.verbose) == (True, True)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"  # set at parse time, before any import
+    assert os.environ["LEUKOCYTE_VERBOSE"] == "1"     # and for the steps it starts
+    monkeypatch.setitem(progress._console, "verbose", False)
+    monkeypatch.delenv("LEUKOCYTE_VERBOSE")
+    progress.set_console(verbose=False)  # TensorFlow's Python logger back to errors only
