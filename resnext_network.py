@@ -24,6 +24,7 @@ import argparse
 import re
 from typing import Sequence
 
+import leukocyte_cnn  # noqa: F401  before keras: hides TensorFlow's start-up log lines
 import keras
 from keras import layers
 
