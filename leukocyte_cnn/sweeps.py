@@ -333,8 +333,8 @@ def plot_sweep(table: pd.DataFrame, knob_names: Sequence[str], metric: str, path
         levels = sorted(set(table[knob].tolist()), key=lambda v: (str(type(v)), v))
         position = {v: i for i, v in enumerate(levels)}
         offsets = {}
-        for row in table.itertuples(index=False):
-            row = row._asdict()
+        for row in table.sort_values("point", kind="stable").itertuples(index=False):
+            row = row._asdict()  # by point number: the other knobs' values in grid order
             level = position[row[knob]]
             offsets[level] = offsets.get(level, -1) + 1
             x = level + 0.08 * offsets[level]
