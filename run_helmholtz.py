@@ -29,20 +29,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def steps(quick: bool, seed: int, results_dir: str, console: list[str] = ()) -> list[list[str]]:
-    tag = "quick" if quick else "thesis"
-    binary_split = f"data/splits/helmholtz_binary_{tag}_seed{seed}.csv"
-    multi_split = f"data/splits/helmholtz_multiclass_{tag}_seed{seed}.csv"
+def split_steps(quick: bool, seed: int) -> dict[str, list[str]]:
+    """The two split commands: binary (ALL-IDB2-like) and multiclass. Their files are named
+    by the split's fingerprint (cross_validation_splits.py), so a changed dataset or setting
+    gets a new file instead of a clash with the one an earlier run left."""
     method = ["--method", "kfold", "--k", "3"] if quick else ["--method", "lpo", "--p", "5"]
+    return {
+        "binary": ["cross_validation_splits.py", "--dataset", "synthetic_all_idb2", *method,
+                   "--seed", str(seed)],
+        "multiclass": ["cross_validation_splits.py", "--dataset", "synthetic_multiclass",
+                       *method, "--min-images", "5", "--exclude", "thrombocyte",
+                       "--seed", str(seed)],
+    }
+
+
+def training_steps(quick: bool, seed: int, results_dir: str, binary_split: str,
+                   multi_split: str, console: list[str] = ()) -> list[list[str]]:
     common = ["--seed", str(seed)] + (["--quick"] if quick else []) + list(console)
     return [
-        ["generate_synthetic_data.py", "--kind", "all_idb2", "--seed", str(seed)],
-        ["generate_synthetic_data.py", "--kind", "multiclass", "--seed", str(seed)],
-        ["cross_validation_splits.py", "--dataset", "synthetic_all_idb2", *method,
-         "--seed", str(seed), "--name", Path(binary_split).stem],
-        ["cross_validation_splits.py", "--dataset", "synthetic_multiclass", *method,
-         "--min-images", "5", "--exclude", "thrombocyte", "--seed", str(seed),
-         "--name", Path(multi_split).stem],
         ["linear_cnn_da.py", "--dataset", "synthetic_multiclass", "--split", multi_split, *common],
         ["linear_cnn_binary_lpocv.py", "--dataset", "synthetic_all_idb2", "--split", binary_split,
          "--results-dir", results_dir, *common],
@@ -51,15 +55,33 @@ def steps(quick: bool, seed: int, results_dir: str, console: list[str] = ()) -> 
     ]
 
 
+def run_step(i: int, step: list[str]) -> None:
+    print(f"\n=== step {i}: python {' '.join(step)}", flush=True)
+    result = subprocess.run([sys.executable, *step])
+    if result.returncode != 0:
+        sys.exit(f"step {i} failed ({step[0]} exited {result.returncode}); "
+                 "fix it and run again: finished steps and folds are kept")
+
+
 def main(args: argparse.Namespace) -> None:
+    import cross_validation_splits as cvs
+    from leukocyte_cnn.errors import InputError
+
     start = time.perf_counter()
     console = ["--quiet"] * args.quiet + ["--verbose"] * args.verbose
-    for i, step in enumerate(steps(args.quick, args.seed, args.results_dir, console), 1):
+    for i, kind in enumerate(("all_idb2", "multiclass"), 1):
+        run_step(i, ["generate_synthetic_data.py", "--kind", kind, "--seed", str(args.seed)])
+    splits = {}
+    for i, (name, step) in enumerate(split_steps(args.quick, args.seed).items(), 3):
+        # In this process, to learn the file it wrote (or found, made from the same inputs).
         print(f"\n=== step {i}: python {' '.join(step)}", flush=True)
-        result = subprocess.run([sys.executable, *step])
-        if result.returncode != 0:
-            sys.exit(f"step {i} failed ({step[0]} exited {result.returncode}); "
-                     "fix it and run again: finished steps and folds are kept")
+        try:
+            splits[name] = str(cvs.main(cvs.parse_args(step[1:])))
+        except InputError as exc:
+            sys.exit(f"step {i} failed: {exc}")
+    for i, step in enumerate(training_steps(args.quick, args.seed, args.results_dir,
+                                            splits["binary"], splits["multiclass"], console), 5):
+        run_step(i, step)
     print(f"\nHelmholtz pipeline finished in {time.perf_counter() - start:.0f} s; "
           f"summaries: {args.results_dir}/linear_cnn_*/summary.md, one page each with figures: "
           f"{args.results_dir}/linear_cnn_*/report.html", flush=True)
