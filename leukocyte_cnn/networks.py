@@ -481,6 +481,9 @@ def transfer_head(
             kernel_regularizer=regularizers.L2(l2) if regularised else None,
             activity_regularizer=regularizers.L1(l1) if regularised else None,
             bias_regularizer=regularizers.L1(l1) if regularised else None,
+            # float32 under mixed precision: its activity penalty joins the float32 loss
+            # (a float16 penalty stopped the first training step with a dtype error)
+            dtype="float32" if regularised else None,
         )(x)
         x = layers.Dropout(rate, name=f"head_dropout{index}")(x)
     return classifier_head(x, num_classes, binary_sigmoid=binary_sigmoid)
