@@ -123,7 +123,8 @@ def main(args: argparse.Namespace):
     figure = plot_comparison(numbers, METRICS, out / "comparison.png")
     note = (f"Pooled test predictions of each run; 95 % intervals by a seeded percentile "
             f"bootstrap over test images ({N_BOOTSTRAP:,} replicates). "
-            + ("Δ vs best: paired on the same test images (same file names and dataset hash); "
+            + (f"Δ vs best: difference to the run with the highest {LABELS[METRICS[0]]}, "
+               "paired on the same test images (same file names and dataset hash); "
                "p from the test named beside it; p ≥ 0.05: the runs cannot be told apart."
                if paired else "The runs were made from different images (dataset hashes "
                "differ), so they are not paired and no difference is tested."))
@@ -137,7 +138,7 @@ def main(args: argparse.Namespace):
     write_report(out, title=f"Comparison of {len(tables)} runs",
                  subtitle=", ".join(tables), banner=LEAKY_TEXT if leaky else "",
                  facts=[(n, f"<code>{esc(f)}</code> — "
-                            + esc(split_protocol(c, read_split_settings(c))))
+                            + esc(split_protocol(c, read_split_settings(c, f))))
                         for (n, f), c in zip(folders.items(), _configs_of(folders))],
                  sections=[("Comparison", table_html(shown) + f"<p class=note>{esc(note)}</p>")],
                  figures=[figure], figure_captions={"_wide": (figure.name,)})

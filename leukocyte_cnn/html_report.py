@@ -115,20 +115,28 @@ def facts_html(facts: Sequence[tuple[str, str]]) -> str:
     return "<dl class=facts>" + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
 
 
-def read_split_settings(config: dict) -> dict:
-    """The split's JSON beside its CSV (as recorded in ``config``), or {} when it is gone."""
+def read_split_settings(config: dict, run_dir: str | os.PathLike | None = None) -> dict:
+    """The split's JSON beside its CSV (as recorded in ``config``), or {} when it is gone.
+
+    A relative split path is looked up from the working directory, the repository and the
+    folders above ``run_dir`` (the run may have started elsewhere); a JSON whose
+    ``split_sha256`` differs from the run's is another split and is skipped."""
     split_file = config.get("split_file")
     if not split_file:
         return {}
     from .runinfo import REPO_ROOT
 
-    for base in (Path.cwd(), REPO_ROOT):
+    above = list(Path(run_dir).resolve().parents) if run_dir else []
+    wanted = config.get("split_sha256")
+    for base in (Path.cwd(), REPO_ROOT, *above):
         candidate = (base / split_file).with_suffix(".json")
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except (OSError, ValueError):
-                return {}
+        try:
+            found = json.loads(candidate.read_text()) if candidate.is_file() else None
+        except (OSError, ValueError):
+            found = None
+        # another split under the same relative name is not this run's: keep looking
+        if found is not None and (not wanted or found.get("split_sha256") in (None, wanted)):
+            return found
     return {}
 
 

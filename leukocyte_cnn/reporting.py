@@ -281,7 +281,7 @@ def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
                               settings_table, split_protocol, table_html, write_report)
 
     config = settings["config"]
-    split = read_split_settings(config)
+    split = read_split_settings(config, run_dir)
     expected = config.get("n_folds")
     facts = [("run folder", f"<code>{esc(run_dir)}</code>"),
              ("dataset", esc(config.get("dataset")) + (

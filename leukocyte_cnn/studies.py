@@ -468,7 +468,7 @@ def write_study_report(run_dir: str | os.PathLike, shown: pd.DataFrame, *, title
              ("dataset", esc(config.get("dataset"))),
              ("classes", esc(", ".join(map(str, config.get("class_names", []))))),
              ("split", f"<code>{esc(config.get('split_file'))}</code>"),
-             ("protocol", esc(split_protocol(config, read_split_settings(config)))),
+             ("protocol", esc(split_protocol(config, read_split_settings(config, run_dir)))),
              ("trials", f"{len(trials)} finished trial folder name(s): "
                         f"{esc(', '.join(trials))}; trial t seeded with {config.get('seed')} + t")]
     notes_html = "".join(f"<p class=note>{esc(note)}</p>" for note in notes)
