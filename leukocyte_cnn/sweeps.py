@@ -309,6 +309,8 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, knob_names: Sequence[str]
 
         shown = table[["point", *knob_names, *(["setting"] if "setting" in table else []),
                        "n_images"]].copy()
+        for knob in knob_names:  # as the folder names write them (1e-4 is not "0.000")
+            shown[knob] = [_token(v) for v in shown[knob]]
         shown.insert(0, "", ["**best**" if b else "" for b in table["best"]])
         for m in METRICS:
             shown[m] = [format_ci(*row) for row in

@@ -355,3 +355,28 @@ def test_no_knob_is_computed_from_another_at_import(name):
                and node.targets[0].id.isupper()
                and any(isinstance(n, ast.Name) and n.id.isupper() for n in ast.walk(node.value))]
     assert derived == []
+
+
+def test_a_study_point_gets_one_row_per_setting_pooled_over_its_trials(tmp_path):
+    """A study script's point holds <setting>/trial_NN runs: one row per setting."""
+    import numpy as np
+
+    from leukocyte_cnn.io import write_csv, write_json
+    from leukocyte_cnn.sweeps import POINT_DONE, collect_results, point_name
+
+    point = {"COLOR_MODE": "grayscale"}
+    point_dir = tmp_path / point_name(point)
+    write_json(point_dir / POINT_DONE, {"knobs": point, "script_args": []})
+    for setting, trials, right in (("adam", 2, 9), ("sgd", 1, 6)):
+        for trial in range(trials):
+            run = point_dir / setting / f"trial_{trial:02d}"
+            write_json(run / "settings.json", {"config": {"class_names": ["a", "b"]}})
+            labels = np.arange(10) % 2
+            prob_b = np.where(np.arange(10) < right, labels, 1 - labels).astype(float)
+            write_csv(run / "fold_00" / "predictions.csv", pd.DataFrame({
+                "fold": 0, "image": [f"im{i}" for i in range(10)], "label": labels,
+                "group": [f"im{i}" for i in range(10)], "prob_a": 1 - prob_b, "prob_b": prob_b}))
+    table = collect_results(tmp_path, [point], [])
+    assert table["setting"].tolist() == ["adam", "sgd"]
+    assert table["n_images"].tolist() == [20, 10]
+    assert table["accuracy"].tolist() == pytest.approx([0.9, 0.6])
