@@ -7,12 +7,19 @@ must match the dataset on disk) and reports, for every fold and every pair of ro
 - ``same_image``: one image key in two roles (images);
 - ``same_content``: two keys whose files are byte-identical, by SHA-256 (pairs);
 - ``same_group``: one patient/source group in two roles (groups);
-- ``near_duplicate``: two different files whose 64-bit DCT perceptual hashes differ in at most
-  ``--hash-threshold`` bits after trying all 90° rotations and flips, i.e. augmented copies of
-  one cell (pairs). Black corners left by rotations are blanked before hashing.
+- ``near_duplicate``: two different files that are copies of one cell (pairs): rotated by any
+  angle, shifted, sheared, flipped or re-encoded. Found in two stages: a cheap screen (64-bit
+  DCT perceptual hashes within ``--hash-threshold`` bits over the 8 rotations/flips, or among
+  each image's nearest by a rotation-invariant ring signature), then verification on pixels:
+  the pair is aligned (mirror, rotation, shift, affine refinement) and counts only if its
+  detail (band-pass luma) correlates at ``--similarity`` or more. Rotation fill is ignored.
+  Copies share their label, so verified pairs of two classes estimate the false-positive rate,
+  printed beside the counts (with a warning above 1 %).
 
 Prints a table per fold (counts and one example pair each) and writes ``<split>_leakage.csv``
-(one row per fold, role pair and kind) and ``<split>_leakage.md`` next to the split file.
+(one row per fold, role pair and kind), ``<split>_leakage.md`` and a contact sheet
+``<split>_leakage_pairs.png`` (the flagged pairs side by side, hash distance and similarity
+under them, grouped by role pair, the most similar first) next to the split file.
 
 Exit status: 0 when no overlap of any kind is found, 1 when some is (the table says where),
 2 on bad input (a missing or mismatched split, an unreadable image, an unwritable folder).
@@ -30,10 +37,12 @@ import argparse
 import sys
 import time
 
-# Hamming distance (of 64 bits) at or below which two images count as copies. Calibrated on
-# the Kaggle blood-cell sample: rotated/flipped/shifted copies of one cell lie at 0-10 bits,
-# while the closest pair of different cells across its TRAIN/TEST split lies at 12.
+# Hash screen: pairs within this Hamming distance (of 64 bits) are verified on pixels (as are
+# each image's nearest by ring signature). Copies of one cell lie at 0-10 bits, but so do
+# look-alike cells; verification tells them apart.
 HASH_THRESHOLD = 10
+SIMILARITY = None     # detail NCC a verified copy reaches (None: near_duplicates' calibrated 0.75)
+MAX_SHEET_PAIRS = 60  # pairs drawn on the contact sheet at most
 WORKERS = None        # decoding threads (None: up to 8, one per CPU)
 MAX_FOLDS_SHOWN = 12  # more folds than this: stdout lists only the folds with overlaps
 
@@ -50,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"near-duplicate if the perceptual hashes differ in at most this "
                              f"many of 64 bits (default {HASH_THRESHOLD}; 0 finds only rotated/"
                              "flipped copies of identical pixels)")
+    parser.add_argument("--similarity", type=float, default=SIMILARITY,
+                        help="pixel similarity (NCC of aligned detail, -1..1) at or above which a "
+                             "screened pair is a copy (default: leukocyte_cnn.near_duplicates."
+                             "SIMILARITY_THRESHOLD, calibrated on real data)")
+    parser.add_argument("--max-sheet-pairs", type=int, default=MAX_SHEET_PAIRS,
+                        help=f"pairs drawn on the contact sheet at most (default {MAX_SHEET_PAIRS})")
     parser.add_argument("--out-dir", default=None,
                         help="where <split>_leakage.csv/.md go (default: beside the split file)")
     parser.add_argument("--workers", type=int, default=WORKERS,
@@ -70,8 +85,10 @@ def report_markdown(report, split, threshold: int) -> str:
              f"{len(split.folds)} fold(s), dataset hash `{str(settings.get('dataset_hash'))[:12]}`"
              + (" (split marked leaky: image-level split, --method random or --ignore-groups)"
                 if settings.get("leaky") else ""),
-             f"- {report.n_images} images hashed; near-duplicate threshold "
-             f"{threshold} of 64 bits (DCT pHash, best of 8 rotations/flips)",
+             f"- {report.n_images} images hashed; near-duplicate screen: DCT pHash within "
+             f"{threshold} of 64 bits (best of 8 rotations/flips) or ring-signature neighbours; "
+             f"verified on pixels at similarity {report.calibration.get('similarity')}",
+             "- " + calibration_line(report),
              f"- across the whole data (any roles): {report.duplicates_within_data['identical_pairs']}"
              f" pairs of identical files, {report.duplicates_within_data['near_duplicate_pairs']}"
              " near-duplicate pairs", "", verdict, "",
@@ -83,6 +100,20 @@ def report_markdown(report, split, threshold: int) -> str:
     return "\n".join(lines)
 
 
+def calibration_line(report) -> str:
+    """Screened and verified pairs, and the false-positive rate estimated from those that
+    cross classes (copies share their label)."""
+    c = report.calibration
+    rate = c.get("false_positive_rate", 0.0)
+    text = (f"near-duplicates: {c.get('pairs_screened', 0)} pairs screened, "
+            f"{c.get('verified_pairs', 0)} verified as copies, {c.get('cross_class_pairs', 0)} "
+            "of them across classes; estimated false-positive rate "
+            + ("n/a (one class)" if rate != rate else f"{100 * rate:.1f} %"))
+    if report.false_positive_warning:
+        text += " - WARNING: above 1 %, look at the contact sheet and raise --similarity"
+    return text
+
+
 def main(args: argparse.Namespace):
     import pandas as pd
 
@@ -90,13 +121,24 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.folds import load_split
     from leukocyte_cnn.io import ensure_writable_dir, write_csv, write_text
     from leukocyte_cnn.leakage import audit, wide_table
+    from leukocyte_cnn.near_duplicates import SIMILARITY_THRESHOLD, contact_sheet
 
     if not 0 <= args.hash_threshold <= 64:
         raise InputError(f"--hash-threshold {args.hash_threshold}: must be 0..64 bits")
     start = time.perf_counter()
     split = load_split(args.split, data_root=args.data_root)
     out_dir = ensure_writable_dir(args.out_dir or split.csv_path.parent)  # fail before hashing
-    report = audit(split.table, threshold=args.hash_threshold, workers=args.workers)
+    if args.similarity is not None and not -1 <= args.similarity <= 1:
+        raise InputError(f"--similarity {args.similarity}: must be -1..1")
+    similarity = SIMILARITY_THRESHOLD if args.similarity is None else args.similarity
+    report = audit(split.table, threshold=args.hash_threshold, workers=args.workers,
+                   similarity=similarity)
+    flagged = report.copies[report.copies["roles"] != "same role"] if len(report.copies) else \
+        report.copies
+    sheet_path = out_dir / f"{split.name}_leakage_pairs.png"
+    contact_sheet(flagged, sheet_path, max_pairs=args.max_sheet_pairs,
+                  title=f"{split.csv_path.name}: {len(flagged)} near-duplicate pair(s) between "
+                        "roles (distance: hash bits; similarity: aligned detail NCC)")
     csv_path = write_csv(out_dir / f"{split.name}_leakage.csv", report.table)
     md_path = write_text(out_dir / f"{split.name}_leakage.md",
                          report_markdown(report, split, args.hash_threshold))
@@ -112,8 +154,10 @@ def main(args: argparse.Namespace):
     for roles, row in totals.iterrows():
         found = ", ".join(f"{kind} {int(n)}" for kind, n in row.items() if n)
         print(f"{roles}: {found or 'clean'}")
+    print(calibration_line(report))
     print(f"{'LEAKS FOUND' if not report.clean else 'clean'} "
-          f"({time.perf_counter() - start:.1f} s); wrote {csv_path} and {md_path.name}")
+          f"({time.perf_counter() - start:.1f} s); wrote {csv_path}, {md_path.name} and "
+          f"{sheet_path.name}")
     return report
 
 

@@ -41,22 +41,26 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import ndimage
 
+from . import near_duplicates as nd
 from .images import load_rgb
+from .near_duplicates import PADDING_LEVEL, padding_mask  # noqa: F401 (re-exported)
 
 HASH_SIDE = 8            # the hash uses the HASH_SIDE × HASH_SIDE lowest DCT frequencies: 64 bits
 RESIZE_SIDE = 32         # the image is resized to this square before the DCT (pHash: 4 × 8)
 DEFAULT_THRESHOLD = 10   # bits; pairs at this Hamming distance or less are near-duplicates
-PADDING_LEVEL = 24       # pixels darker than this in every channel may be augmentation fill
 BLOCK_ROWS = 512         # rows per comparison block (memory: BLOCK_ROWS × n bytes per pass)
+FALSE_POSITIVE_WARNING = 0.01  # warn when the estimated share of false copies exceeds this
 KINDS = ("same_image", "same_content", "same_group", "near_duplicate")
 ROLE_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
 _ROLE_CODE = {"train": 0, "val": 1, "test": 2}
+_ROLE_NAME = {code: name for name, code in _ROLE_CODE.items()}
 # Luma weights (ITU-R BT.601, as Pillow's "L" conversion) applied in float, without rounding.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-# The pair table the audit works on: two images (indices into the image list) and a distance.
-_PAIR_DTYPE = [("i", np.int64), ("j", np.int64), ("distance", np.int16)]
+# The pair table the audit works on: two images (indices into the image list), their hash
+# distance and their pixel similarity after alignment (NaN: not verified).
+_PAIR_DTYPE = [("i", np.int64), ("j", np.int64), ("distance", np.int16),
+               ("similarity", np.float32), ("luma", np.float32)]
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -88,23 +92,18 @@ def luma_with_padding_filled(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     luma = (rgb[..., :3].astype(np.float32) @ _LUMA.astype(np.float32)
             if rgb.ndim == 3 else rgb.astype(np.float32))
-    if rgb.ndim == 3:  # channel by channel: 10x faster than rgb.max(axis=2)
-        dark = (rgb[..., 0] < PADDING_LEVEL) & (rgb[..., 1] < PADDING_LEVEL) & (
-            rgb[..., 2] < PADDING_LEVEL)
-    else:
-        dark = rgb < PADDING_LEVEL
-    if dark.any():
-        labels, _ = ndimage.label(dark)
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        padding = np.isin(labels, edge[edge > 0])
-        if 0 < padding.mean() < 0.5:
-            luma[padding] = luma[~padding].mean()
+    padding = padding_mask(rgb)
+    if padding.any():
+        luma[padding] = luma[~padding].mean()
     return luma
 
 
 def low_frequencies(rgb: np.ndarray) -> np.ndarray:
     """The HASH_SIDE × HASH_SIDE lowest 2-D DCT-II coefficients of an image's luma at 32×32."""
-    luma = luma_with_padding_filled(rgb)
+    return _low_frequencies_of_luma(luma_with_padding_filled(rgb))
+
+
+def _low_frequencies_of_luma(luma: np.ndarray) -> np.ndarray:
     small = Image.fromarray(luma).resize((RESIZE_SIDE, RESIZE_SIDE), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.float64)
     return _DCT @ pixels @ _DCT.T  # rows: vertical frequency, columns: horizontal frequency
@@ -126,7 +125,11 @@ def dihedral_hashes(rgb: np.ndarray) -> np.ndarray:
     vertical ones, and a transpose transposes the block; together they give the dihedral group
     (transpose ∘ mirror is a 90° rotation), so no transformed image has to be resized again.
     """
-    block = low_frequencies(rgb)
+    return _dihedral_hashes_of_luma(luma_with_padding_filled(rgb))
+
+
+def _dihedral_hashes_of_luma(luma: np.ndarray) -> np.ndarray:
+    block = _low_frequencies_of_luma(luma)
     hashes = []
     for base in (block, block.T):
         for vertical in (False, True):
@@ -148,11 +151,34 @@ def image_distance(hashes_a: np.ndarray, hashes_b: np.ndarray) -> int:
     return int(min(hamming(hashes_a, hashes_b[0]).min(), hamming(hashes_a[0], hashes_b).min()))
 
 
-def _file_digest_and_hashes(path: str) -> tuple[str, np.ndarray]:
-    """SHA-256 of the file's bytes and the dihedral pHashes of its pixels (one read each)."""
+def _read_image(path: str, with_fingerprint: bool) -> tuple:
+    """SHA-256 of the file's bytes, the dihedral pHashes of its pixels and (optionally) the
+    fingerprint that pixel verification needs: one read and one decode."""
     with open(path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
-    return digest, dihedral_hashes(load_rgb(path))
+    rgb = load_rgb(path)
+    if not with_fingerprint:
+        return digest, dihedral_hashes(rgb), None
+    # One small image (WORK_SIDE px on the short side) serves both the hash and the
+    # fingerprint: box-resizing it to 32x32 gives (nearly) the full image's pHash.
+    small = nd.working_image(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2))
+    padding = padding_mask(small)
+    luma = small @ _LUMA.astype(np.float32)
+    if padding.any():
+        luma[padding] = luma[~padding].mean()
+    return digest, _dihedral_hashes_of_luma(luma), nd.fingerprint_of_working_image(small, padding)
+
+
+def _read_images(paths: Sequence[str], workers: int | None, with_fingerprint: bool):
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    paths = [str(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(lambda p: _read_image(p, with_fingerprint), paths))
+    digests = [r[0] for r in results]
+    hashes = (np.stack([r[1] for r in results]) if results
+              else np.zeros((0, 8), dtype=np.uint64))
+    return digests, hashes, [r[2] for r in results]
 
 
 def hash_images(paths: Sequence[str], workers: int | None = None) -> tuple[list[str], np.ndarray]:
@@ -161,18 +187,15 @@ def hash_images(paths: Sequence[str], workers: int | None = None) -> tuple[list[
     Decoding runs in a thread pool (Pillow releases the GIL while decoding). A file that
     cannot be decoded raises :class:`~leukocyte_cnn.errors.InputError` naming it.
     """
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    from .progress import counted
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(counted(pool.map(_file_digest_and_hashes, [str(p) for p in paths]),
-                               "hashing images (SHA-256 and perceptual hash)",
-                               total=len(paths)))
-    digests = [digest for digest, _ in results]
-    hashes = (np.stack([h for _, h in results]) if results
-              else np.zeros((0, 8), dtype=np.uint64))
+    digests, hashes, _ = _read_images(paths, workers, with_fingerprint=False)
     return digests, hashes
+
+
+def fingerprint_images(paths: Sequence[str], workers: int | None = None
+                       ) -> tuple[list[str], np.ndarray, list]:
+    """As :func:`hash_images`, plus each image's :class:`~leukocyte_cnn.near_duplicates.
+    Fingerprint` for pixel verification (from the same decode)."""
+    return _read_images(paths, workers, with_fingerprint=True)
 
 
 def near_pairs(hashes: np.ndarray, threshold: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:
@@ -203,73 +226,174 @@ def near_pairs(hashes: np.ndarray, threshold: int, block_rows: int = BLOCK_ROWS)
         pairs = np.empty(len(i), dtype=_PAIR_DTYPE)
         pairs["i"], pairs["j"] = i, j
         pairs["distance"] = best[local_i[keep], local_j[keep]]
+        pairs["similarity"] = np.nan
+        pairs["luma"] = np.nan
         found.append(pairs)
     return np.concatenate(found) if found else np.empty(0, dtype=_PAIR_DTYPE)
 
 
+def pair_distances(hashes: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """The dihedral hash distance (as in :func:`near_pairs`) of the given pairs."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    a, b = hashes[np.asarray(i, dtype=np.int64)], hashes[np.asarray(j, dtype=np.int64)]
+    one = np.bitwise_count(a ^ b[:, :1]).min(axis=1)
+    other = np.bitwise_count(a[:, :1] ^ b).min(axis=1)
+    return np.minimum(one, other).astype(np.int16)
+
+
+def candidate_pairs(hashes: np.ndarray, signatures: np.ndarray, threshold: int,
+                    neighbours: int = nd.SCREEN_NEIGHBOURS,
+                    part: np.ndarray | None = None) -> np.ndarray:
+    """The screen: pairs within ``threshold`` hash bits, plus pairs where one image is among
+    the ``neighbours`` nearest of the other by the rotation-invariant ring signature (which
+    catches copies turned by any angle). ``part`` restricts pairs to equal values."""
+    by_hash = near_pairs(hashes, threshold)
+    if part is not None and len(by_hash):
+        by_hash = by_hash[part[by_hash["i"]] == part[by_hash["j"]]]
+    near = nd.signature_neighbours(signatures, neighbours, allowed=part)
+    found = np.empty(len(near), dtype=_PAIR_DTYPE)
+    found["i"], found["j"] = near[:, 0], near[:, 1]
+    found["distance"] = pair_distances(hashes, near[:, 0], near[:, 1])
+    found["similarity"] = np.nan
+    found["luma"] = np.nan
+    pairs = np.concatenate([by_hash, found])
+    if not len(pairs):
+        return pairs
+    _, first = np.unique(pairs["i"] * (len(hashes) + 1) + pairs["j"], return_index=True)
+    return pairs[np.sort(first)]
+
+
+def verify_candidates(pairs: np.ndarray, fingerprints: Sequence, skip=None) -> np.ndarray:
+    """``pairs`` with their ``similarity`` filled in by pixel verification (NaN where
+    ``skip(i, j)`` said the answer is already known)."""
+    pairs = pairs.copy()
+    order = np.lexsort((pairs["j"], pairs["i"]))  # by first image: the cache stays warm
+    scores = nd.verify_pairs(fingerprints, np.stack([pairs["i"][order], pairs["j"][order]],
+                                                    axis=1), skip=skip)
+    pairs["similarity"][order], pairs["luma"][order] = scores[:, 0], scores[:, 1]
+    return pairs
+
+
 def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
                           within: str | None = "source_split", max_class_share: float = 0.5,
-                          workers: int | None = None) -> tuple[pd.DataFrame, dict]:
-    """Join images that are copies of one another (identical bytes or near-duplicate pixels)
-    into one ``group``, so that a split drawn by group keeps the copies together.
+                          workers: int | None = None,
+                          similarity: float = nd.SIMILARITY_THRESHOLD,
+                          neighbours: int = nd.SCREEN_NEIGHBOURS) -> tuple[pd.DataFrame, dict]:
+    """Join images that are copies of one another (identical bytes, or pixels that match
+    after alignment) into one ``group``, so that a split drawn by group keeps copies together.
 
     For datasets that ship augmented copies of each source cell without saying which file
     came from which cell (Kaggle blood cells): validation carved from TRAIN by group then
     holds no copy of a training cell. Copies are only joined inside one value of ``within``
     (the owner's TRAIN/TEST), so the owner's own split is never questioned here;
-    ``check_leakage.py`` audits it. Transitive: A~B and B~C put A, B, C in one group, named
-    ``<within value>:<first image key>``. Only images of one class are joined (copies of a
-    cell share its label). A chain that would swallow more than ``max_class_share`` of its
-    class in that part is not a set of copies but look-alike images linked pair by pair (on
-    plain synthetic pictures, or with too high a threshold): it is left ungrouped and
-    counted as ``groups_dissolved``. Images with no copy keep their group. Returns the new
-    table and ``{"threshold", "images_joined", "groups_joined", "groups_dissolved",
-    "seconds"}``.
+    ``check_leakage.py`` audits it. Only images of one class are joined (copies of a cell
+    share its label).
+
+    Candidates come from the screen (:func:`candidate_pairs`: hash distance at most
+    ``threshold`` bits, or ring-signature neighbours) and count only when pixel verification
+    reaches ``similarity`` (:func:`leukocyte_cnn.near_duplicates.verify`); a pair whose two
+    images are already joined through verified pairs is not verified again. Groups are then
+    built from the verified links, strongest first, and a link that would make a group hold
+    more than ``max_class_share`` of its class in that part is not made: a chain of
+    look-alike images is broken at its weakest links instead of swallowing the class (or
+    being dissolved whole). Groups are named ``<within value>:<first image key>``.
+
+    Returns the new table and ``{"threshold", "similarity", "images_joined",
+    "groups_joined", "largest_group", "links_broken", "groups_dissolved" (always 0; kept
+    for older callers), "pairs_screened", "pairs_verified", "seconds"}``.
     """
     start = time.perf_counter()
     out = table.copy()
+    stats = {"threshold": int(threshold), "similarity": float(similarity), "images_joined": 0,
+             "groups_joined": 0, "largest_group": 1 if len(out) else 0, "links_broken": 0,
+             "groups_dissolved": 0, "pairs_screened": 0, "pairs_verified": 0, "seconds": 0.0}
     if not len(out):
-        return out, {"threshold": threshold, "images_joined": 0, "groups_joined": 0,
-                     "groups_dissolved": 0, "seconds": 0.0}
-    digests, hashes = hash_images(out["path"].tolist(), workers=workers)
-    parent = np.arange(len(out))
+        return out, stats
+    digests, hashes, prints = fingerprint_images(out["path"].tolist(), workers=workers)
+    part = out[within].astype(str).to_numpy() if within in out else np.full(len(out), "")
+    labels = out["label"].to_numpy()
+    pairs = candidate_pairs(hashes, np.stack([f.signature for f in prints]), threshold,
+                            neighbours, part=part)
+    pairs = pairs[labels[pairs["i"]] == labels[pairs["j"]]]  # copies share their label
+    links = [(1.0, i, j) for i, j in _identical_pairs_within(digests, part, labels)]
 
-    def root(i: int) -> int:
+    joined = _UnionFind(len(out))
+    for _, i, j in links:
+        joined.union(i, j)
+    cache = nd.WorkingCache()
+    # Closest hashes first: the likeliest copies are linked before look-alikes can chain.
+    order = np.lexsort((pairs["j"], pairs["i"], pairs["distance"]))
+    for i, j in zip(pairs["i"][order].tolist(), pairs["j"][order].tolist()):
+        if joined.find(i) == joined.find(j):
+            continue  # already one cell's copies through verified links
+        score = nd.verify(prints[i], prints[j], cache).similarity
+        stats["pairs_verified"] += 1
+        if score >= similarity:
+            links.append((score, i, j))
+            joined.union(i, j)
+
+    # Strongest links first; a link that would overfill a group is broken.
+    class_size = pd.Series(labels).groupby([part, labels]).transform("size").to_numpy()
+    cap = np.maximum(2, max_class_share * class_size)
+    groups = _UnionFind(len(out))
+    for score, i, j in sorted(links, key=lambda link: -link[0]):
+        a, b = groups.find(i), groups.find(j)
+        if a == b:
+            continue
+        if groups.size[a] + groups.size[b] > cap[i]:
+            stats["links_broken"] += 1
+            continue
+        groups.union(a, b)
+    roots = np.array([groups.find(i) for i in range(len(out))])
+    sizes = np.bincount(roots, minlength=len(out))
+    members = sizes[roots] > 1
+    keys = out["image"].astype(str).to_numpy()
+    first = {}
+    for r in np.flatnonzero(members):  # name a group after its first image in table order
+        first.setdefault(roots[r], r)
+    names = out["group"].astype(str).to_numpy().copy()
+    names[members] = [f"{part[first[g]]}:{keys[first[g]]}" for g in roots[members]]
+    out["group"] = names
+    stats.update(images_joined=int(members.sum()), groups_joined=int(len(set(roots[members]))),
+                 largest_group=int(sizes.max()), pairs_screened=int(len(pairs)),
+                 seconds=round(time.perf_counter() - start, 1))
+    return out, stats
+
+
+class _UnionFind:
+    """Disjoint sets with sizes (path halving, union by index)."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+        self.size = np.ones(n, dtype=np.int64)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
         while parent[i] != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
-        return i
+        return int(i)
 
-    part = out[within].astype(str).to_numpy() if within in out else np.full(len(out), "")
-    labels = out["label"].to_numpy()
-    for value in np.unique(part):
-        rows = np.flatnonzero(part == value)
-        by_digest: dict[tuple, int] = {}
-        for r in rows:  # byte-identical files are copies whatever their pixels hash to
-            first = by_digest.setdefault((labels[r], digests[r]), r)
-            if first != r:
-                parent[root(r)] = root(first)
-        pairs = near_pairs(hashes[rows], threshold)
-        for i, j in zip(rows[pairs["i"]], rows[pairs["j"]]):
-            if labels[i] != labels[j]:
-                continue
-            a, b = root(int(i)), root(int(j))
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    roots = np.array([root(i) for i in range(len(out))])
-    sizes = np.bincount(roots, minlength=len(out))
-    class_size = pd.Series(labels).groupby([part, labels]).transform("size").to_numpy()
-    too_big = sizes[roots] > np.maximum(2, max_class_share * class_size)
-    dissolved = len(set(roots[too_big]))
-    joined = (sizes[roots] > 1) & ~too_big
-    keys = out["image"].astype(str).to_numpy()
-    groups = out["group"].astype(str).to_numpy().copy()
-    groups[joined] = [f"{part[r]}:{keys[r]}" for r in roots[joined]]
-    out["group"] = groups
-    stats = {"threshold": int(threshold), "images_joined": int(joined.sum()),
-             "groups_joined": int(len(set(roots[joined]))), "groups_dissolved": int(dissolved),
-             "seconds": round(time.perf_counter() - start, 1)}
-    return out, stats
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            a, b = min(a, b), max(a, b)
+            self.parent[b] = a
+            self.size[a] += self.size[b]
+
+
+def _identical_pairs_within(digests: Sequence[str], part: np.ndarray,
+                            labels: np.ndarray) -> list[tuple[int, int]]:
+    """Byte-identical files of one part and one label, as links to each first copy."""
+    first: dict[tuple, int] = {}
+    links = []
+    for r, digest in enumerate(digests):
+        key = (part[r], labels[r], digest)
+        if key in first:
+            links.append((first[key], r))
+        else:
+            first[key] = r
+    return links
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -282,7 +406,20 @@ class LeakageReport:
     n_images: int                # distinct images hashed
     threshold: int
     seconds: float
-    duplicates_within_data: dict  # identical / near-duplicate pairs among all images
+    duplicates_within_data: dict  # identical / near-duplicate (verified) pairs among all images
+    # screen and verification: pairs_screened, pairs_verified (copies), cross_class_pairs,
+    # false_positive_rate (estimated from the cross-class pairs), similarity, neighbours
+    calibration: dict = dataclasses.field(default_factory=dict)
+    # one row per verified near-duplicate pair: roles (the first role pair it straddles in
+    # some fold, or "same role"), image_a, image_b, path_a, path_b, class_a, class_b,
+    # distance (hash bits), similarity (NCC after alignment), folds (how many it leaks in)
+    copies: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+
+    @property
+    def false_positive_warning(self) -> bool:
+        """More than FALSE_POSITIVE_WARNING of the verified pairs look like false positives."""
+        rate = self.calibration.get("false_positive_rate", 0.0)
+        return bool(rate == rate and rate > FALSE_POSITIVE_WARNING)
 
     @property
     def n_leaks(self) -> int:
@@ -301,12 +438,16 @@ class LeakageReport:
 
 
 def audit(split: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
-          workers: int | None = None) -> LeakageReport:
+          workers: int | None = None, similarity: float = nd.SIMILARITY_THRESHOLD,
+          neighbours: int = nd.SCREEN_NEIGHBOURS) -> LeakageReport:
     """Find every overlap between the roles of each fold of a split table.
 
     ``split`` is the long split table with an absolute ``path`` column (``load_split(...).table``);
     excluded rows are ignored. Each file is read once; byte-identical files and near-duplicate
-    pairs are found once over all images and then looked up per fold.
+    pairs are found once over all images and then looked up per fold. A near-duplicate is a
+    screened pair (:func:`candidate_pairs`) whose pixels match at ``similarity`` or more after
+    alignment; pairs of two classes among them estimate the false-positive rate
+    (:func:`leukocyte_cnn.near_duplicates.false_positive_estimate`).
     """
     start = time.perf_counter()
     if threshold < 0 or threshold > 64:
@@ -316,14 +457,21 @@ def audit(split: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
     rows["group"] = rows["group"].astype(str)
     images = rows.drop_duplicates("image").sort_values("image").reset_index(drop=True)
     index = {key: i for i, key in enumerate(images["image"])}
-    digests, hashes = hash_images(images["path"].tolist(), workers=workers)
+    digests, hashes, prints = fingerprint_images(images["path"].tolist(), workers=workers)
 
     same_content = _identical_pairs(digests)
-    near = near_pairs(hashes, threshold)
-    near = near[~_pair_in(near, same_content)]  # identical files are reported as same_content
+    screened = candidate_pairs(hashes, np.stack([f.signature for f in prints])
+                               if prints else np.zeros((0, 1)), threshold, neighbours)
+    screened = screened[~_pair_in(screened, same_content)]  # identical files: same_content
+    screened = verify_candidates(screened, prints)
+    near = screened[screened["similarity"] >= similarity]
     names = images["image"].to_numpy()
+    classes = (images["class_name"].astype(str).to_numpy() if "class_name" in images
+               else np.full(len(images), ""))
 
     records = []
+    first_roles = np.full(len(near), "same role", dtype=object)
+    leaking_folds = np.zeros(len(near), dtype=np.int64)
     for fold, fold_rows in rows.groupby("fold", sort=True):
         role = np.full(len(images), -1, dtype=np.int8)
         role[[index[k] for k in fold_rows["image"]]] = fold_rows["role"].map(_ROLE_CODE).to_numpy()
@@ -331,10 +479,28 @@ def audit(split: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
         records += _key_overlaps(int(fold), fold_rows, "group", "same_group")
         records += _pair_overlaps(int(fold), role, same_content, names, "same_content")
         records += _pair_overlaps(int(fold), role, near, names, "near_duplicate")
+        ri, rj = role[near["i"]], role[near["j"]]
+        straddle = (ri >= 0) & (rj >= 0) & (ri != rj)
+        leaking_folds += straddle
+        for k in np.flatnonzero(straddle & (first_roles == "same role")):
+            low, high = sorted((int(ri[k]), int(rj[k])))
+            first_roles[k] = f"{_ROLE_NAME[low]}-{_ROLE_NAME[high]}"
     table = pd.DataFrame(records, columns=["fold", "roles", "kind", "count", "example"])
     within = {"identical_pairs": int(len(same_content)), "near_duplicate_pairs": int(len(near))}
+    shares = pd.Series(classes).value_counts().to_dict()
+    calibration = {"pairs_screened": int(len(screened)), "similarity": float(similarity),
+                   "neighbours": int(neighbours),
+                   **nd.false_positive_estimate(classes[near["i"]], classes[near["j"]], shares)}
+    paths = images["path"].astype(str).to_numpy()
+    copies = pd.DataFrame({
+        "roles": first_roles, "image_a": names[near["i"]], "image_b": names[near["j"]],
+        "path_a": paths[near["i"]], "path_b": paths[near["j"]],
+        "class_a": classes[near["i"]], "class_b": classes[near["j"]],
+        "distance": near["distance"].astype(int), "similarity": near["similarity"].astype(float),
+        "folds": leaking_folds})
     return LeakageReport(table=table, n_images=len(images), threshold=int(threshold),
-                         seconds=time.perf_counter() - start, duplicates_within_data=within)
+                         seconds=time.perf_counter() - start, duplicates_within_data=within,
+                         calibration=calibration, copies=copies)
 
 
 def _identical_pairs(digests: Sequence[str]) -> np.ndarray:
@@ -348,6 +514,8 @@ def _identical_pairs(digests: Sequence[str]) -> np.ndarray:
     if pairs:
         out["i"], out["j"] = np.array(pairs).T
         out["distance"] = 0
+        out["similarity"] = 1.0
+        out["luma"] = 1.0
     return out
 
 
@@ -390,14 +558,16 @@ def _pair_overlaps(fold: int, role: np.ndarray, pairs: np.ndarray, names: np.nda
         example = ""
         if hit.any():
             chosen = pairs[hit]
-            # closest pair first, then by name: a stable example across runs
-            order = np.lexsort((names[chosen["j"]], names[chosen["i"]], chosen["distance"]))
+            # most similar (then closest) pair first, then by name: a stable example
+            order = np.lexsort((names[chosen["j"]], names[chosen["i"]], chosen["distance"],
+                                -np.nan_to_num(chosen["similarity"], nan=-2.0)))
             best = chosen[order[0]]
             a, b = names[best["i"]], names[best["j"]]
             if role[best["i"]] != _ROLE_CODE[first]:
                 a, b = b, a
-            example = f"{a} ~ {b}" + (f" (distance {int(best['distance'])})"
-                                      if kind == "near_duplicate" else "")
+            example = f"{a} ~ {b}" + (
+                f" (distance {int(best['distance'])}, similarity {best['similarity']:.3f})"
+                if kind == "near_duplicate" else "")
         out.append({"fold": fold, "roles": f"{first}-{second}", "kind": kind,
                     "count": int(hit.sum()), "example": example})
     return out
