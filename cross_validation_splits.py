@@ -86,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(Kaggle), and for predefined splits of ungrouped data. off on "
                              "Kaggle gives an image-level split, labelled LEAKY. Default auto")
     parser.add_argument("--near-threshold", type=int, default=None,
-                        help="Hamming distance in bits of a near-duplicate (default: "
+                        help="hash screen: pairs within this Hamming distance in bits are "
+                             "verified on pixels as possible copies (default: "
                              "leakage.DEFAULT_THRESHOLD = 10)")
     parser.add_argument("--ignore-groups", action="store_true",
                         help="split by image even when images share patients/smears/source "
@@ -317,17 +318,24 @@ def main(args: argparse.Namespace):
 
         threshold = DEFAULT_THRESHOLD if args.near_threshold is None else args.near_threshold
         table, near = near_duplicate_groups(table, threshold)
-        print(f"near-duplicates: {near['images_joined']} images are copies, joined into "
-              f"{near['groups_joined']} groups (threshold {threshold} bits, {near['seconds']} s); "
-              "validation is drawn by group")
-        if near["groups_dissolved"]:
-            print(f"warning: {near['groups_dissolved']} chain(s) of look-alike images would "
-                  "each have held over half of a class; left ungrouped (lower --near-threshold "
-                  "if these are real copies)")
+        print(f"near-duplicates: {near['images_joined']} images are verified copies, joined into "
+              f"{near['groups_joined']} groups, the largest of {near['largest_group']} "
+              f"({near['pairs_screened']} pairs screened at {threshold} bits or by ring "
+              f"signature, {near['pairs_verified']} verified on pixels, {near['seconds']} s); "
+              "splits are drawn by group")
+        if near["links_broken"]:
+            print(f"note: {near['links_broken']} weak link(s) between copies were broken so that "
+                  "no group holds over half of its class (chains of look-alike images)")
     split = folds.make_split(table, method, k=args.k, p=args.p, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              min_images=args.min_images, exclude_classes=args.exclude,
                              groups=groups, where=where, **extra)
+    if near is not None and args.val_fraction > 0:
+        kept_roles = split[split["role"].isin(["train", "val"])]
+        reached = float((kept_roles["role"] == "val").sum() / max(1, len(kept_roles)))
+        near["validation_share"] = round(reached, 4)
+        print(f"validation share reached: {100 * reached:.1f} % of the non-test images "
+              f"(asked {100 * args.val_fraction:.0f} %)")
     kept = split[split["role"] != "excluded"]
     grouped = folds.split_is_grouped(method, groups, kept.drop_duplicates("image"))
     leaky = folds.split_is_leaky(method, groups, kept.drop_duplicates("image"),
