@@ -50,6 +50,11 @@ HASH_SIDE = 8            # the hash uses the HASH_SIDE × HASH_SIDE lowest DCT f
 RESIZE_SIDE = 32         # the image is resized to this square before the DCT (pHash: 4 × 8)
 DEFAULT_THRESHOLD = 10   # bits; pairs at this Hamming distance or less are near-duplicates
 BLOCK_ROWS = 512         # rows per comparison block (memory: BLOCK_ROWS × n bytes per pass)
+# Version of the copy grouping (screen, verification and their constants here and in
+# near_duplicates.py), part of every split's fingerprint: bump it whenever a change can join
+# other images, so split files made by the older logic are made again, never reused.
+# 1: pHash only; 2: screened pairs verified on pixels, weak links broken.
+NEAR_DUPLICATE_VERSION = 2
 FALSE_POSITIVE_WARNING = 0.01  # warn when the estimated share of false copies exceeds this
 KINDS = ("same_image", "same_content", "same_group", "near_duplicate")
 ROLE_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))

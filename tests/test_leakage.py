@@ -544,4 +544,8 @@ def test_no_verified_copy_joins_two_classes_on_the_shared_real_sets(name, folder
     table["group"] = table["image"]
     report = audit(table, workers=2)
     print(name, report.calibration)
-    assert report.calibration["cross_class_pairs"] == 0
+    cross = report.copies[report.copies["class_a"] != report.copies["class_b"]]
+    # Zheng et al.'s Dataset 1 ships one cell twice under two labels (060 and 090: the same
+    # pixels, similarity 0.99): a label conflict the audit rightly finds, not a false copy.
+    known = {frozenset({"Dataset 1/060.bmp", "Dataset 1/090.bmp"})}
+    assert {frozenset(pair) for pair in zip(cross["image_a"], cross["image_b"])} <= known
