@@ -107,6 +107,12 @@ def synthetic_kaggle_root(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic_kaggle")
 
 
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """One working folder for both studies: the split under data/ is made once."""
+    return tmp_path_factory.mktemp("studies")
+
+
 @pytest.fixture
 def colour_modes(monkeypatch):
     """Every colour mode the pipeline is asked for, and whether its batches were gray."""
@@ -136,17 +142,17 @@ def _check_recorded(run, trial_dir):
 
 
 def test_elu_cnn_runs_grayscale_end_to_end_and_serves_grayscale(
-        synthetic_kaggle_root, tmp_path, monkeypatch, colour_modes):
+        synthetic_kaggle_root, study_dir, tmp_path, monkeypatch, colour_modes):
     from leukocyte_cnn.service import decode_upload, load_classifier
 
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(study_dir)
     monkeypatch.setattr(elu, "COLOR_MODE", "grayscale")  # as the inline edit would
     _shrink(monkeypatch, elu, IMAGE_SIZE=(32, 32), FILTERS=(4, 4, 4, 4, 4), DENSE_UNITS=8,
             EPOCHS=1, PATIENCE=1, BATCH_SIZE=16, MAX_IMAGES_PER_CLASS=4)
     elu.main(elu.parse_args(["--dataset", "synthetic_kaggle", "--data-root",
                              str(synthetic_kaggle_root), "--quick", "--optimizers", "adam",
                              "--seeds", "1"]))
-    run = tmp_path / "results" / "elu_cnn_optimizers_synthetic_kaggle_quick"
+    run = study_dir / "results" / "elu_cnn_optimizers_synthetic_kaggle_quick"
     _check_recorded(run, "adam/trial_00")
     assert colour_modes and set(colour_modes) == {"grayscale"}
 
@@ -162,18 +168,18 @@ def test_elu_cnn_runs_grayscale_end_to_end_and_serves_grayscale(
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
 
 
-def test_copenhagen_cnn_runs_grayscale_end_to_end(synthetic_kaggle_root, tmp_path, monkeypatch,
+def test_copenhagen_cnn_runs_grayscale_end_to_end(synthetic_kaggle_root, study_dir, monkeypatch,
                                                   colour_modes):
     from leukocyte_cnn import scaling
 
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(study_dir)
     monkeypatch.setattr(copenhagen, "COLOR_MODE", "grayscale")
     _shrink(monkeypatch, copenhagen, EPOCHS=1, PATIENCE=1, BATCH_SIZE=16,
             MAX_IMAGES_PER_CLASS=4)
     copenhagen.main(copenhagen.parse_args([
         "--dataset", "synthetic_kaggle", "--data-root", str(synthetic_kaggle_root), "--quick",
         "--trials", "1", "--scalings", "channel", "--masks", "none", "--networks", "cnn"]))
-    run = tmp_path / "results" / "scaling_masks_cnn_fcn_synthetic_kaggle_quick"
+    run = study_dir / "results" / "scaling_masks_cnn_fcn_synthetic_kaggle_quick"
     _check_recorded(run, "cnn_channel_none/trial_00")
     assert colour_modes and set(colour_modes) == {"grayscale"}
     # the scaler was fitted on grayscale training images: per pixel, equal channel sums
