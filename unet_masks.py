@@ -295,6 +295,9 @@ def main(args: argparse.Namespace):
         f"threshold {MASK_THRESHOLD:g}; split `{split.csv_path}`")
     write_table(table.assign(leaky=leaky), run_dir / "mask_summary", title="U-Net mask quality",
                 note=note)
+    studies.write_study_report(run_dir, table[["comparison", "role", "images", "IoU", "Dice"]],
+                               title="U-Net mask quality", notes=[note.split("\n\n")[-1]],
+                               heading="Mask quality (IoU, Dice)")
     print(f"\n{run_dir / 'mask_summary.md'}:\n\n" + markdown_table(
         table[["comparison", "role", "images", "IoU", "Dice"]]))
     return table

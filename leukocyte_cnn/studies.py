@@ -453,7 +453,7 @@ def write_comparison(run_dir: str | os.PathLike, numeric: pd.DataFrame, shown: p
 
 
 def write_study_report(run_dir: str | os.PathLike, shown: pd.DataFrame, *, title: str,
-                       notes: Sequence[str] = ()) -> Path:
+                       notes: Sequence[str] = (), heading: str = "Comparison") -> Path:
     """``report.html`` of a study folder: the comparison table, its notes, every figure of
     the folder, the settings and provenance (:mod:`leukocyte_cnn.html_report`)."""
     from .html_report import (esc, figures_in, provenance_table, read_split_settings,
@@ -463,16 +463,17 @@ def write_study_report(run_dir: str | os.PathLike, shown: pd.DataFrame, *, title
     run_dir = Path(run_dir)
     settings = read_settings(run_dir)
     config = settings["config"]
-    trials = sorted({p.parents[1].name for p in run_dir.glob(f"*/trial_*/fold_*/{PREDICTIONS}")})
+    trained = {p.parents[1] for p in run_dir.glob(f"*/trial_*/fold_*/{PREDICTIONS}")}
     facts = [("run folder", f"<code>{esc(run_dir)}</code>"),
              ("dataset", esc(config.get("dataset"))),
              ("classes", esc(", ".join(map(str, config.get("class_names", []))))),
              ("split", f"<code>{esc(config.get('split_file'))}</code>"),
-             ("protocol", esc(split_protocol(config, read_split_settings(config, run_dir)))),
-             ("trials", f"{len(trials)} finished trial folder name(s): "
-                        f"{esc(', '.join(trials))}; trial t seeded with {config.get('seed')} + t")]
+             ("protocol", esc(split_protocol(config, read_split_settings(config, run_dir))))]
+    if trained:
+        facts.append(("trials", f"{len(trained)} finished (setting, trial) trainings; trial t "
+                                f"of every setting seeded with {config.get('seed')} + t"))
     notes_html = "".join(f"<p class=note>{esc(note)}</p>" for note in notes)
-    sections = [("Comparison", table_html(shown) + notes_html),
+    sections = [(heading, table_html(shown) + notes_html),
                 ("Settings", table_html(settings_table(config))),
                 ("Provenance", table_html(provenance_table(settings.get("provenance", {}))))]
     return write_report(run_dir, title=title, subtitle=f"{run_dir.name} · {config.get('script')}",

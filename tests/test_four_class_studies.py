@@ -332,5 +332,6 @@ def test_unet_learns_from_training_masks_only_and_scores_against_ground_truth(
     # dark disks on a light background: Otsu finds them almost exactly
     assert otsu_test["iou_mean"].item() > 0.9
     assert {"U-Net vs ground truth", "U-Net vs Otsu (agreement)"} <= set(summary["comparison"])
+    assert "U-Net vs ground truth" in (run / "report.html").read_text()  # the run's page
     scores = pd.read_csv(run / "fold_00" / "mask_scores.csv")
     assert scores["unet_vs_truth_iou"].between(0, 1).all()
