@@ -28,6 +28,7 @@ import pytest
 
 from leukocyte_cnn import gpu
 from leukocyte_cnn.errors import InputError
+from test_scaleout import _tiny_dataset  # two classes x 15 PNGs of 32x32
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPTS = sorted(p.stem for p in REPO_ROOT.glob("*.py")
@@ -127,25 +128,6 @@ for name, argv in options.items():
         results[name] = f"stopped before the device set-up: {type(exc).__name__}: {exc}"
 print("REPORT " + json.dumps(results))
 """
-
-
-def _tiny_dataset(root: Path) -> Path:
-    """Two classes x 15 PNGs of 32x32 in a folder per class (as in test_scaleout)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:32, 0:32]
-    for label, name in enumerate(("blast", "other")):
-        (root / name).mkdir(parents=True)
-        for i in range(15):
-            radius = rng.uniform(6, 10) + 4 * label
-            cell = ((yy - 16 - rng.integers(-3, 4)) ** 2 + (xx - 16) ** 2) < radius ** 2
-            image = np.full((32, 32, 3), (230, 200, 205), np.float64)
-            image[cell] = (120, 60, 160) if label == 0 else (200, 140, 190)
-            image += rng.normal(0, 8, image.shape)
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-                root / name / f"{name}_{i:02d}.png")
-    return root
 
 
 def _python(code: str, args: list[str], cwd: Path) -> dict:
