@@ -140,6 +140,7 @@ def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, si
     name), masked as the setting was trained."""
     from leukocyte_cnn import studies
     from leukocyte_cnn.masks import ensure_otsu_masks, mask_paths
+    from leukocyte_cnn.reporting import leaky_tag, run_config
 
     rows = split.fold(fold)
     test = rows[rows.role == "test"].sort_values("image").head(1)
@@ -152,7 +153,8 @@ def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, si
         studies.trial_fold_dir(run_dir, setting.name, 0, fold) / "model.keras", test.iloc[0],
         size, run_dir / f"feature_maps_{setting.name}.png", channels=FEATURE_MAP_CHANNELS,
         inner=f"copenhagen_{network}", color_mode=COLOR_MODE,
-        title=f"{setting.name}: feature maps of test image {test.iloc[0]['image']}")
+        title=f"{setting.name}: feature maps of test image {test.iloc[0]['image']}"
+              + leaky_tag(run_config(run_dir)))
 
 
 def main(args: argparse.Namespace):

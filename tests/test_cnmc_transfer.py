@@ -154,12 +154,17 @@ def test_split_image_shorthand_and_mode_from_data(fake_cnmc, tmp_path):
 
 def test_split_file_mixing_patients_must_say_leaky(fake_cnmc, tmp_path, monkeypatch,
                                                    no_download):
-    import cross_validation_splits as cvs
+    """A file split by image but not marked leaky (made by hand, or by an older version
+    whose kfold ignored patients) is refused."""
+    from leukocyte_cnn.datasets import read_dataset
+    from leukocyte_cnn.folds import make_split, write_split
 
     monkeypatch.chdir(tmp_path)
-    cvs.main(cvs.parse_args(["--dataset", "cnmc", "--data-root", str(fake_cnmc), "--method",
-                             "kfold", "--k", "3", "--out-dir", str(tmp_path / "splits")]))
-    by_image, = (tmp_path / "splits").glob("cnmc_kfold_k3_seed0_*.csv")
+    table = read_dataset("cnmc", fake_cnmc)
+    rows = make_split(table, "kfold", k=3, groups=None)
+    by_image, _ = write_split(rows, {"dataset": "cnmc", "data_root": str(fake_cnmc),
+                                     "method": "kfold", "k": 3, "grouped": False, "leaky": False},
+                              tmp_path / "splits", "cnmc_kfold_k3_seed0", table=table)
     args = cnmc_transfer.parse_args(argv(tmp_path, fake_cnmc, "--split", str(by_image),
                                          "--allow-random-init"))
     with pytest.warns(UserWarning, match="random weights"), \

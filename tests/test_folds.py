@@ -587,3 +587,21 @@ def test_copies_are_joined_for_every_method_on_kaggle_only():
     # Kaggle split by image (copies not joined) is leaky even though no group is repeated
     assert folds.split_is_leaky("kfold", "auto", cells, copies_expected=True)
     assert not folds.split_is_leaky("kfold", "auto", cells)
+
+
+def test_ignore_groups_with_group_kfold_is_refused():
+    with pytest.raises(InputError, match="--ignore-groups: contradicts --method group_kfold"):
+        make_split(make_table(), "group_kfold", k=3, groups=None)
+
+
+def test_ignore_groups_and_reader_options_with_a_split_file_are_refused(tmp_path):
+    """They shape the default split only; with --split they would do nothing: one line."""
+    import argparse
+
+    from leukocyte_cnn.experiment import resolve_split
+
+    for extra in ({"ignore_groups": True, "reader_option": []},
+                  {"ignore_groups": False, "reader_option": ["crops=true"]}):
+        args = argparse.Namespace(split=str(tmp_path / "s.csv"), data_root=None, **extra)
+        with pytest.raises(InputError, match=r"s\.csv: --(ignore-groups|reader-option) shape"):
+            resolve_split(args, method="kfold")
