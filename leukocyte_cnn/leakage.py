@@ -177,9 +177,12 @@ def _read_image(path: str, with_fingerprint: bool) -> tuple:
 def _read_images(paths: Sequence[str], workers: int | None, with_fingerprint: bool):
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
+    from .progress import counted
+
     paths = [str(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda p: _read_image(p, with_fingerprint), paths))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # a line every 10 s
+        results = list(counted(pool.map(lambda p: _read_image(p, with_fingerprint), paths),
+                               "hashing images for near-duplicates", total=len(paths)))
     digests = [r[0] for r in results]
     hashes = (np.stack([r[1] for r in results]) if results
               else np.zeros((0, 8), dtype=np.uint64))
