@@ -134,6 +134,7 @@ def test_environment_overrides_change_the_module_and_are_removed_from_the_enviro
         monkeypatch):
     import types
 
+    monkeypatch.setattr(knob_overrides, "_applied", {})  # this process's runs stay unmarked
     module = types.ModuleType("demo")
     module.__file__ = "demo.py"
     module.LEARNING_RATE, module.BATCH_SIZE = 0.1, 5
