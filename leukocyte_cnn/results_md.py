@@ -31,6 +31,7 @@ from .errors import InputError
 BLOCK = re.compile(r"(<!-- results: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)",
                    re.S)
 METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "macro_f1")
+TABLES = ("learning_curve.csv", "comparison.csv", "summary.csv")  # what a block can show
 
 
 def regenerate(markdown_path: str | os.PathLike, base: str | os.PathLike = ".") -> list[str]:
@@ -47,6 +48,10 @@ def regenerate(markdown_path: str | os.PathLike, base: str | os.PathLike = ".") 
         missing = [str(r) for r in runs if not (r / "settings.json").is_file()]
         if missing:
             notes.append(f"kept (run folder not here): {', '.join(missing)}")
+            return match.group(0)
+        unfinished = [str(r) for r in runs if not any((r / f).is_file() for f in TABLES)]
+        if unfinished:
+            notes.append(f"kept (run not summarized yet): {', '.join(unfinished)}")
             return match.group(0)
         body = "\n\n".join(run_table(r) for r in runs)
         notes.append(f"regenerated from {', '.join(str(r) for r in runs)}")
@@ -71,7 +76,7 @@ def run_table(run_dir: Path) -> str:
     else:
         raise InputError(f"{run_dir}: no summary.csv, comparison.csv or learning_curve.csv; "
                          "run summarize_results.py on it first")
-    return markdown_table(table) + "\n\n" + provenance_line(run_dir)
+    return markdown_table(table).rstrip() + "\n\n" + provenance_line(run_dir)
 
 
 def summary_rows(summary: pd.DataFrame) -> pd.DataFrame:
