@@ -44,17 +44,17 @@ ANGLES = 64                # samples per ring (5.6° apart; the rotation is refi
 RING_REACH = 0.42          # outermost ring, as a share of the short side
 HARMONICS = 6              # angular harmonics 1..HARMONICS per ring in the signature
 NUCLEUS_SHARE = 15         # percent of darkest (green) pixels that locate the nucleus
-SCREEN_NEIGHBOURS = 5      # each image's nearest images by signature are candidates
+SCREEN_NEIGHBOURS = 4      # each image's nearest images by signature are candidates
 SIMILARITY_THRESHOLD = 0.85  # detail NCC after alignment at or above which a pair is a copy
 RING_GATE = 0.75           # ring-sample NCC below which a pair is no copy (no pixel work)
 SENSE_MARGIN = 0.05        # the other mirror sense is tried when its rings match this nearly
-REJECT_BELOW = 0.45        # rigid-alignment NCC below which no affine refinement is tried
-HALF_GATE = 0.7            # NCC after the half-resolution refinement below which we stop
+REJECT_BELOW = 0.55        # rigid-alignment NCC below which no affine refinement is tried
+HALF_GATE = 0.85           # luma NCC after the half-resolution refinement below which we stop
 MIN_OVERLAP = 0.3          # share of the image both members must show to be compared
 MAX_SHIFT = 0.3            # largest shift searched, as a share of the short side
 MAX_DISTORTION = 0.3       # the refined map may scale/shear each axis by at most this much
 DETAIL_SIGMA = 3.0         # pixels: detail = luma minus its blur at this scale
-LK_STEPS = (6, 2)          # Gauss-Newton steps at half and at full working resolution
+LK_STEPS = (4, 2)          # Gauss-Newton steps at half and at full working resolution
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MIRROR = (ANGLES // 2 - np.arange(ANGLES)) % ANGLES  # ring sample order of the mirrored image
@@ -362,7 +362,16 @@ def _rigid(a: _Working, b: _Working, mirrored: bool, theta: float):
     dx = dx - size[1] if dx > size[1] // 2 else dx
     # a[p + d] matches warped[p]: A's pixel p lands at matrix @ (p - d - c) + cb in B
     translation = cb - matrix @ np.array([dy, dx], dtype=float)
-    return _score(a.full, b.full, matrix, translation), matrix, translation
+    # the NCC at that shift, from the arrays at hand (no second resampling)
+    rows_a = slice(max(0, dy), min(h, h + dy))
+    cols_a = slice(max(0, dx), min(w, w + dx))
+    rows_b = slice(max(0, -dy), min(h, h - dy))
+    cols_b = slice(max(0, -dx), min(w, w - dx))
+    both = a.valid[rows_a, cols_a] & (warped[0].reshape(h, w)[rows_b, cols_b] > 0.999)
+    if both.sum() < MIN_OVERLAP * h * w:
+        return -1.0, matrix, translation
+    score = _ncc(a.full.luma[rows_a, cols_a][both], warped[1].reshape(h, w)[rows_b, cols_b][both])
+    return score, matrix, translation
 
 
 def _score(a: _Level, b: _Level, matrix, translation, detail: bool = False) -> float:
@@ -416,8 +425,8 @@ def verify(fa: Fingerprint, fb: Fingerprint, cache: "WorkingCache | None" = None
 
     Gates keep the cost of clear non-copies low: rings that match poorly in both mirror
     senses (``RING_GATE``), a rigid alignment far from a match (``REJECT_BELOW``) and a
-    half-resolution refinement that stays poor (``HALF_GATE``) end the comparison early; the
-    similarity is then the best NCC reached so far (or -1 when no pixels were compared).
+    half-resolution refinement whose luma stays poor (``HALF_GATE``) end the comparison
+    early with similarity -1 (``luma`` then holds the best luma NCC reached, if any).
     """
     a = cache.get(fa) if cache is not None else _working(fa)
     b = cache.get(fb) if cache is not None else _working(fb)
@@ -427,24 +436,26 @@ def verify(fa: Fingerprint, fb: Fingerprint, cache: "WorkingCache | None" = None
         if ring < max(RING_GATE, senses[0][0] - SENSE_MARGIN):
             break  # rings too unlike, or much less alike than in the other mirror sense
         aligned, matrix, translation = _rigid(a, b, mirrored, theta)
-        if REJECT_BELOW <= aligned < 0.995:
+        if aligned < REJECT_BELOW:
+            continue  # this mirror sense is far off: try the other
+        if aligned < 0.995:
             # coarse-to-fine: half resolution first (pixel p there is 2 p + 0.5 here)
             m, t = _refine(a.half, b.half, matrix, (translation + 0.5) / 2 - 0.5, LK_STEPS[0])
-            if _plausible(m) and _score(a.half, b.half, m, t) >= HALF_GATE:
-                m, t = _refine(a.full, b.full, m, (t + 0.5) * 2 - 0.5, LK_STEPS[1])
-                if _plausible(m):
-                    refined = _score(a.full, b.full, m, t)
-                    if refined > aligned:
-                        aligned, matrix, translation = refined, m, t
-        if aligned < REJECT_BELOW:
-            continue
+            half = _score(a.half, b.half, m, t) if _plausible(m) else -1.0
+            if half < HALF_GATE:
+                return Verification(-1.0, max(aligned, half), bool(mirrored), 0.0, matrix,
+                                    translation)  # no copy: the detail is not compared
+            m, t = _refine(a.full, b.full, m, (t + 0.5) * 2 - 0.5, LK_STEPS[1])
+            if _plausible(m):
+                refined = _score(a.full, b.full, m, t)
+                if refined > aligned:
+                    aligned, matrix, translation = refined, m, t
         similarity = _score(a.full, b.full, matrix, translation, detail=True)
         if similarity > best.similarity:
             angle = float(np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])))
             best = Verification(float(similarity), float(aligned), bool(mirrored), angle,
                                 matrix, translation)
-        if best.similarity >= SIMILARITY_THRESHOLD:
-            break  # the other mirror sense cannot matter
+        break  # this sense aligned the pictures; the other (rings less alike) is not tried
     return best
 
 
