@@ -293,9 +293,15 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, knob_names: Sequence[str]
     ``sweep.png`` (the metric against each swept knob)."""
     from .stats import N_BOOTSTRAP, SEED
 
+    from .reporting import leaky_banner
+
     table = rank(table, metric)
     write_csv(sweep_dir / "sweep.csv", table)
+    # A point trained on a leaky split (--ignore-groups, random) labels the whole table.
+    leaky = {"leaky": any(read_json(p).get("config", {}).get("leaky")
+                          for p in sweep_dir.rglob("settings.json"))}
     lines = [f"# Sweep of {script} over {' × '.join(knob_names)}", "",
+             *([leaky_banner(leaky)] if leaky["leaky"] else []),
              f"- script options: `{' '.join(script_args) or '(none)'}`",
              f"- points finished: {len(set(table['point'])) if len(table) else 0} of {n_points}; "
              f"sorted by {metric}; each point's run folder is `{sweep_dir.name}/<point>/`",
@@ -304,7 +310,7 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, knob_names: Sequence[str]
              f"replicates, seed {SEED}; stratified by class and fold, whole groups where "
              "groups repeat)", ""]
     if len(table):
-        from .reporting import markdown_table
+        from .reporting import leaky_tag, markdown_table
         from .stats import format_ci
 
         shown = table[["point", *knob_names, *(["setting"] if "setting" in table else []),
@@ -317,7 +323,7 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, knob_names: Sequence[str]
                         table[[m, f"{m}_low", f"{m}_high"]].itertuples(index=False)]
         lines += [markdown_table(shown)]
         plot_sweep(table, knob_names, metric, sweep_dir / "sweep.png",
-                   title=f"{script}: {metric} per point")
+                   title=f"{script}: {metric} per point" + leaky_tag(leaky))
     write_text(sweep_dir / "sweep.md", "\n".join(lines))
     return table
 

@@ -208,3 +208,23 @@ def test_ignore_groups_runs_and_is_labelled_leaky_everywhere(case, data_dir, tmp
     for figure in figures:
         with Image.open(figure) as image:
             assert "LEAKY" in image.text.get("Title", ""), f"{figure} title does not say LEAKY"
+
+
+def test_a_sweep_with_a_leaky_point_says_leaky(tmp_path):
+    """Sweep tables compare runs too: one point run on a LEAKY split labels table and figure."""
+    import json
+
+    from leukocyte_cnn.sweeps import METRICS, write_report
+
+    row = {"point": "p0", "lr": 0.1, "n_images": 10}
+    for m in METRICS:
+        row.update({m: 0.5, f"{m}_low": 0.4, f"{m}_high": 0.6})
+    for leaky in (False, True):
+        sweep = tmp_path / f"leaky_{leaky}"
+        (sweep / "p0").mkdir(parents=True)
+        (sweep / "p0" / "settings.json").write_text(json.dumps({"config": {"leaky": leaky}}))
+        write_report(sweep, pd.DataFrame([row]), ["lr"], "accuracy", script="s.py",
+                     script_args=[], n_points=1)
+        assert ("LEAKY" in (sweep / "sweep.md").read_text()) is leaky
+        with Image.open(sweep / "sweep.png") as image:
+            assert ("LEAKY" in image.text.get("Title", "")) is leaky
