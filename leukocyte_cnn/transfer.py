@@ -280,8 +280,37 @@ def learning_curve_table(run_dir: str | os.PathLike, sizes: Sequence[int],
                    "train_images": float(np.mean(n_train)) if n_train else float("nan")}
             for metric in CURVE_METRICS:
                 row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(folds[metric].tolist())
+            if mode != "scratch" and "scratch" in modes:
+                row.update(paired_to_scratch(run_dir, size, mode, class_names))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_to_scratch(run_dir: str | os.PathLike, size: int, mode: str,
+                      class_names: Sequence[str]) -> dict:
+    """Test accuracy of ``mode`` minus from-scratch at one size, on the same test images: the
+    difference, its paired bootstrap 95 % interval and the exact McNemar p-value (NaN when
+    the two points share no test images)."""
+    from .stats import mcnemar_exact, paired_bootstrap
+    from .training import load_predictions
+
+    columns = [f"prob_{c}" for c in class_names]
+    merged = load_predictions(curve_dir(run_dir, size, mode)).merge(
+        load_predictions(curve_dir(run_dir, size, "scratch")), on=["fold", "image"],
+        suffixes=("", "_scratch"))
+    out = {"accuracy_vs_scratch": float("nan"), "accuracy_vs_scratch_low": float("nan"),
+           "accuracy_vs_scratch_high": float("nan"), "mcnemar_p_vs_scratch": float("nan")}
+    if not len(merged):
+        return out
+    y = merged["label"].to_numpy(dtype=int)
+    prob = merged[columns].to_numpy(dtype=float)
+    prob_scratch = merged[[f"{c}_scratch" for c in columns]].to_numpy(dtype=float)
+    paired = paired_bootstrap(y, prob, prob_scratch, "accuracy")
+    out.update(accuracy_vs_scratch=paired["difference"], accuracy_vs_scratch_low=paired["ci_low"],
+               accuracy_vs_scratch_high=paired["ci_high"],
+               mcnemar_p_vs_scratch=mcnemar_exact(prob.argmax(1) == y,
+                                                  prob_scratch.argmax(1) == y)["p"])
+    return out
 
 
 def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title: str,
@@ -297,6 +326,19 @@ def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title:
     for metric in CURVE_METRICS:
         shown[_METRIC_LABELS[metric]] = [_mean_pm_std(m, s) for m, s in
                                          zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+    if "accuracy_vs_scratch" in table:
+        from .stats import format_difference, format_p
+
+        shown["Δ accuracy vs scratch [95 % CI]"] = [
+            "" if mode == "scratch" else format_difference(d, lo, hi)
+            for mode, d, lo, hi in table[["mode", "accuracy_vs_scratch", "accuracy_vs_scratch_low",
+                                          "accuracy_vs_scratch_high"]].itertuples(index=False)]
+        shown["McNemar p"] = ["" if mode == "scratch" else format_p(p) for mode, p in
+                              table[["mode", "mcnemar_p_vs_scratch"]].itertuples(index=False)]
+        note = (note + "\n\n" if note else "") + (
+            "Δ vs scratch: test accuracy of the pooled folds minus that of the from-scratch model "
+            "at the same size, on the same test images (paired bootstrap 95 % interval, exact "
+            "McNemar test).")
     text = (f"# {title}\n\n" + leaky_banner(config) + (f"{note}\n\n" if note else "")
             + markdown_table(shown))
     md_path = write_text(run_dir / "learning_curve.md", text)

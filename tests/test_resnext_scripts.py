@@ -304,10 +304,16 @@ def test_learning_curve_table_has_one_row_per_size_and_mode_with_mean_and_std(tm
     assert table.iloc[3]["accuracy_mean"] == 1.0 and table.iloc[3]["accuracy_std"] == 0.0
     assert table["train_images"].tolist() == [10, 10, 20, 20]
     assert table["n_folds"].tolist() == [2, 2, 2, 2]
+    # transfer vs scratch on the same test images: 6/8 vs 5/8 right, one image right only by
+    # transfer, none only by scratch -> +0.125, exact McNemar p = 1 (one discordant image)
+    assert table.loc[1, "accuracy_vs_scratch"] == pytest.approx(0.125)
+    assert table.loc[1, "mcnemar_p_vs_scratch"] == 1.0
+    assert np.isnan(table.loc[0, "accuracy_vs_scratch"])
     write_learning_curve(table, tmp_path, title="curve")
     markdown = (tmp_path / "learning_curve.md").read_text()
     assert "| 5 | scratch | 2 | 10.0 | 0.625 ± 0.177 |" in markdown
     assert markdown.count("\n| 5 |") == 2 and markdown.count("\n| 10 |") == 2
+    assert "Δ accuracy vs scratch [95 % CI]" in markdown and "| +0.125 [" in markdown
     assert pd.read_csv(tmp_path / "learning_curve.csv").equals(table)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 
