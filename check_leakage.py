@@ -41,7 +41,7 @@ import time
 # each image's nearest by ring signature). Copies of one cell lie at 0-10 bits, but so do
 # look-alike cells; verification tells them apart.
 HASH_THRESHOLD = 10
-SIMILARITY = None     # detail NCC a verified copy reaches (None: near_duplicates' calibrated 0.75)
+SIMILARITY = None     # detail NCC a verified copy reaches (None: near_duplicates' calibrated 0.9)
 MAX_SHEET_PAIRS = 60  # pairs drawn on the contact sheet at most
 WORKERS = None        # decoding threads (None: up to 8, one per CPU)
 MAX_FOLDS_SHOWN = 12  # more folds than this: stdout lists only the folds with overlaps
