@@ -302,12 +302,20 @@ def main(args: argparse.Namespace):
         print(f"method: {method} ({reason}); choose another with --method")
     inputs = split_inputs(args, method, options, full_hash)
     name = args.name or f"{split_file_name(args, method, options)}_{short(fingerprint(inputs))}"
-    found = existing_split(Path(args.out_dir) / f"{name}.csv", inputs, bool(args.name))
+    target = Path(args.out_dir) / f"{name}.csv"
+    try:
+        found = existing_split(target, inputs, bool(args.name))
+    except InputError as conflict:  # said after the image check: a bad file is news first
+        found, clash = None, conflict
+    else:
+        clash = None
     if found is not None:
         print(f"split {found} already made from the same images and settings (fingerprint "
               f"{short(fingerprint(inputs))}); reused")
         return found
     table, bad = check_image_files(table, args)
+    if clash is not None:
+        raise clash
     where = args.data_root or args.dataset
     extra = predefined_sources(args, table) if method == "predefined" else {}
     groups = None if args.ignore_groups else "auto"

@@ -45,7 +45,7 @@ def regenerate(markdown_path: str | os.PathLike, base: str | os.PathLike = ".") 
 
     def replace(match: re.Match) -> str:
         runs = [Path(base) / r for r in match.group("spec").split()]
-        missing = [str(r) for r in runs if not (r / "settings.json").is_file()]
+        missing = [str(r) for r in runs if not r.is_dir()]
         if missing:
             notes.append(f"kept (run folder not here): {', '.join(missing)}")
             return match.group(0)
@@ -93,7 +93,11 @@ def summary_rows(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def provenance_line(run_dir: Path) -> str:
-    """``commit …, N folds, wall …, CPU …, machine …`` from the run's fold records."""
+    """``commit …, N folds, wall …, CPU …, machine …`` from the run's fold records (for a
+    comparison folder of ``compare_runs.py``: the runs it compares)."""
+    if not (run_dir / "settings.json").is_file():
+        return f"<sub>comparison `{run_dir.name}` (compare_runs.py): paired on the same test " \
+               "images; the runs' own tables above say what made them</sub>"
     settings = json.loads((run_dir / "settings.json").read_text())
     timings = [json.loads(p.read_text()) for p in sorted(run_dir.rglob("timing.json"))]
     commits = sorted({(t.get("provenance") or {}).get("git", {}).get("commit", "?")[:10]

@@ -227,10 +227,36 @@ def predict_eagerly(model, dataset) -> np.ndarray:
     return np.concatenate(outputs)
 
 
+def dihedral_views(images):
+    """The 8 rotations/flips of a batch ``(B, H, W, C)`` of square images: the symmetries of a
+    cell on a slide, which has no up or left."""
+    import tensorflow as tf
+
+    views = []
+    for flipped in (images, tf.reverse(images, axis=[2])):
+        views += [tf.image.rot90(flipped, k) for k in range(4)]
+    return views
+
+
+def predict_probabilities(model, dataset, tta: bool = False) -> np.ndarray:
+    """Class probabilities of every image of ``dataset``; with ``tta`` the mean over the 8
+    rotations/flips of each image (test-time augmentation)."""
+    if not tta:
+        return probabilities_from_output(predict_eagerly(model, dataset))
+    out = []
+    for batch in dataset:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        out.append(np.mean([probabilities_from_output(
+            np.asarray(model(view, training=False), dtype=np.float64))
+            for view in dihedral_views(images)], axis=0))
+    return np.concatenate(out) if out else np.zeros((0, 2))
+
+
 def predict_table(model, test_ds, test: pd.DataFrame, class_names: Sequence[str],
-                  fold: int) -> pd.DataFrame:
-    """Per-image test probabilities as a predictions table (the run's raw result)."""
-    prob = probabilities_from_output(predict_eagerly(model, test_ds))
+                  fold: int, tta: bool = False) -> pd.DataFrame:
+    """Per-image test probabilities as a predictions table (the run's raw result); ``tta``
+    averages each image's 8 rotations/flips (:func:`predict_probabilities`)."""
+    prob = predict_probabilities(model, test_ds, tta)
     if len(prob) != len(test):
         raise RuntimeError(f"model returned {len(prob)} predictions for {len(test)} images")
     table = pd.DataFrame({"fold": fold, "image": test["image"].to_numpy(),

@@ -288,3 +288,45 @@ def test_pipeline_file_cache_changes_when_an_image_is_rewritten_in_place(tmp_pat
     stat = os.stat(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert _cache_file(str(tmp_path / "cache"), [str(path)], None, None, "64x64") != first
+
+
+# --------------------------------------------------------------------------- TTA (issue 18)
+
+
+def test_dihedral_views_are_the_eight_symmetries_of_the_square():
+    import numpy as np
+
+    from leukocyte_cnn.training import dihedral_views
+
+    image = np.arange(2 * 3 * 3 * 1, dtype=np.float32).reshape(2, 3, 3, 1)
+    views = [np.asarray(v) for v in dihedral_views(image)]
+    expected = [np.rot90(f, k, axes=(1, 2)) for f in (image, image[:, :, ::-1]) for k in range(4)]
+    assert len({v.tobytes() for v in views}) == 8
+    assert {v.tobytes() for v in views} == {e.tobytes() for e in expected}
+
+
+def test_evaluate_tta_predicts_the_same_test_images_with_the_same_models(binary_run, tmp_path):
+    import numpy as np
+
+    import evaluate_tta
+    from leukocyte_cnn.checkpoints import load_checkpoint
+    from leukocyte_cnn.pipeline import load_image
+    from leukocyte_cnn.training import load_predictions
+
+    work, _ = binary_run
+    run = work / "results" / "run"
+    out = evaluate_tta.main(evaluate_tta.parse_args([str(run), "--out", str(tmp_path / "tta")]))
+    plain, tta = load_predictions(run), load_predictions(out)
+    assert list(plain["image"]) == list(tta["image"]) and list(plain["fold"]) == list(tta["fold"])
+    config = json.loads((out / "settings.json").read_text())["config"]
+    assert config["test_time_augmentation"] and config["source_run"] == str(run)
+    # One image by hand: the mean of the model's sigmoid over the 8 views of its pixels.
+    row = tta.iloc[0]
+    inputs = pd.read_csv(run / f"fold_{row.fold:02d}" / "inputs.csv")
+    path = inputs.loc[inputs["image"] == row.image, "path"].iloc[0]
+    model = load_checkpoint(run / f"fold_{row.fold:02d}" / "model.keras")
+    pixels = load_image(path, (32, 32))[None].astype("float32")
+    views = [np.rot90(f, k, axes=(1, 2)) for f in (pixels, pixels[:, :, ::-1]) for k in range(4)]
+    positive = np.mean([float(model(np.ascontiguousarray(v), training=False)[0, 0])
+                        for v in views])
+    assert abs(row[f"prob_{config['class_names'][1]}"] - positive) < 1e-5  # sigmoid: label 1
