@@ -70,10 +70,11 @@ CASES = [
     ("inceptionresnetv2", "cnmc_transfer.py --backbone InceptionResNetV2", "InceptionResNetV2",
      (224, 224, 3), 40, 2, (3 * 5700 + 8500) * 40),
 ]
-# --quick: every network at a tiny input and batch, run eagerly (no step function to build:
-# a smoke run, its "1st step" is no compile time), one step, timed; keras.applications
-# backbones at their smallest sizes (InceptionResNetV2 needs 75 px)
-QUICK = dict(SECONDS_PER_CASE=0.0, WARMUP_STEPS=0, BATCH=2,
+# --quick: every network at a tiny input and batch, one step, timed (on TensorFlow run eagerly:
+# no step function to build, so its "1st step" is no compile time); keras.applications
+# backbones at their smallest sizes (InceptionResNetV2 needs 75 px); the mixed policies only
+# for the networks under 5 M parameters (the big ones take minutes in emulated float16)
+QUICK = dict(SECONDS_PER_CASE=0.0, WARMUP_STEPS=0, BATCH=2, MIXED_MAX_PARAMS=5_000_000,
              SIZES={"linear_cnn": (32, 32), "paper_cnn": (24, 24), "elu_cnn": (32, 32),
                     "copenhagen_cnn": (48, 64), "copenhagen_fcn": (48, 64), "unet": (32, 32),
                     "resnext29": (32, 32), "resnext50_32x4d": (32, 32), "resnet50": (32, 32),
@@ -225,6 +226,9 @@ def main(args: argparse.Namespace) -> int:
     seconds = args.seconds if args.seconds is not None else (
         QUICK["SECONDS_PER_CASE"] if args.quick else SECONDS_PER_CASE)
     warmup = QUICK["WARMUP_STEPS"] if args.quick else WARMUP_STEPS
+    # --quick on TensorFlow: eager steps (tracing a big model costs more than a tiny step);
+    # on JAX eager compiles every op on its own, so the step is jit-compiled there too
+    eager = args.quick and keras.backend.backend() == "tensorflow"
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if keras.backend.backend() == "tensorflow":
         from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes
@@ -247,15 +251,22 @@ def main(args: argparse.Namespace) -> int:
             shape = (*QUICK["SIZES"][builder], shape[2])
             batch = QUICK["BATCH"]
         case_start = time.perf_counter()
-        results = {p: measure(builder, shape, batch, classes, p, seconds=seconds,
-                              warmup=warmup, eager=args.quick) for p in policies}
+        results = {}
+        for policy in policies:
+            big = results.get("float32", {}).get("params", 0) > QUICK["MIXED_MAX_PARAMS"]
+            if args.quick and policy != "float32" and big:
+                results[policy] = {"skipped": True}
+                continue
+            results[policy] = measure(builder, shape, batch, classes, policy, seconds=seconds,
+                                      warmup=warmup, eager=eager)
         params = next((r["params"] for r in results.values() if "params" in r), 0)
         line = f"{name:22s} {'x'.join(map(str, shape[:2])):>11s} {batch:5d} {params:11,d}"
         for policy in policies:
             r = results[policy]
             line += (f" | {'failed':>14s}" + " " * 16 if "error" in r else
+                     f" | {'(--quick)':>14s}" + " " * 16 if "skipped" in r else
                      f" | {r['img_s']:14.1f}       {r['first_s']:6.1f} s")
-        finite = all(r.get("finite") for r in results.values())
+        finite = all(r.get("finite") for r in results.values() if "skipped" not in r)
         print(line + f" | {'yes' if finite else 'NO':>6s} | "
               f"{time.perf_counter() - case_start:.0f} s", flush=True)
         rows.append((name, results, work))
@@ -266,9 +277,11 @@ def main(args: argparse.Namespace) -> int:
         parts = []
         for policy in policies[1:] if policies[0] == "float32" else policies:
             r = results[policy]
+            if "skipped" in r:
+                continue
             parts.append(f"{policy} " + (r["error"] if "error" in r else
                                          f"{r['img_s'] / base:.2f}x" if base else "n/a"))
-        print(f"  {name:22s} " + "; ".join(parts))
+        print(f"  {name:22s} " + ("; ".join(parts) or "float32 only (--quick)"))
 
     if not args.quick:
         print("\nfull default run of each study on this device (training images x epochs / "
