@@ -161,6 +161,10 @@ def split_file_name(args: argparse.Namespace, method: str, options: dict) -> str
         parts.append(f"min{args.min_images}")
     if args.exclude:
         parts.append("excl-" + "-".join(sorted(c.lower() for c in args.exclude)))
+    if args.ignore_groups:
+        parts.append("ignore-groups")  # an image-level (LEAKY) split of grouped data
+    if args.near_duplicates != "auto":
+        parts.append(f"near-{args.near_duplicates}")
     parts += [f"{k}{v}" for k, v in sorted(options.items())]
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(parts))
 

@@ -56,7 +56,7 @@ K = 5                      # folds of the target's stratified k-fold split (thes
 SOURCE_DATASET = "synthetic_kaggle"  # pretraining data: a similar task, never the target data
 SOURCE_HELD_OUT_FOLDS = 5  # without an owner's TEST split: hold out 1 of this many folds
 SOURCE_MIN_IMAGES = 5      # source classes with fewer images are left out
-PRETRAIN_CODE_VERSION = 1  # part of a source checkpoint's fingerprint; bump when pretraining changes
+PRETRAIN_CODE_VERSION = 2  # part of a source checkpoint's fingerprint; bump when pretraining changes
 # --quick: a narrow ResNeXt-14 at 48 px, few epochs, three target folds
 QUICK = dict(VARIANT="resnext14", IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
              EPOCHS=6, PATIENCE=3, BATCH_SIZE=16, K=3)

@@ -7,6 +7,7 @@ plus ``validation_data`` with its labels CSV), 40 px cells on black, tinted per 
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_folds_and_final_test_are_disjoint_by_patient(fake_cnmc, tmp_path, monke
         assert set(rows.loc[rows["fold"] == fold, "role"]) == {"train", "val", "test"}
 
     final = cnmc_transfer.final_test_split(args)
-    assert final.csv_path.name.endswith("_test-validation.csv")
+    assert re.search(r"_test-validation_[0-9a-f]{10}\.csv$", final.csv_path.name)
     assert final.csv_path != split.csv_path  # its own split file, not the fold file
     final_rows = final.table
     assert final.folds == [0]
@@ -278,7 +279,7 @@ def test_folds_then_final_test_end_to_end(fake_cnmc, tmp_path, monkeypatch, no_d
     cv_config = json.loads((cv / "settings.json").read_text())["config"]
     final_config = json.loads((final / "settings.json").read_text())["config"]
     assert cv_config["leaky"] is False and cv_config["split_by"] == "folds"
-    assert final_config["split_file"].endswith("_test-validation.csv")
+    assert re.search(r"_test-validation_[0-9a-f]{10}\.csv$", final_config["split_file"])
     tested = pd.read_csv(final / "fold_00" / "predictions.csv")
     assert len(tested) == 8 and tested["image"].str.startswith("validation_data/").all()
     for run in (cv, final):
