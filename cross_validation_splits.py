@@ -233,7 +233,7 @@ def summary_lines(split, settings: dict) -> list[str]:
 
 
 def split_inputs(args: argparse.Namespace, method: str, options: dict,
-                 dataset_hash: str) -> dict:
+                 dataset_hash: str, table) -> dict:
     """Everything that determines a split file's content: its fingerprint's inputs.
 
     The images (``dataset_hash`` of the listing), reader options, method and every option
@@ -246,12 +246,14 @@ def split_inputs(args: argparse.Namespace, method: str, options: dict,
               "dataset_hash": dataset_hash, "method": method, "seed": args.seed,
               "val_fraction": args.val_fraction, "min_images": args.min_images,
               "exclude": sorted(args.exclude), "ignore_groups": bool(args.ignore_groups),
-              "near_duplicates": args.near_duplicates, "near_threshold": args.near_threshold,
               # Bad files change the split only when they are left out: kept (unchecked) or
               # stopping the script, the images listed are the same.
               "skip_bad_files": bool(args.skip_bad and not args.no_check_images),
-              "code": {"folds": folds.SPLIT_CODE_VERSION,
-                       "near_duplicates": getattr(leakage, "NEAR_DUPLICATE_VERSION", 1)}}
+              "code": {"folds": folds.SPLIT_CODE_VERSION}}
+    if folds.joins_copies(args.near_duplicates, method, args.dataset, table, args.ignore_groups):
+        # Only where copies are joined do the near-duplicate settings and code matter.
+        inputs.update(near_duplicates=args.near_duplicates, near_threshold=args.near_threshold)
+        inputs["code"]["near_duplicates"] = getattr(leakage, "NEAR_DUPLICATE_VERSION", 1)
     if method in ("kfold", "group_kfold"):
         inputs["k"] = args.k
     elif method == "lpo":
@@ -304,7 +306,7 @@ def main(args: argparse.Namespace):
     else:
         method, reason = default_method(args.dataset, table)
         print(f"method: {method} ({reason}); choose another with --method")
-    inputs = split_inputs(args, method, options, full_hash)
+    inputs = split_inputs(args, method, options, full_hash, table)
     name = args.name or f"{split_file_name(args, method, options)}_{short(fingerprint(inputs))}"
     target = Path(args.out_dir) / f"{name}.csv"
     try:
