@@ -549,17 +549,21 @@ def contact_sheet(pairs, path, max_pairs: int = SHEET_MAX_PAIRS, title: str = ""
 
     tw, th = SHEET_THUMB
     pad, text_h, head_h = 6, 30, 22
+    chars = tw // 6  # the default font is ~6 px a character
     panel_w = 2 * tw + 3 * pad
     width = SHEET_COLUMNS * panel_w + pad
-    sections = []
-    left = max_pairs
-    for roles, rows in pairs.groupby("roles", sort=False) if len(pairs) else []:
-        rows = rows.sort_values(["similarity", "distance"], ascending=[False, True])
-        shown = rows.head(max(0, left))
-        left -= len(shown)
-        sections.append((str(roles), len(rows), shown))
     order = {"train-test": 0, "train-val": 1, "val-test": 2}
-    sections.sort(key=lambda section: order.get(section[0], 3))
+    groups = sorted(((str(roles), rows.sort_values(["similarity", "distance"],
+                                                   ascending=[False, True]))
+                     for roles, rows in (pairs.groupby("roles", sort=False) if len(pairs)
+                                         else [])),
+                    key=lambda item: order.get(item[0], 3))
+    # an even share of the cap for each role pair; what one leaves unused goes to the others
+    quota = [min(len(rows), max_pairs // max(1, len(groups))) for _, rows in groups]
+    for k, (_, rows) in enumerate(groups):
+        extra = min(len(rows) - quota[k], max(0, max_pairs - sum(quota)))
+        quota[k] += extra
+    sections = [(roles, len(rows), rows.head(n)) for (roles, rows), n in zip(groups, quota)]
     height = head_h + pad
     for _, _, shown in sections:
         height += head_h + -(-len(shown) // SHEET_COLUMNS) * (th + text_h + pad)
@@ -579,7 +583,8 @@ def contact_sheet(pairs, path, max_pairs: int = SHEET_MAX_PAIRS, title: str = ""
                 thumb = Image.fromarray(load_rgb(image_path))
                 thumb.thumbnail((tw, th))
                 sheet.paste(thumb, (x0 + n * (tw + pad), y0))
-            draw.text((x0, y0 + th + 2), f"{row.image_a}  ~  {row.image_b}"[:48], fill="black")
+            for n, name in enumerate((str(row.image_a), str(row.image_b))):
+                draw.text((x0 + n * (tw + pad), y0 + th + 2), name[-chars:], fill="black")
             draw.text((x0, y0 + th + 15), f"distance {int(row.distance)} bits, similarity "
                                           f"{float(row.similarity):.3f}", fill="black")
             drawn += 1

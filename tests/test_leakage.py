@@ -522,11 +522,11 @@ def test_contact_sheet_draws_one_panel_per_reported_pair_up_to_the_cap(turned_co
                           "path_b": [str(turned_copy / n) for n in names[1:6]],
                           "distance": [4, 6, 8, 2, 2], "similarity": [0.9, 0.95, 0.8, 0.99, 0.7]})
     heights = {}
-    for cap in (2, 5, 50):
+    for cap in (1, 2, 5, 50):
         path = tmp_path / f"sheet{cap}.png"
         assert contact_sheet(pairs, path, max_pairs=cap) == min(cap, 5)
         heights[cap] = Image.open(path).height
-    assert heights[2] < heights[5] == heights[50]
+    assert heights[1] < heights[2] == heights[5] == heights[50]  # 2: one pair per role pair
     assert contact_sheet(pairs.iloc[:0], tmp_path / "empty.png") == 0
 
 
