@@ -53,8 +53,9 @@ BLOCK_ROWS = 512         # rows per comparison block (memory: BLOCK_ROWS × n by
 # Version of the copy grouping (screen, verification and their constants here and in
 # near_duplicates.py), part of every split's fingerprint: bump it whenever a change can join
 # other images, so split files made by the older logic are made again, never reused.
-# 1: pHash only; 2: screened pairs verified on pixels, weak links broken.
-NEAR_DUPLICATE_VERSION = 2
+# 1: pHash only; 2: screened pairs verified on pixels, weak links broken; 3: cut-off 0.9,
+# cheaper gates, 4 signature neighbours.
+NEAR_DUPLICATE_VERSION = 3
 FALSE_POSITIVE_WARNING = 0.01  # warn when the estimated share of false copies exceeds this
 KINDS = ("same_image", "same_content", "same_group", "near_duplicate")
 ROLE_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
