@@ -148,10 +148,11 @@ def _train_fold(tmp_path: Path, name: str, *options: str) -> tuple[dict, Path]:
     if not data_root.exists():
         _tiny_dataset(data_root)
     report = _python(RUN_AND_REPORT, [
-        "linear_cnn_binary_lpocv", json.dumps({"BATCH_SIZE": 4}), "--dataset", "folder", "--data-root", str(data_root),
-        "--image-size", "32", "--epochs", "2", "--k", "3", "--folds", "0",
-        "--results-dir", "results", "--run-name", name, *options], tmp_path / "work")
-    return report, tmp_path / "work" / "results" / name
+        "linear_cnn_binary_lpocv", json.dumps({"BATCH_SIZE": 4}), "--dataset", "folder",
+        "--data-root", str(data_root), "--image-size", "32", "--epochs", "2", "--k", "3",
+        "--folds", "0", "--results-dir", "results", "--run-name", name, *options],
+        tmp_path / f"work_{name}")  # a folder per process: runs may go side by side
+    return report, tmp_path / f"work_{name}" / "results" / name
 
 
 # --------------------------------------------------------------------------- XLA
@@ -212,8 +213,13 @@ def test_gpu_options(monkeypatch):
 
 
 def test_a_fold_trains_under_two_replicas_and_writes_what_one_device_writes(tmp_path):
-    mirrored, two = _train_fold(tmp_path, "two_replicas", "--cpu-replicas", "2")
-    single, one = _train_fold(tmp_path, "one_device")
+    from concurrent.futures import ThreadPoolExecutor
+
+    _tiny_dataset(tmp_path / "data_root")
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two processes side by side
+        jobs = [pool.submit(_train_fold, tmp_path, "two_replicas", "--cpu-replicas", "2"),
+                pool.submit(_train_fold, tmp_path, "one_device")]
+        (mirrored, two), (single, one) = (job.result() for job in jobs)
     assert mirrored["replicas"] == 2 and single["replicas"] == 1
     assert mirrored["weights"] == ["MirroredVariable"], mirrored
     assert "MirroredVariable" in mirrored["optimizer_variables"], mirrored
