@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep test output readable (no cuInit)
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as leukocyte_cnn sets it (AMD CPUs)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -117,3 +117,19 @@ def test_configure_devices_leaves_convolutions_alone_with_a_gpu(monkeypatch):
     monkeypatch.setattr(grouped_conv, "use_cpu_convolution_fixes", lambda: calls.append(1))
     gpu.configure_devices()
     assert calls == []
+
+
+def test_importing_the_package_switches_on_onednn_so_grouped_gradients_exist_on_any_cpu():
+    """On AMD CPUs TensorFlow leaves oneDNN off, has no grouped-convolution gradient, and the
+    fix above would silently fall back to XLA's ~150x slower path (seen on an AMD EPYC)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    code = ("import os, leukocyte_cnn\nfrom leukocyte_cnn import grouped_conv\n"
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], grouped_conv._grouped_matches_reference())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         timeout=300)
+    assert out.stdout.split() == ["1", "True"], out.stderr[-2000:]

@@ -216,6 +216,7 @@ def test_training_scripts_augment_training_batches_only(monkeypatch, files):
     monkeypatch.setattr(pipeline, "make_dataset",
                         lambda paths, labels, *a, **kw: calls.append((list(paths), kw)) or None)
     monkeypatch.setattr(training, "fit_and_predict", lambda *a, **kw: kw)
+    monkeypatch.setattr(training, "record_fold_inputs", lambda *a, **kw: None)  # no folder
     paths = list(files.values())
     table = pd.DataFrame({"path": paths, "label": [0, 1, 0, 1]})
     fold = types.SimpleNamespace(train=table.iloc[:2], val=table.iloc[2:3], test=table.iloc[3:],
