@@ -130,6 +130,20 @@ def require_match(artifact: str | os.PathLike, inputs: Mapping[str, Any], what: 
     return read_sidecar(artifact)
 
 
+def keyed_folder(base: str | os.PathLike, name: str, inputs: Mapping[str, Any], kind: str,
+                 what: str) -> Path:
+    """The folder of the artifact made from ``inputs``: ``<base>/<name>_<fingerprint>``,
+    created with its ``fingerprint.json`` if new; one line (``InputError``) if the folder
+    there was made from other inputs (it is kept, never overwritten)."""
+    root = keyed_path(base, name, inputs)
+    if root.exists():
+        require_match(root, inputs, what, "it is kept; delete it to re-make it")
+    else:
+        root.mkdir(parents=True)
+        write_sidecar(root, kind, inputs)
+    return root
+
+
 def record_of(artifact: str | os.PathLike) -> dict:
     """What a run records of an artifact it used: path, kind and fingerprint."""
     record = read_sidecar(artifact) or {}

@@ -43,17 +43,10 @@ def open_balanced_root(out_dir: str | os.PathLike, split, **settings) -> Path:
     """The folder of ``split``'s balanced folds made with ``settings`` (see
     :func:`balancing_inputs`): ``<out_dir>/<split>_balanced_<fingerprint>``, created with its
     ``fingerprint.json`` if new, refused with one line if what lies there was made otherwise."""
-    from .artifacts import keyed_path, require_match, write_sidecar
+    from .artifacts import keyed_folder
 
-    inputs = balancing_inputs(split, **settings)
-    root = keyed_path(out_dir, f"{split.name}_balanced", inputs)
-    if root.exists():
-        require_match(root, inputs, "balanced-fold folder",
-                      "it is kept; delete it to re-make it")
-    else:
-        root.mkdir(parents=True)
-        write_sidecar(root, "balanced_folds", inputs)
-    return root
+    return keyed_folder(out_dir, f"{split.name}_balanced", balancing_inputs(split, **settings),
+                        "balanced_folds", "balanced-fold folder")
 
 
 def augmented_fold_dir(out_root: str | os.PathLike, fold: int) -> Path:

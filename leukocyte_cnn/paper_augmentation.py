@@ -50,19 +50,13 @@ def augmentation_root(base: str | os.PathLike, split, settings: dict) -> Path:
     SHA-256, ``settings`` and this code's version, so other settings or a changed split never
     reuse a folder, and other scripts' augmented folders of the same split are never touched.
     The folder's ``fingerprint.json`` records those inputs."""
-    from .artifacts import keyed_path, require_match, write_sidecar
+    from .artifacts import keyed_folder
 
     inputs = {"artifact": "paper_augmentation", "split": split.name,
               "split_sha256": split.settings.get("split_sha256"), "settings": settings,
               "code": PAPER_AUGMENTATION_CODE_VERSION}
-    root = keyed_path(Path(base) / split.name, "paper_cnn", inputs)
-    if root.exists():
-        require_match(root, inputs, "paper-augmentation folder",
-                      "it is kept; delete it to re-make it")
-    else:
-        root.mkdir(parents=True)
-        write_sidecar(root, "paper_augmentation", inputs)
-    return root
+    return keyed_folder(Path(base) / split.name, "paper_cnn", inputs, "paper_augmentation",
+                        "paper-augmentation folder")
 
 
 def plan_variants(train: pd.DataFrame, n_rotations: int, rng: np.random.Generator | int, *,

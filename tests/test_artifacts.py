@@ -217,16 +217,24 @@ def test_replaced_split_file_then_resume_is_refused_in_one_line(binary_run, tmp_
             shutil.copy(saved / f"x{suffix}", split_csv.with_suffix(suffix))
 
 
-def test_folds_of_another_split_are_not_pooled(binary_run, tmp_path):
-    from leukocyte_cnn.reporting import summarize_run
-
+def _copy_with_fold_record(binary_run, tmp_path, fold: int, change) -> Path:
+    """A copy of the finished run whose ``fold``'s timing.json was edited by ``change``, as if
+    that fold had been made elsewhere (another split, another commit) and copied in."""
     work, _ = binary_run
     run = tmp_path / "run"
     shutil.copytree(work / "results" / "run", run)
-    timing = run / "fold_01" / "timing.json"
+    timing = run / f"fold_{fold:02d}" / "timing.json"
     record = json.loads(timing.read_text())
-    record["split_sha256"] = "0" * 64
+    change(record)
     timing.write_text(json.dumps(record))
+    return run
+
+
+def test_folds_of_another_split_are_not_pooled(binary_run, tmp_path):
+    from leukocyte_cnn.reporting import summarize_run
+
+    run = _copy_with_fold_record(binary_run, tmp_path, 1,
+                                 lambda r: r.update(split_sha256="0" * 64))
     with pytest.raises(InputError, match=r"folds \[1\] were made from another split file"):
         summarize_run(run, quiet=True)
 
@@ -234,13 +242,8 @@ def test_folds_of_another_split_are_not_pooled(binary_run, tmp_path):
 def test_merging_folds_of_two_commits_is_flagged_in_the_summary(binary_run, tmp_path):
     from leukocyte_cnn.reporting import summarize_run
 
-    work, _ = binary_run
-    run = tmp_path / "run"
-    shutil.copytree(work / "results" / "run", run)
-    timing = run / "fold_02" / "timing.json"
-    record = json.loads(timing.read_text())
-    record["provenance"]["git"]["commit"] = "f" * 40
-    timing.write_text(json.dumps(record))
+    run = _copy_with_fold_record(binary_run, tmp_path, 2,
+                                 lambda r: r["provenance"]["git"].update(commit="f" * 40))
     summarize_run(run, quiet=True)
     text = (run / "summary.md").read_text()
     assert "MIXED" in text and "`ffffffffffff` (folds 2)" in text
