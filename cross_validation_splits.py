@@ -271,7 +271,7 @@ def existing_split(csv_path, inputs: dict, named: bool):
     nothing is there; a file made from other inputs is never overwritten: one line."""
     from pathlib import Path
 
-    from leukocyte_cnn.artifacts import canonical, fingerprint
+    from leukocyte_cnn.artifacts import difference, fingerprint
 
     csv_path = Path(csv_path)
     if not csv_path.exists():
@@ -280,12 +280,9 @@ def existing_split(csv_path, inputs: dict, named: bool):
     recorded = read_json(json_path).get("fingerprint") if json_path.is_file() else None
     if recorded and recorded.get("fingerprint") == fingerprint(inputs):
         return csv_path
-    old, new = (recorded or {}).get("inputs") or {}, canonical(inputs)
-    changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k)] if recorded else ["no fingerprint in its JSON"]
-    raise InputError(f"{csv_path}: holds a split made from other inputs ("
-                     + "; ".join(changed[:3]) + "); it is kept: "
-                     + ("choose another --name" if named else "delete it to re-make it"))
+    changed = difference(recorded, inputs, limit=3) if recorded else "no fingerprint in its JSON"
+    raise InputError(f"{csv_path}: holds a split made from other inputs ({changed}); it is "
+                     "kept: " + ("choose another --name" if named else "delete it to re-make it"))
 
 
 def main(args: argparse.Namespace):

@@ -104,6 +104,12 @@ def describe_difference(artifact: str | os.PathLike, inputs: Mapping[str, Any],
     record = read_sidecar(artifact)
     if not record:
         return f"no {SIDECAR} beside it (made before artifacts were fingerprinted)"
+    return difference(record, inputs, limit)
+
+
+def difference(record: Mapping[str, Any], inputs: Mapping[str, Any], limit: int = 4) -> str:
+    """The inputs that differ between a fingerprint ``record`` (``{"fingerprint", "inputs"}``,
+    from a sidecar or a split's JSON) and ``inputs``, as ``"seed: 0 -> 1, ..."``."""
     old, new = record.get("inputs") or {}, canonical(inputs)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not changed:
