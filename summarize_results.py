@@ -6,6 +6,10 @@ their ``fold_XX`` folders into one run folder and run this script. It reads only
 Folds made from another split file or other artifacts are refused; folds of several commits
 are flagged in ``summary.md``.
 
+A learning-curve run (``resnext_transfer_learning.py --train-sizes``) gets its
+``learning_curve.csv/.md/.png`` rebuilt from the sizes whose folds are all done, so a long
+curve stopped part-way (or still running) can be looked at; the table names the sizes left out.
+
 ``--results-md RESULTS.md`` regenerates the tables of RESULTS.md from the run folders its
 markers name (``leukocyte_cnn.results_md``).
 """
@@ -29,9 +33,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     from leukocyte_cnn.reporting import summarize_run
+    from leukocyte_cnn.runinfo import read_settings
+    from leukocyte_cnn.transfer import rebuild_learning_curve
 
     for run_dir in args.run_dirs:
-        summarize_run(run_dir)
+        if read_settings(run_dir)["config"].get("train_sizes"):
+            rebuild_learning_curve(run_dir)
+            print(f"{run_dir}: learning_curve.md rebuilt")
+        else:
+            summarize_run(run_dir)
     if args.results_md:
         from leukocyte_cnn.results_md import regenerate
 

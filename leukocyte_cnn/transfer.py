@@ -313,6 +313,51 @@ def paired_to_scratch(run_dir: str | os.PathLike, size: int, mode: str,
     return out
 
 
+def finished_sizes(run_dir: str | os.PathLike, sizes: Sequence[int], n_folds: int,
+                   modes: Sequence[str] = MODES) -> tuple[list[int], list[int]]:
+    """Sizes of a learning curve whose every mode has all ``n_folds`` folds predicted, and
+    the sizes that do not (yet)."""
+    done, missing = [], []
+    for size in sizes:
+        complete = all(len(list(curve_dir(run_dir, size, mode).glob("fold_*/predictions.csv")))
+                       >= n_folds for mode in modes)
+        (done if complete else missing).append(int(size))
+    return done, missing
+
+
+def rebuild_learning_curve(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """``learning_curve.csv/.md/.png`` of a learning-curve run from its fold files, over the
+    sizes whose points are complete (a run stopped early, or still running, gets the curve
+    it has so far; the table says which sizes are missing). Folds of another split file are
+    refused, as for any run."""
+    from .errors import InputError
+    from .runinfo import check_fold_chain, read_settings
+
+    run_dir = Path(run_dir)
+    config = read_settings(run_dir)["config"]
+    sizes = [int(s) for s in config.get("train_sizes") or []]
+    if not sizes:
+        raise InputError(f"{run_dir}/settings.json: not a learning-curve run (no train_sizes)")
+    modes = MODES
+    for size in sizes:
+        for mode in modes:
+            if curve_dir(run_dir, size, mode).is_dir():
+                check_fold_chain(curve_dir(run_dir, size, mode), config.get("split_sha256"))
+    done, missing = finished_sizes(run_dir, sizes, int(config["n_folds"]), modes)
+    if not done:
+        raise InputError(f"{run_dir}: no size of the learning curve has all "
+                         f"{config['n_folds']} folds of both arms yet")
+    table = learning_curve_table(run_dir, done, config["class_names"], modes)
+    note = (f"Test folds of {Path(config.get('split_file', '?')).name}; mean ± sample std over "
+            f"the {config['n_folds']} folds (one repeat per fold, its test images never trained "
+            "on).")
+    if missing:
+        note += (f" Not finished, so not shown: {', '.join(map(str, missing))} training "
+                 "images per class.")
+    write_learning_curve(table, run_dir, title=config.get("title", "learning curve"), note=note)
+    return table
+
+
 def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title: str,
                          note: str = "") -> tuple[Path, Path, Path]:
     """``learning_curve.csv`` (numbers), ``learning_curve.md`` (mean ± std) and ``.png``."""

@@ -334,3 +334,23 @@ def test_from_scratch_resnext_beats_chance_on_separable_cells(data, tmp_path, mo
     assert len(tested) == tested["image"].nunique() == 30
     accuracy = float(summary.loc[summary["metric"] == "accuracy", "pooled"].iloc[0])
     assert accuracy >= 0.8, accuracy
+
+
+def test_a_curve_stopped_part_way_is_rebuilt_from_its_finished_sizes(tmp_path):
+    """summarize_results.py on a learning-curve run: sizes with every fold of both arms are
+    tabled (mean over folds checked by hand), a size with a fold missing is named, not shown."""
+    import summarize_results
+
+    run_dir = tmp_path / "curve"
+    for size, mode, correct in [(5, "scratch", (2, 4)), (5, "transfer", (3, 3)),
+                                (10, "scratch", (4, 4)), (10, "transfer", (4,))]:
+        _fake_curve_point(run_dir, size, mode, correct)
+    config = {"class_names": ["a", "b"], "train_sizes": [5, 10, 20], "n_folds": 2,
+              "title": "curve", "split_file": "data/splits/x.csv"}
+    (run_dir / "settings.json").write_text(json.dumps({"config": config, "provenance": {}}))
+    summarize_results.main(summarize_results.parse_args([str(run_dir)]))
+    table = pd.read_csv(run_dir / "learning_curve.csv")
+    assert table["size"].tolist() == [5, 5]          # 10 lacks a transfer fold, 20 never ran
+    assert table["accuracy_mean"].tolist() == [0.75, 0.75]  # (2/4 + 4/4) / 2 and 3/4
+    markdown = (run_dir / "learning_curve.md").read_text()
+    assert "Not finished, so not shown: 10, 20 training images per class" in markdown
