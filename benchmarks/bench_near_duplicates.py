@@ -109,6 +109,7 @@ def planted_set(cells: int, copied: int, copies: int, seed: int):
                 "format": FORMAT_VERSION, "renderer": SYNTHETIC_FORMAT_VERSION}
     folder = OUT_DIR / f"near_duplicates_{cells}_{copied}x{copies}_seed{seed}"
     marker = folder / "settings.json"
+    settings = json.loads(json.dumps(settings))  # as the marker holds them (tuples as lists)
     if not (marker.exists() and json.loads(marker.read_text()) == settings):
         shutil.rmtree(folder, ignore_errors=True)  # made by other settings: never reused
         folder.mkdir(parents=True)

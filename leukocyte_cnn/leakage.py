@@ -32,6 +32,7 @@ flag look-alike cells. The threshold is the user's knob (``check_leakage.py --ha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import time
@@ -40,7 +41,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from . import near_duplicates as nd
 from .images import load_rgb
@@ -54,8 +54,9 @@ BLOCK_ROWS = 512         # rows per comparison block (memory: BLOCK_ROWS × n by
 # near_duplicates.py), part of every split's fingerprint: bump it whenever a change can join
 # other images, so split files made by the older logic are made again, never reused.
 # 1: pHash only; 2: screened pairs verified on pixels, weak links broken; 3: cut-off 0.9,
-# cheaper gates, 4 signature neighbours.
-NEAR_DUPLICATE_VERSION = 3
+# cheaper gates, 4 signature neighbours; 4: nucleus centre by mean shift, signature without
+# ring means, JPEGs decoded at reduced scale, rising gates along the refinement.
+NEAR_DUPLICATE_VERSION = 4
 FALSE_POSITIVE_WARNING = 0.01  # warn when the estimated share of false copies exceeds this
 KINDS = ("same_image", "same_content", "same_group", "near_duplicate")
 ROLE_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
@@ -110,9 +111,26 @@ def low_frequencies(rgb: np.ndarray) -> np.ndarray:
 
 
 def _low_frequencies_of_luma(luma: np.ndarray) -> np.ndarray:
-    small = Image.fromarray(luma).resize((RESIZE_SIDE, RESIZE_SIDE), Image.Resampling.BOX)
-    pixels = np.asarray(small, dtype=np.float64)
-    return _DCT @ pixels @ _DCT.T  # rows: vertical frequency, columns: horizontal frequency
+    # the box resize to RESIZE_SIDE² and the DCT as one matrix per axis: two small products
+    rows, cols = _resize_dct(luma.shape[0]), _resize_dct(luma.shape[1])
+    return rows @ luma.astype(np.float64) @ cols.T  # rows: vertical, columns: horizontal
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_dct(n: int) -> np.ndarray:
+    """``_DCT @ B`` where ``B`` (RESIZE_SIDE × n) is Pillow's BOX resize along one axis: output
+    pixel j averages the input pixels whose centres lie in its box (as ``Image.resize``)."""
+    scale = n / RESIZE_SIDE
+    support = max(scale, 1.0)  # Pillow widens the box to one input pixel when enlarging
+    box = np.zeros((RESIZE_SIDE, n))
+    for j in range(RESIZE_SIDE):
+        centre = (j + 0.5) * scale
+        low = max(int(centre - support / 2 + 0.5), 0)
+        high = min(int(centre + support / 2 + 0.5), n)
+        offset = (np.arange(low, high) - centre + 0.5) / support
+        weights = (offset > -0.5) & (offset <= 0.5)  # Pillow's box filter
+        box[j, low:high] = weights / max(weights.sum(), 1)
+    return _DCT @ box
 
 
 def _bits_to_uint64(bits: np.ndarray) -> np.uint64:
@@ -136,14 +154,12 @@ def dihedral_hashes(rgb: np.ndarray) -> np.ndarray:
 
 def _dihedral_hashes_of_luma(luma: np.ndarray) -> np.ndarray:
     block = _low_frequencies_of_luma(luma)
-    hashes = []
-    for base in (block, block.T):
-        for vertical in (False, True):
-            for horizontal in (False, True):
-                signed = base * (_ODD[:, None] if vertical else 1.0) * (
-                    _ODD[None, :] if horizontal else 1.0)
-                hashes.append(phash_from_coefficients(signed))
-    return np.array(hashes, dtype=np.uint64)
+    signed = np.stack([base * (_ODD[:, None] if vertical else 1.0)
+                       * (_ODD[None, :] if horizontal else 1.0)
+                       for base in (block, block.T) for vertical in (False, True)
+                       for horizontal in (False, True)]).reshape(8, -1)
+    bits = signed > np.median(signed, axis=1, keepdims=True)  # as phash_from_coefficients
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
 
 
 def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
@@ -162,11 +178,12 @@ def _read_image(path: str, with_fingerprint: bool) -> tuple:
     fingerprint that pixel verification needs: one read and one decode."""
     with open(path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
-    rgb = load_rgb(path)
     if not with_fingerprint:
-        return digest, dihedral_hashes(rgb), None
+        return digest, dihedral_hashes(load_rgb(path)), None
     # One small image (WORK_SIDE px on the short side) serves both the hash and the
-    # fingerprint: box-resizing it to 32x32 gives (nearly) the full image's pHash.
+    # fingerprint: box-resizing it to 32x32 gives (nearly) the full image's pHash. A JPEG is
+    # decoded straight at a reduced scale (DCT scaling) that keeps WORK_SIDE pixels.
+    rgb = load_rgb(path, reduce_to=nd.WORK_SIDE)
     small = nd.working_image(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2))
     padding = padding_mask(small)
     luma = small @ _LUMA.astype(np.float32)

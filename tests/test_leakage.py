@@ -309,6 +309,18 @@ def test_threshold_outside_range_is_refused_by_the_module():
 
 # ----------------------------------------------------------------------------- real data
 
+# Copies of one cell under two labels in the shared real sets: label conflicts the audit
+# rightly finds, not false copies. Zheng et al.'s Dataset 1 ships one cell twice (060 and
+# 090: the same pixels, similarity 0.99). The Kaggle sample holds one field of view (a
+# lymphocyte with the same platelet and red cells around it) as a LYMPHOCYTE and, turned by
+# 16° and shifted, as a MONOCYTE: aligned, the red cells coincide (similarity 0.92). It
+# was always a copy on pixels (version 3 of the detector verified it at 0.93 when asked)
+# but its ring signature was not among the 4 nearest until the signature left out the
+# rings' means (version 4).
+KNOWN_LABEL_CONFLICTS = {frozenset({"Dataset 1/060.bmp", "Dataset 1/090.bmp"}),
+                         frozenset({"TRAIN/LYMPHOCYTE/_4_8620.jpeg", "TRAIN/MONOCYTE/_5_893.jpeg"})}
+
+
 @pytest.mark.slow
 def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(tmp_path):
     """The closing note's numbers: the Kaggle sample's own TRAIN/TEST split against an
@@ -330,7 +342,9 @@ def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(t
         totals = report.totals().set_index("roles")
         near[method] = int(totals.loc["train-test", "near_duplicate"])
         print(f"{method}: {report.totals().to_dict('records')}")
-        assert report.calibration["cross_class_pairs"] == 0
+        cross = report.copies[report.copies["class_a"] != report.copies["class_b"]]
+        assert {frozenset(pair) for pair in zip(cross["image_a"], cross["image_b"])} <= (
+            KNOWN_LABEL_CONFLICTS)
         assert (tmp_path / f"{method}_leakage_pairs.png").exists()
         if method == "predefined":
             flagged = report.copies[report.copies["roles"] == "train-test"]
@@ -545,7 +559,5 @@ def test_no_verified_copy_joins_two_classes_on_the_shared_real_sets(name, folder
     report = audit(table, workers=2)
     print(name, report.calibration)
     cross = report.copies[report.copies["class_a"] != report.copies["class_b"]]
-    # Zheng et al.'s Dataset 1 ships one cell twice under two labels (060 and 090: the same
-    # pixels, similarity 0.99): a label conflict the audit rightly finds, not a false copy.
-    known = {frozenset({"Dataset 1/060.bmp", "Dataset 1/090.bmp"})}
-    assert {frozenset(pair) for pair in zip(cross["image_a"], cross["image_b"])} <= known
+    assert {frozenset(pair) for pair in zip(cross["image_a"], cross["image_b"])} <= (
+        KNOWN_LABEL_CONFLICTS)
