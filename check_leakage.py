@@ -105,9 +105,13 @@ def calibration_line(report) -> str:
     cross classes (copies share their label)."""
     c = report.calibration
     rate = c.get("false_positive_rate", 0.0)
+    joined = c.get("joined_pairs", 0)
     text = (f"near-duplicates: {c.get('pairs_screened', 0)} pairs screened, "
             f"{c.get('verified_pairs', 0)} verified as copies, {c.get('cross_class_pairs', 0)} "
-            "of them across classes; estimated false-positive rate "
+            "of them across classes"
+            + (f" ({joined} more pairs joined as copies of copies, not compared)"
+               if joined else "")
+            + "; estimated false-positive rate "
             + ("n/a (one class)" if rate != rate else f"{100 * rate:.1f} %"))
     if report.false_positive_warning:
         text += " - WARNING: above 1 %, look at the contact sheet and raise --similarity"

@@ -5,12 +5,16 @@ Renders distinct white cells of the four Kaggle classes with the repository's re
 plants augmented copies of some of them the way the Kaggle blood-cell set made its TRAIN
 folder: a turn by any angle with black corners, a shift, a shear and zoom, a mirror, a
 brightness/contrast change and JPEG re-encoding. Then runs the detection the audit runs
-(``leakage.fingerprint_images`` → ``candidate_pairs`` → ``verify_candidates``) on one core
-and scores it against the planted pairs.
+(``leakage.fingerprint_images`` → ``candidate_pairs`` → ``verify_candidates``, which does
+not compare a pair whose images are already joined through verified pairs but reports it as
+joined) on one core and scores it against the planted pairs.
 
 Targets (issue 14): recall of planted copy pairs >= 0.98, precision >= 0.99, and at least
 200 images/s per core for hashing plus verification (CPU time of this process, one worker
 thread, so other load on the machine does not count against it; wall time is printed too).
+Recall is printed twice: planted pairs joined through verified pairs (what the copy groups
+and the audit see), and planted pairs verified directly when every screened pair is compared
+(a second, untimed pass). Precision counts every reported pair, verified or joined.
 
 Example::
 
@@ -148,39 +152,72 @@ def main(args: argparse.Namespace) -> bool:
     cpu_read = time.process_time() - cpu
     screened = candidate_pairs(hashes, np.stack([f.signature for f in prints]),
                                DEFAULT_THRESHOLD, nd.SCREEN_NEIGHBOURS)
-    verified = verify_candidates(screened, prints)
+    verified = verify_candidates(screened, prints, join_at=nd.SIMILARITY_THRESHOLD)
     cpu_total = time.process_time() - cpu
     wall_total = time.perf_counter() - wall
 
-    found = verified[verified["similarity"] >= nd.SIMILARITY_THRESHOLD]
+    # As the audit reports them: pairs verified on pixels, plus pairs of copies of copies
+    # (both images already joined through verified pairs), which are not compared.
+    compared = verified["similarity"] >= nd.SIMILARITY_THRESHOLD
+    found = verified[compared | verified["joined"]]
     true_pair = cell_of[found["i"]] == cell_of[found["j"]]
     group_sizes = np.bincount(cell_of)
     n_true = int((group_sizes * (group_sizes - 1) // 2).sum())
     screened_true = int((cell_of[screened["i"]] == cell_of[screened["j"]]).sum())
-    recall = true_pair.sum() / max(1, n_true)
+    # Recall as the copy groups see it: planted pairs whose images are joined through
+    # verified pairs (screened or not: a split keeps the whole group together).
+    group = copy_groups(len(paths), verified["i"][compared], verified["j"][compared])
+    same_cell = cell_of[:, None] == cell_of[None, :]
+    together = np.triu(same_cell & (group[:, None] == group[None, :]), 1)
+    recall_joined = together.sum() / max(1, n_true)
     precision = true_pair.sum() / max(1, len(found))
     rate = len(paths) / cpu_total
+    # Direct recall, outside the timing: every screened pair compared on pixels.
+    direct = verify_candidates(screened, prints)
+    direct_true = cell_of[direct["i"]] == cell_of[direct["j"]]
+    recall_direct = (direct_true & (direct["similarity"] >= nd.SIMILARITY_THRESHOLD)).sum() / max(
+        1, n_true)
     print(f"screen: {len(screened)} candidate pairs ({screened_true} of the {n_true} planted "
           f"pairs among them; hash threshold {DEFAULT_THRESHOLD} bits or "
           f"{nd.SCREEN_NEIGHBOURS} ring-signature neighbours)")
-    print(f"verified: {len(found)} pairs at similarity >= {nd.SIMILARITY_THRESHOLD}: "
+    print(f"verified: {int(compared.sum())} pairs at similarity >= {nd.SIMILARITY_THRESHOLD} and "
+          f"{int(verified['joined'].sum())} joined as copies of copies (not compared): "
           f"{int(true_pair.sum())} planted, {int((~true_pair).sum())} false "
           f"({int((classes[found['i']] != classes[found['j']]).sum())} across classes)")
-    missed = verified[(cell_of[verified["i"]] == cell_of[verified["j"]])
-                      & (verified["similarity"] < nd.SIMILARITY_THRESHOLD)]
+    missed = direct[direct_true & (direct["similarity"] < nd.SIMILARITY_THRESHOLD)]
     if len(missed):
-        print("planted pairs screened but not verified, similarity: "
+        print("planted pairs screened but not verified when compared, similarity: "
               + ", ".join(f"{s:.2f}" for s in np.sort(missed["similarity"])[:10]))
+    print(f"recall: {recall_joined:.3f} of planted pairs joined through verified pairs (the copy "
+          f"groups; the target), {recall_direct:.3f} verified directly when every screened pair "
+          f"is compared (untimed second pass)")
     print(f"time: {cpu_total:.1f} s CPU ({cpu_read:.1f} s reading + hashing + fingerprints, "
           f"{cpu_total - cpu_read:.1f} s screen + verification), {wall_total:.1f} s wall; "
           f"{1000 * cpu_total / len(paths):.2f} ms CPU per image")
-    ok = verdict("recall of planted copy pairs", recall >= RECALL_TARGET, f"{recall:.3f}",
-                 f">= {RECALL_TARGET}")
+    ok = verdict("recall of planted copy pairs (joined through verified pairs)",
+                 recall_joined >= RECALL_TARGET, f"{recall_joined:.3f}", f">= {RECALL_TARGET}")
+    ok &= verdict("recall of planted copy pairs (each verified directly)",
+                  recall_direct >= RECALL_TARGET, f"{recall_direct:.3f}", f">= {RECALL_TARGET}")
     ok &= verdict("precision", precision >= PRECISION_TARGET, f"{precision:.3f}",
                   f">= {PRECISION_TARGET}")
     ok &= verdict("images per second per core (hashing + verification)", rate >= RATE_TARGET,
                   f"{rate:.0f}", f">= {RATE_TARGET:.0f}")
     return ok
+
+
+def copy_groups(n: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Each image's group (its smallest member) when the pairs (first[k], second[k]) join."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return int(i)
+
+    for i, j in zip(first.tolist(), second.tolist()):
+        a, b = root(i), root(j)
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(n)])
 
 
 if __name__ == "__main__":

@@ -311,14 +311,25 @@ def test_threshold_outside_range_is_refused_by_the_module():
 
 # Copies of one cell under two labels in the shared real sets: label conflicts the audit
 # rightly finds, not false copies. Zheng et al.'s Dataset 1 ships one cell twice (060 and
-# 090: the same pixels, similarity 0.99). The Kaggle sample holds one field of view (a
-# lymphocyte with the same platelet and red cells around it) as a LYMPHOCYTE and, turned by
-# 16° and shifted, as a MONOCYTE: aligned, the red cells coincide (similarity 0.92). It
-# was always a copy on pixels (version 3 of the detector verified it at 0.93 when asked)
-# but its ring signature was not among the 4 nearest until the signature left out the
-# rings' means (version 4).
-KNOWN_LABEL_CONFLICTS = {frozenset({"Dataset 1/060.bmp", "Dataset 1/090.bmp"}),
-                         frozenset({"TRAIN/LYMPHOCYTE/_4_8620.jpeg", "TRAIN/MONOCYTE/_5_893.jpeg"})}
+# 090: the same pixels, similarity 0.99). The Kaggle sample's TRAIN holds one field of view
+# (a lymphocyte with a platelet beside it and the same red cells around it: a bright-centred
+# one, two overlapping ones) three times as LYMPHOCYTE and five times as MONOCYTE, turned
+# and shifted: aligned, the red cells coincide (similarity 0.92-0.98). Version 3 of the
+# detector verified such a pair at 0.93 when asked, but its ring signatures were not among
+# the 4 nearest until the signature left out the rings' means (version 4), and pairs of
+# the field's copies are now also joined as copies of copies. A cross-class pair is known
+# when both images are in one of these sets.
+KNOWN_LABEL_CONFLICTS = (
+    {"Dataset 1/060.bmp", "Dataset 1/090.bmp"},
+    {f"TRAIN/LYMPHOCYTE/{name}.jpeg" for name in ("_4_8620", "_6_57", "_7_5453")}
+    | {f"TRAIN/MONOCYTE/{name}.jpeg" for name in ("_5_893", "_11_1927", "_14_5983", "_2_2809",
+                                                   "_4_613")})
+
+
+def unknown_cross_class_pairs(copies) -> set:
+    cross = copies[copies["class_a"] != copies["class_b"]]
+    return {(a, b) for a, b in zip(cross["image_a"], cross["image_b"])
+            if not any({a, b} <= known for known in KNOWN_LABEL_CONFLICTS)}
 
 
 @pytest.mark.slow
@@ -342,9 +353,7 @@ def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(t
         totals = report.totals().set_index("roles")
         near[method] = int(totals.loc["train-test", "near_duplicate"])
         print(f"{method}: {report.totals().to_dict('records')}")
-        cross = report.copies[report.copies["class_a"] != report.copies["class_b"]]
-        assert {frozenset(pair) for pair in zip(cross["image_a"], cross["image_b"])} <= (
-            KNOWN_LABEL_CONFLICTS)
+        assert not unknown_cross_class_pairs(report.copies)
         assert (tmp_path / f"{method}_leakage_pairs.png").exists()
         if method == "predefined":
             flagged = report.copies[report.copies["roles"] == "train-test"]
@@ -558,6 +567,4 @@ def test_no_verified_copy_joins_two_classes_on_the_shared_real_sets(name, folder
     table["group"] = table["image"]
     report = audit(table, workers=2)
     print(name, report.calibration)
-    cross = report.copies[report.copies["class_a"] != report.copies["class_b"]]
-    assert {frozenset(pair) for pair in zip(cross["image_a"], cross["image_b"])} <= (
-        KNOWN_LABEL_CONFLICTS)
+    assert not unknown_cross_class_pairs(report.copies)
