@@ -239,7 +239,7 @@ _CIRCLES = np.stack([(_RADII * np.sin(_PHI)).ravel(),
 def _rings(luma: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
     """``luma`` sampled (bilinear, 0 outside) on RINGS circles of ANGLES points."""
     points = _CIRCLES + np.array([[centre[0] + PAD], [centre[1] + PAD]], dtype=np.float32)
-    return _sample(_padded([luma]), points)[0].reshape(RINGS, ANGLES)
+    return _sample(_padded(luma, 0.0), points).reshape(RINGS, ANGLES)
 
 
 def _signature(rings: np.ndarray) -> np.ndarray:
@@ -290,8 +290,8 @@ def signature_neighbours(signatures: np.ndarray, k: int = SCREEN_NEIGHBOURS,
 
 class _Level:
     """One resolution of an image: as template A (its valid pixels, and the Jacobian of the
-    alignment at them) and as the image B sampled (validity and luma, or validity and
-    detail, as padded stacks)."""
+    alignment at them) and as the image B sampled (``stack``: luma, ``detail``: detail, each
+    padded and NaN where there is no picture)."""
 
     def __init__(self, luma: np.ndarray, valid: np.ndarray, centre: np.ndarray,
                  with_detail: bool):
@@ -304,12 +304,12 @@ class _Level:
         self.values = luma[rows, cols]
         if with_detail:
             detail = _detail(luma, valid)
-            self.detail = _padded([valid, detail])
+            self.detail = _padded(np.where(valid, detail, np.nan), np.nan)
             self.details = detail[rows, cols]
 
     @functools.cached_property
     def stack(self) -> np.ndarray:
-        return _padded([self.valid, self.luma])
+        return _padded(np.where(self.valid, self.luma, np.nan), np.nan)
 
     @functools.cached_property
     def jacobian(self) -> np.ndarray:
@@ -405,22 +405,19 @@ def _ncc(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _sample(stack: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Bilinear samples of every channel of ``stack`` (channels, h, w) at ``points`` (2, n:
-    rows, columns).
+    """Bilinear samples of ``stack`` (h, w) at ``points`` (2, n: rows, columns).
 
-    ``stack`` is a :func:`_padded` one: channel 0 is the validity, and points beyond its
-    zero border are moved onto it, so validity 0 marks where B has no picture (the other
-    channels are then 0 too). A hand-written gather: ``ndimage.affine_transform`` on a
-    channel stack is ~10x slower at this size, and every numpy call counts here.
+    ``stack`` is a :func:`_padded` one: points beyond its border are moved onto it. Where B
+    has no picture its pixels are NaN, so a sample that touches one is NaN: one array says
+    both what B shows and where. A hand-written gather: ``ndimage.map_coordinates`` costs
+    more at this size, and every numpy call counts here.
     """
-    channels, h, w = stack.shape
+    h, w = stack.shape
     frac, whole = np.modf(np.maximum(np.minimum(points, _limit(h, w)), 0.0))
     index = (whole[0] * w + whole[1]).astype(np.intp)
-    # the four neighbours of every point in one gather: (channels, 4, n)
-    corners = np.take(stack.reshape(channels, -1), index + np.array([[0], [1], [w], [w + 1]]),
-                      axis=1)
-    top = corners[:, 0] + (corners[:, 1] - corners[:, 0]) * frac[1]
-    bottom = corners[:, 2] + (corners[:, 3] - corners[:, 2]) * frac[1]
+    corners = np.take(stack, index + np.array([[0], [1], [w], [w + 1]]))  # (4, n)
+    top = corners[0] + (corners[1] - corners[0]) * frac[1]
+    bottom = corners[2] + (corners[3] - corners[2]) * frac[1]
     return top + (bottom - top) * frac[0]
 
 
@@ -429,13 +426,12 @@ def _limit(h: int, w: int) -> np.ndarray:
     return np.array([[h - 1.001], [w - 1.001]], dtype=np.float32)
 
 
-def _padded(channels: list) -> np.ndarray:
-    """The channels stacked (float32) with a zero border of PAD pixels (see :func:`_sample`)."""
-    h, w = channels[0].shape
-    stack = np.zeros((len(channels), h + 2 * PAD, w + 2 * PAD), dtype=np.float32)
-    for k, channel in enumerate(channels):
-        stack[k, PAD:PAD + h, PAD:PAD + w] = channel
-    return stack
+def _padded(image: np.ndarray, fill: float) -> np.ndarray:
+    """``image`` (float32) with a border of PAD pixels of ``fill`` (see :func:`_sample`)."""
+    h, w = image.shape
+    out = np.full((h + 2 * PAD, w + 2 * PAD), fill, dtype=np.float32)
+    out[PAD:PAD + h, PAD:PAD + w] = image
+    return out
 
 
 def _warp_points(stack, matrix, translation, points):
@@ -496,7 +492,8 @@ def _shift(a: _Working, b: _Working, matrix: np.ndarray) -> np.ndarray:
     reach = int(MAX_SHIFT * min(h, w))
     cb = b.half.centre
     # every pixel p of A (not centred: the centre goes into the translation)
-    picture = _warp_points(b.half.stack, matrix, cb - matrix @ a.half.centre, _grid((h, w)))[1]
+    picture = np.nan_to_num(_warp_points(b.half.stack, matrix, cb - matrix @ a.half.centre,
+                                         _grid((h, w))))  # 0 where B has no picture
     cross = scipy.fft.irfft2(a.template * np.conj(scipy.fft.rfft2(picture.reshape(h, w), size)),
                              size)
     cross[reach + 1:size[0] - reach] = -np.inf
@@ -512,10 +509,10 @@ def _score(a: _Level, b: _Level, matrix, translation, detail: bool = False) -> f
     """NCC of A's valid pixels and B's mapped ones (luma, or detail), over the pixels both
     show."""
     warped = _warp_points(b.detail if detail else b.stack, matrix, translation, a.points)
-    both = warped[0] > 0.999
+    both = warped == warped  # not NaN: B shows its picture there
     if np.count_nonzero(both) < MIN_OVERLAP * a.luma.size:
         return -1.0
-    return _ncc((a.details if detail else a.values)[both], warped[1][both])
+    return _ncc((a.details if detail else a.values)[both], warped[both])
 
 
 _RIDGE = 1e-6 * np.eye(8)
@@ -540,12 +537,12 @@ def _refine(a: _Level, b: _Level, matrix, translation, updates: int, gated: bool
     while True:
         affine = np.array([[m00, m01, t0 + PAD], [m10, m11, t1 + PAD]], dtype=np.float32)
         warped = _sample(b.stack, affine @ a.points)
-        both = warped[0] > 0.999
+        both = warped == warped  # not NaN: B shows its picture there
         count = np.count_nonzero(both)
         if count < MIN_OVERLAP * a.luma.size:
             ncc = -1.0
             break
-        columns[:, 8] = warped[1]
+        columns[:, 8] = warped
         inside = columns[both]
         sums = (inside.T @ inside).astype(float)  # normal equations, and the NCC's sums
         sum_a, sum_aa, sum_b, sum_ab, sum_bb = (sums[6, 7], sums[6, 6], sums[7, 8], sums[6, 8],
