@@ -586,12 +586,14 @@ def verify(fa: Fingerprint, fb: Fingerprint, cache: "WorkingCache | None" = None
            senses: np.ndarray | None = None) -> Verification:
     """Align B onto A (mirror, rotation, shift, then affine refinement) and compare pixels.
 
+    ``senses``: the pair's row of :func:`ring_senses` (computed here when not given).
     Gates keep the cost of clear non-copies low: rings that match poorly in both mirror
-    senses (``RING_GATE``), a rigid alignment far from a match (``REJECT_BELOW``) and a
-    half-resolution refinement whose luma stays poor (``HALF_GATE``) end the comparison
-    early with similarity -1 (``luma`` then holds the best luma NCC reached, if any). A pair
-    whose detail already matches at SIMILARITY_THRESHOLD with the half-resolution map is a
-    copy without the full-resolution refinement (which could only raise its similarity).
+    senses (``RING_GATE``), a turned pair far from a match (``REJECT_BELOW``, after a shift
+    search) and a luma NCC that falls behind the gates rising to ``HALF_GATE`` along the
+    half-resolution refinement end the comparison early with similarity -1 (``luma`` then
+    holds the best luma NCC reached, if any). A pair whose detail already matches at
+    SIMILARITY_THRESHOLD with the half-resolution map is a copy without the
+    full-resolution refinement (which could only raise its similarity).
     """
     a = cache.get(fa) if cache is not None else _Working(fa)
     b = cache.get(fb) if cache is not None else _Working(fb)
