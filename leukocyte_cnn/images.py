@@ -9,6 +9,7 @@ expects, an ``uint8`` array of shape ``(H, W, 3)``, and refuses broken files wit
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -48,7 +49,8 @@ _SAVE_OPTIONS: dict[str, tuple[str, dict]] = {
 }
 
 
-def load_rgb(path: str | os.PathLike, reduce_to: int | None = None) -> np.ndarray:
+def load_rgb(path: str | os.PathLike, reduce_to: int | None = None,
+             data: bytes | None = None) -> np.ndarray:
     """Decode ``path`` fully and return it as an ``uint8`` array of shape ``(H, W, 3)``.
 
     16-bit and float images are rescaled by their value range (65535 -> 255), transparent
@@ -57,15 +59,25 @@ def load_rgb(path: str | os.PathLike, reduce_to: int | None = None) -> np.ndarra
     non-image files raise ``InputError("<path>: <problem>")``. ``reduce_to``: a JPEG may be
     decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, ~2x faster) as long as both
     sides keep at least this many pixels (for callers that shrink the image anyway).
+    ``data``: the file's bytes, where the caller has read them already (errors still name
+    ``path``).
     """
+    return np.ascontiguousarray(np.asarray(load_rgb_image(path, reduce_to, data),
+                                           dtype=np.uint8))
+
+
+def load_rgb_image(path: str | os.PathLike, reduce_to: int | None = None,
+                   data: bytes | None = None) -> Image.Image:
+    """:func:`load_rgb` as a Pillow ``RGB`` image (for callers that resize it: no round trip
+    through an array)."""
     path = Path(path)
-    with _open_image(path) as img:
+    with _open_image(path, data) as img:
         try:
             if reduce_to and img.format == "JPEG":
                 img.draft(None, (reduce_to, reduce_to))
             img.load()  # full decode: a truncated file fails here, not later in training
             upright = ImageOps.exif_transpose(img)
-            return _to_rgb_array(upright, path)
+            return _to_rgb_image(upright, path)
         except Image.DecompressionBombError as exc:
             raise InputError(f"{path}: image too large to decode safely ({exc})") from None
         except _DECODE_ERRORS as exc:
@@ -151,20 +163,24 @@ def save_rgb(path: str | os.PathLike, array: np.ndarray) -> Path:
     return path
 
 
-def _open_image(path: Path) -> Image.Image:
-    """Open ``path`` with Pillow (header only), turning every failure into a one-line error."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image file")
+def _open_image(path: Path, data: bytes | None = None) -> Image.Image:
+    """Open ``path`` with Pillow (header only), turning every failure into a one-line error.
+    ``data``: the file's bytes, read already (opened from memory)."""
+    if data is None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, not an image file")
+    else:
+        size = len(data)
     if size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
     try:
-        return Image.open(path)
+        return Image.open(path if data is None else io.BytesIO(data))
     except UnidentifiedImageError as exc:
         known = _signature_format(path)
         if known:  # right magic bytes, unreadable header: damaged rather than not an image
@@ -212,21 +228,20 @@ def _problem_of(path: str) -> str | None:
     return None
 
 
-def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
-    """Convert a decoded Pillow image of any mode to ``uint8`` H×W×3."""
+def _to_rgb_image(img: Image.Image, path: Path) -> Image.Image:
+    """Convert a decoded Pillow image of any mode to ``RGB`` (see :func:`load_rgb`)."""
     if img.mode in _HIGH_DEPTH_MODES:
         gray = _rescale_to_uint8(np.asarray(img))
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         # Composite on white: an empty slide is white, black borders would look like stain.
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
     try:
-        rgb = img.convert("RGB")
+        return img.convert("RGB")
     except ValueError as exc:
         raise InputError(f"{path}: unsupported image mode {img.mode} ({exc})") from None
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
 def _rescale_to_uint8(samples: np.ndarray) -> np.ndarray:

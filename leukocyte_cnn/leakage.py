@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from . import near_duplicates as nd
-from .images import load_rgb
+from .images import load_rgb, load_rgb_image
 from .near_duplicates import PADDING_LEVEL, padding_mask  # noqa: F401 (re-exported)
 
 HASH_SIDE = 8            # the hash uses the HASH_SIDE × HASH_SIDE lowest DCT frequencies: 64 bits
@@ -182,19 +182,21 @@ def _read_image(path: str, with_fingerprint: bool) -> tuple:
     """SHA-256 of the file's bytes, the dihedral pHashes of its pixels and (optionally) the
     fingerprint that pixel verification needs: one read and one decode."""
     with open(path, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()
+        data = handle.read()
+    digest = hashlib.sha256(data).hexdigest()
     if not with_fingerprint:
-        return digest, dihedral_hashes(load_rgb(path)), None
+        return digest, dihedral_hashes(load_rgb(path, data=data)), None
     # One small image (WORK_SIDE px on the short side) serves both the hash and the
     # fingerprint: box-resizing it to 32x32 gives (nearly) the full image's pHash. A JPEG is
-    # decoded straight at a reduced scale (DCT scaling) that keeps WORK_SIDE pixels.
-    rgb = load_rgb(path, reduce_to=nd.WORK_SIDE)
-    small = nd.working_image(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2))
+    # decoded straight at a reduced scale (DCT scaling) that keeps WORK_SIDE pixels, from the
+    # bytes just hashed, and resized as a Pillow image (no array round trip).
+    small = nd.working_image(load_rgb_image(path, reduce_to=nd.WORK_SIDE, data=data))
     padding = padding_mask(small)
     luma = small @ _LUMA.astype(np.float32)
+    fingerprint = nd.fingerprint_of_working_image(small, padding, luma)
     if padding.any():
         luma[padding] = luma[~padding].mean()
-    return digest, _dihedral_hashes_of_luma(luma), nd.fingerprint_of_working_image(small, padding)
+    return digest, _dihedral_hashes_of_luma(luma), fingerprint
 
 
 def _read_images(paths: Sequence[str], workers: int | None, with_fingerprint: bool):
