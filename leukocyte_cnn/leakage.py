@@ -205,9 +205,13 @@ def _read_images(paths: Sequence[str], workers: int | None, with_fingerprint: bo
     from .progress import counted
 
     paths = [str(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # a line every 10 s
-        results = list(counted(pool.map(lambda p: _read_image(p, with_fingerprint), paths),
+    if workers <= 1:  # in this thread: no hand-over per image
+        results = list(counted((_read_image(p, with_fingerprint) for p in paths),
                                "hashing images for near-duplicates", total=len(paths)))
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # a line every 10 s
+            results = list(counted(pool.map(lambda p: _read_image(p, with_fingerprint), paths),
+                                   "hashing images for near-duplicates", total=len(paths)))
     digests = [r[0] for r in results]
     hashes = (np.stack([r[1] for r in results]) if results
               else np.zeros((0, 8), dtype=np.uint64))

@@ -230,18 +230,27 @@ def _nucleus_centre(green: np.ndarray, valid: np.ndarray) -> tuple[float, float]
     h, w = weight.shape
     radius = NUCLEUS_REACH * min(h, w)
     cy, cx = float(y), float(x)
+    count = _count(max(h, w))
     for _ in range(NUCLEUS_STEPS):
         top, left = max(0, int(cy - radius)), max(0, int(cx - radius))
         window = weight[top:int(cy + radius) + 2, left:int(cx + radius) + 2]
-        rows = np.arange(top, top + window.shape[0], dtype=np.float32)[:, None]
-        cols = np.arange(left, left + window.shape[1], dtype=np.float32)[None, :]
-        window = window * ((rows - cy) ** 2 + (cols - cx) ** 2 <= radius ** 2)
-        total = float(window.sum())
+        rows = count[top:top + window.shape[0]]
+        cols = count[left:left + window.shape[1]]
+        window = window * (((rows - cy) ** 2)[:, None] + ((cols - cx) ** 2)[None, :]
+                           <= radius ** 2)
+        by_row = window.sum(axis=1)
+        total = float(by_row.sum())
         if total <= 0:
             break
-        cy = float((window.sum(axis=1) @ rows[:, 0])) / total
-        cx = float((window.sum(axis=0) @ cols[0])) / total
+        cy = float(by_row @ rows) / total
+        cx = float(window.sum(axis=0) @ cols) / total
     return cy, cx
+
+
+@functools.lru_cache(maxsize=16)
+def _count(n: int) -> np.ndarray:
+    """0, 1, ..., n - 1 as float32 (pixel indices)."""
+    return np.arange(n, dtype=np.float32)
 
 
 _RADII = np.linspace(1.5, RING_REACH * WORK_SIDE, RINGS)[:, None]
@@ -264,9 +273,20 @@ def _signature(rings: np.ndarray) -> np.ndarray:
     length. The rings' means are left out: they move with brightness and contrast and with
     the luma normalisation over the part of the picture a shifted copy keeps, and with them
     in, the ring-signature neighbours missed 16 of 360 planted copy pairs (0 without)."""
-    rings = ndimage.correlate1d(rings, _gaussian_kernel(RADIAL_BLUR), axis=0, mode="nearest")
-    vector = np.abs(np.fft.rfft(rings, axis=1)[:, 1:HARMONICS + 1]).ravel()
+    # the radial blur (edges: nearest ring) and the harmonics' DFT are linear: two products
+    parts = _RADIAL_BLUR @ rings @ _HARMONIC_BASIS  # (RINGS, 2 HARMONICS): cosines, sines
+    vector = np.hypot(parts[:, :HARMONICS], parts[:, HARMONICS:]).ravel()
     return (vector / (np.linalg.norm(vector) + 1e-9)).astype(np.float32)
+
+
+# ``ndimage.correlate1d(rings, kernel, axis=0, mode="nearest")`` as a matrix, and the real and
+# imaginary parts of ``np.fft.rfft(rings, axis=1)[:, 1:HARMONICS + 1]`` (up to sign) as one
+_RADIAL_BLUR = ndimage.correlate1d(np.eye(RINGS), _gaussian_kernel(RADIAL_BLUR), axis=0,
+                                   mode="nearest")
+_HARMONIC_BASIS = np.concatenate([np.cos(2 * np.pi * np.arange(ANGLES)[:, None]
+                                         * np.arange(1, HARMONICS + 1)[None, :] / ANGLES),
+                                  np.sin(2 * np.pi * np.arange(ANGLES)[:, None]
+                                         * np.arange(1, HARMONICS + 1)[None, :] / ANGLES)], axis=1)
 
 
 # ----------------------------------------------------------------------------- screen
@@ -312,16 +332,15 @@ class _Level:
     def __init__(self, luma: np.ndarray, valid: np.ndarray, centre: np.ndarray,
                  with_detail: bool):
         self.luma, self.valid, self.centre = luma, valid, centre
-        self._pixels = np.nonzero(valid)
-        rows, cols = self._pixels
+        rows, cols = np.nonzero(valid)  # row-major, as luma[valid]
         # valid pixels minus the centre, homogeneous: an affine map is one matrix product
         self.points = np.stack([rows - centre[0], cols - centre[1],
                                 np.ones(len(rows))]).astype(np.float32)
-        self.values = luma[rows, cols]
+        self.values = luma[valid]
         if with_detail:
             detail = _detail(luma, valid)
             self.detail = _Bilinear(_padded(np.where(valid, detail, np.nan), np.nan))
-            self.details = detail[rows, cols]
+            self.details = detail[valid]
 
     @functools.cached_property
     def stack(self) -> "_Bilinear":
@@ -333,7 +352,7 @@ class _Level:
         a column that :func:`_refine` fills with B's samples (one product then gives the
         normal equations and every sum of the NCC)."""
         gy, gx = _gradient(self.luma)
-        gy, gx = gy[self._pixels], gx[self._pixels]
+        gy, gx = gy[self.valid], gx[self.valid]
         y, x = self.points[0], self.points[1]
         return np.stack([gy * y, gy * x, gx * y, gx * x, gy, gx, self.values,
                          np.ones_like(self.values), np.zeros_like(self.values)],
@@ -453,15 +472,15 @@ class _Bilinear:
         np.subtract(bottom_left, top_left, out=coefficients[2, :-1, :-1])
         coefficients[3, :-1, :-1] = bottom_right - bottom_left - coefficients[1, :-1, :-1]
         self.coefficients = coefficients.reshape(4, h * w)
-        self.width, self.limit = w, _limit(h, w)
+        self.strides, self.limit = np.array([w, 1], dtype=np.float32), _limit(h, w)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Bilinear samples at ``points`` (2, n: rows, columns; float32), as :func:`_sample`."""
         where = np.maximum(np.minimum(points, self.limit), 0.0)
-        whole = where.astype(np.intp)  # >= 0: truncation is the floor
-        frac = where - whole
-        value, right, down, twist = np.take(self.coefficients, whole[0] * self.width + whole[1],
-                                            axis=1)
+        whole = np.floor(where)
+        frac = where - whole  # float32 throughout, as the points
+        index = (self.strides @ whole).astype(np.intp)  # row * width + column (exact)
+        value, right, down, twist = np.take(self.coefficients, index, axis=1)
         return value + right * frac[1] + (down + twist * frac[1]) * frac[0]
 
 
@@ -673,7 +692,7 @@ def verify(fa: Fingerprint, fb: Fingerprint, cache: "WorkingCache | None" = None
                 matrix, translation, luma, steps = _refine(a.half, b.half, turn, shifted,
                                                            LK_STEPS[0], gated=True)
         if luma < HALF_GATE:
-            best = dataclasses.replace(best, luma=max(best.luma, float(luma)))
+            best.luma = max(best.luma, float(luma))
             if steps == 0:
                 continue  # this mirror sense is far off from the start: try the other
             break  # no copy: the detail is not compared
