@@ -18,7 +18,10 @@ the thesis' ``retrainBlock`` chose how much of the network is retrained, here ``
 * ``--train-sizes 5,10,20,40``: the learning curve: for each size and fold, that many training
   images per class (nested seeded subsets of the fold's training images; validation and test
   images untouched), trained from scratch (the source's architecture, the from-scratch
-  script's fold function) and by transfer; ``learning_curve.csv/.md/.png``.
+  script's fold function) and by transfer; ``learning_curve.csv/.md/.png``. A subset smaller
+  than ``CURVE_EPOCH_IMAGES`` is repeated within each epoch (every repeat another online
+  view): with epochs of 20 images (one step) early stopping used to end a 10-per-class run
+  after a few dozen updates.
 
 What we fixed: the checkpoint is checked before anything trains (missing, not a Keras model,
 other input size, other preprocessing, no head), a source model that has seen any target image
@@ -53,6 +56,9 @@ PATIENCE = 15              # epochs without validation-loss improvement before s
 ROTATION_DEGREES = 359     # on-the-fly rotation range
 FLIPS = True               # on-the-fly horizontal and vertical flips
 K = 5                      # folds of the target's stratified k-fold split (thesis: 5)
+CURVE_EPOCH_IMAGES = 300   # learning curve: an epoch shows at least this many training images
+                           # (a subset of N per class is repeated, each repeat another online
+                           # view), so tiny sets get the updates of a balanced fold (150 a class)
 SOURCE_DATASET = "synthetic_kaggle"  # pretraining data: a similar task, never the target data
 SOURCE_HELD_OUT_FOLDS = 5  # without an owner's TEST split: hold out 1 of this many folds
 SOURCE_MIN_IMAGES = 5      # source classes with fewer images are left out
@@ -88,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=None, help=f"part of the network fine-tuned (default {RETRAIN})")
     parser.add_argument("--fine-tune-learning-rate", type=float, default=None,
                         help=f"learning rate of fine-tuning (default {FINE_TUNE_LEARNING_RATE})")
+    parser.add_argument("--curve-epoch-images", type=int, default=None,
+                        help=f"learning curve: training images per epoch at least, by repeating "
+                             f"a small subset (default {CURVE_EPOCH_IMAGES}; 0: no repeats)")
     parser.add_argument("--train-sizes", default=None,
                         help="learning curve instead of one CV: training images per class, "
                              "e.g. 5,10,20,40, each trained from scratch and by transfer")
@@ -105,6 +114,8 @@ def transfer_settings(args: argparse.Namespace) -> dict:
         settings["RETRAIN"] = args.retrain
     if args.fine_tune_learning_rate is not None:
         settings["FINE_TUNE_LEARNING_RATE"] = args.fine_tune_learning_rate
+    if args.curve_epoch_images is not None:
+        settings["CURVE_EPOCH_IMAGES"] = args.curve_epoch_images
     return settings
 
 
@@ -167,7 +178,7 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
               "source_dataset_hash": source_hash, "held_out_method": method,
               "architecture": arch, "seed": args.seed, "code": PRETRAIN_CODE_VERSION,
               "knobs": {k: v for k, v in settings.items()
-                        if not k.startswith(("FINE_TUNE", "RETRAIN", "TRAIN_SIZES"))}}
+                        if not k.startswith(("FINE_TUNE", "RETRAIN", "TRAIN_SIZES", "CURVE"))}}
     name = args.checkpoint_name or "_".join(
         ["resnext", args.source_dataset, arch["variant"], f"{arch['image_size']}px",
          f"seed{args.seed}"] + (["quick"] if args.quick else []) + [short(fingerprint(inputs))])
@@ -282,8 +293,8 @@ def learning_curve(args: argparse.Namespace, settings: dict):
     from leukocyte_cnn.gpu import device_settings
     from leukocyte_cnn.training import parse_fold_list, run_folds
     from leukocyte_cnn.transfer import (MODES, curve_dir, learning_curve_table,
-                                        parse_train_sizes, subsample_per_class,
-                                        write_learning_curve)
+                                        parse_train_sizes, repeat_to_epoch,
+                                        subsample_per_class, write_learning_curve)
 
     sizes = parse_train_sizes(args.train_sizes)
     source, split = checked_source_and_split(args, settings)
@@ -313,7 +324,8 @@ def learning_curve(args: argparse.Namespace, settings: dict):
                     build = lambda: scratch.build_model(scratch_arch, n_classes)  # noqa: E731
                     rate = settings["LEARNING_RATE"]
                 return scratch.train_resnext_fold(fold, build, class_names=split.class_names,
-                                                  settings=settings, train_table=fold.train,
+                                                  settings=settings, train_table=repeat_to_epoch(
+                                                      fold.train, settings["CURVE_EPOCH_IMAGES"]),
                                                   learning_rate=rate, xla=args.xla)
 
             run_folds(split, curve_dir(run_dir, size, mode), folds, args.seed, train_fold)
@@ -322,7 +334,8 @@ def learning_curve(args: argparse.Namespace, settings: dict):
         table, run_dir, title="ResNeXt learning curve: from scratch vs transfer",
         note=(f"Test folds of {split.csv_path.name}; per fold, the first N training images of "
               f"each class in a seeded order (nested subsets; validation and test images "
-              f"untouched), online flips and rotations, early stopping on the fold's validation "
+              f"untouched), repeated to at least {settings['CURVE_EPOCH_IMAGES']} images per "
+              f"epoch, online flips and rotations, early stopping on the fold's validation "
               f"images. Transfer: {source.path.name}, RETRAIN={settings['RETRAIN']}. "
               "Mean ± sample std over folds."))
     print(f"learning curve written to {run_dir / 'learning_curve.md'}", flush=True)

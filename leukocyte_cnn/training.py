@@ -330,7 +330,8 @@ def write_fold_inputs(directory: str | os.PathLike, train: pd.DataFrame, val: pd
                                    "class_name": table["class_name"].astype(str).to_numpy(),
                                    "path": table["path"].astype(str).to_numpy()}))
     path = Path(directory) / INPUTS
-    write_csv(path, pd.concat(parts, ignore_index=True)[INPUT_COLUMNS])
+    # a training image repeated per epoch (learning curve) is one image fed: listed once
+    write_csv(path, pd.concat(parts, ignore_index=True)[INPUT_COLUMNS].drop_duplicates())
     return path
 
 

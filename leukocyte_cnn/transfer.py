@@ -258,6 +258,21 @@ def subsample_per_class(train: pd.DataFrame, n_per_class: int, *, seed: int,
     return pd.concat(parts).sort_values("image", kind="stable").reset_index(drop=True)
 
 
+def repeat_to_epoch(train: pd.DataFrame, min_images: int) -> pd.DataFrame:
+    """``train`` repeated whole until it holds at least ``min_images`` rows (every image the
+    same number of times, so class shares stay as they are).
+
+    An epoch of 20 images is one step at batch 32: with early stopping counted in epochs, a
+    tiny training set then stops after a few dozen updates, long before it has learnt what
+    it could. Repeated, with online flips and rotations making every repeat another view, an
+    epoch of N images per class gets as many updates as one of the full training set.
+    """
+    if min_images <= len(train) or not len(train):
+        return train
+    times = -(-int(min_images) // len(train))  # ceiling
+    return pd.concat([train] * times, ignore_index=True)
+
+
 def curve_dir(run_dir: str | os.PathLike, size: int, mode: str) -> Path:
     """Where the folds of one (training-set size, mode) point of the curve go."""
     return Path(run_dir) / f"size_{size:03d}_{mode}"

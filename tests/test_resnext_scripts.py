@@ -248,9 +248,19 @@ def test_subsamples_are_nested_seeded_and_only_from_training_images():
 def test_learning_curve_run_trains_both_arms_on_the_same_training_subset(data, tmp_path,
                                                                           monkeypatch):
     monkeypatch.chdir(tmp_path)
+    fed_per_epoch = []
+    train_fold = scratch.train_resnext_fold
+
+    def counting(fold, build, *, train_table, **kwargs):
+        fed_per_epoch.append(len(train_table))
+        return train_fold(fold, build, train_table=train_table, **kwargs)
+
+    monkeypatch.setattr(scratch, "train_resnext_fold", counting)
     table = transfer.main(transfer.parse_args(target_args(
         data, tmp_path / "results", "--source-checkpoint", str(data["checkpoint"]),
-        "--train-sizes", "3", "--folds", "0")))
+        "--train-sizes", "3", "--folds", "0", "--curve-epoch-images", "32")))
+    # 9 images repeated whole to reach 32 a epoch: 4 times each, in both arms
+    assert fed_per_epoch == [36, 36]
     run_dir = tmp_path / "results" / "resnext_learning_curve_folder"
     written = pd.read_csv(run_dir / "learning_curve.csv")
     assert list(zip(written["size"], written["mode"])) == [(3, "scratch"), (3, "transfer")]
@@ -354,3 +364,16 @@ def test_a_curve_stopped_part_way_is_rebuilt_from_its_finished_sizes(tmp_path):
     assert table["accuracy_mean"].tolist() == [0.75, 0.75]  # (2/4 + 4/4) / 2 and 3/4
     markdown = (run_dir / "learning_curve.md").read_text()
     assert "Not finished, so not shown: 10, 20 training images per class" in markdown
+
+
+def test_a_tiny_training_subset_is_repeated_whole_to_fill_an_epoch():
+    """20 images are one step at batch 32; repeated to >= min_images every image appears
+    equally often (class shares kept); a set already that large, or 0, is left alone."""
+    from leukocyte_cnn.transfer import repeat_to_epoch
+
+    rows = pd.DataFrame({"image": [f"i{k}" for k in range(10)], "label": [0] * 4 + [1] * 6})
+    repeated = repeat_to_epoch(rows, 25)
+    assert len(repeated) == 30                                   # ceil(25 / 10) = 3 copies
+    assert repeated["image"].value_counts().eq(3).all()
+    assert repeated["label"].value_counts().to_dict() == {1: 18, 0: 12}
+    assert repeat_to_epoch(rows, 10) is rows and repeat_to_epoch(rows, 0) is rows
