@@ -475,13 +475,21 @@ class _Bilinear:
         self.strides, self.limit = np.array([w, 1], dtype=np.float32), _limit(h, w)
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
-        """Bilinear samples at ``points`` (2, n: rows, columns; float32), as :func:`_sample`."""
-        where = np.maximum(np.minimum(points, self.limit), 0.0)
+        """Bilinear samples at ``points`` (2, n: rows, columns; float32), as :func:`_sample`.
+        ``points`` is overwritten (callers pass a fresh product); the arithmetic runs in
+        place, in the order of ``value + right * x + (down + twist * x) * y``."""
+        where = np.maximum(np.minimum(points, self.limit, out=points), 0.0, out=points)
         whole = np.floor(where)
-        frac = where - whole  # float32 throughout, as the points
+        frac = np.subtract(where, whole, out=where)  # float32 throughout, as the points
         index = (self.strides @ whole).astype(np.intp)  # row * width + column (exact)
         value, right, down, twist = np.take(self.coefficients, index, axis=1)
-        return value + right * frac[1] + (down + twist * frac[1]) * frac[0]
+        right *= frac[1]
+        right += value
+        twist *= frac[1]
+        twist += down
+        twist *= frac[0]
+        right += twist
+        return right
 
 
 def _gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
