@@ -67,6 +67,14 @@ def run_table(run_dir: Path) -> str:
     """One run's markdown table and its provenance line."""
     from .reporting import markdown_table
 
+    if (run_dir / "learning_curve.md").is_file():
+        # the curve's own table: mean ± std per size and arm, Δ vs scratch, McNemar p
+        lines = (run_dir / "learning_curve.md").read_text(encoding="utf-8").splitlines()
+        rows = [line for line in lines if line.startswith("|")]
+        missing = [line for line in lines if line.startswith("Test folds") and
+                   "Not finished" in line]
+        note = ("\n\n" + missing[0][missing[0].index("Not finished"):]) if missing else ""
+        return "\n".join(rows) + note + "\n\n" + provenance_line(run_dir)
     if (run_dir / "learning_curve.csv").is_file():
         table = pd.read_csv(run_dir / "learning_curve.csv")
     elif (run_dir / "comparison.csv").is_file():

@@ -58,3 +58,21 @@ def test_regenerate_fills_blocks_from_run_folders_and_keeps_absent_ones(tmp_path
     assert "log_loss" not in text  # only the headline metrics
     assert "commit bbbbbbbbbb · 2 trained folds · wall 2.5 min, CPU 5.0 min" in text
     assert notes[0].startswith("regenerated") and notes[1].startswith("kept")
+
+
+def test_a_learning_curve_block_shows_the_curves_own_table_and_what_is_missing(tmp_path):
+    """A learning-curve run's block is its learning_curve.md table (mean ± std per size and
+    arm), and a curve stopped part-way says which sizes are not shown."""
+    from leukocyte_cnn.results_md import run_table
+
+    run = tmp_path / "curve"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps({"config": {}, "provenance": {
+        "git": {"commit": "abc"}, "machine": {"cpus": 2, "platform": "x"}}}))
+    (run / "learning_curve.csv").write_text("size,mode\n10,scratch\n")
+    (run / "learning_curve.md").write_text(
+        "# curve\n\nTest folds of x.csv; mean. Not finished, so not shown: 20 training images "
+        "per class.\n\n| size | mode | ROC-AUC |\n|---|---|---|\n| 10 | scratch | 0.918 ± 0.059 |\n")
+    text = run_table(run)
+    assert text.startswith("| size | mode | ROC-AUC |\n|---|---|---|\n| 10 | scratch | 0.918 ± 0.059 |")
+    assert "Not finished, so not shown: 20 training images per class." in text
