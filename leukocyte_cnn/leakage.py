@@ -364,25 +364,23 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
     pairs = pairs[labels[pairs["i"]] == labels[pairs["j"]]]  # copies share their label
     links = [(1.0, i, j) for i, j in _identical_pairs_within(digests, part, labels)]
 
-    joined = _UnionFind(len(out))
+    joined = nd.UnionFind(len(out))
     for _, i, j in links:
         joined.union(i, j)
-    cache = nd.WorkingCache()
-    # Closest hashes first: the likeliest copies are linked before look-alikes can chain.
+    # Closest hashes first: the likeliest copies are linked before look-alikes can chain; a
+    # pair already joined through verified links (one cell's copies) is not compared.
     order = np.lexsort((pairs["j"], pairs["i"], pairs["distance"]))
-    for i, j in zip(pairs["i"][order].tolist(), pairs["j"][order].tolist()):
-        if joined.find(i) == joined.find(j):
-            continue  # already one cell's copies through verified links
-        score = nd.verify(prints[i], prints[j], cache).similarity
-        stats["pairs_verified"] += 1
-        if score >= similarity:
-            links.append((score, i, j))
-            joined.union(i, j)
+    ordered = np.stack([pairs["i"][order], pairs["j"][order]], axis=1)
+    scores = nd.verify_pairs(prints, ordered, join_at=similarity, joined=joined)
+    stats["pairs_verified"] = int((scores[:, 2] == 0).sum())
+    copy = scores[:, 0] >= similarity
+    links += [(float(score), i, j) for score, (i, j) in zip(scores[copy, 0].tolist(),
+                                                            ordered[copy].tolist())]
 
     # Strongest links first; a link that would overfill a group is broken.
     class_size = pd.Series(labels).groupby([part, labels]).transform("size").to_numpy()
     cap = np.maximum(2, max_class_share * class_size)
-    groups = _UnionFind(len(out))
+    groups = nd.UnionFind(len(out))
     for score, i, j in sorted(links, key=lambda link: -link[0]):
         a, b = groups.find(i), groups.find(j)
         if a == b:
@@ -405,28 +403,6 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
                  largest_group=int(sizes.max()), pairs_screened=int(len(pairs)),
                  seconds=round(time.perf_counter() - start, 1))
     return out, stats
-
-
-class _UnionFind:
-    """Disjoint sets with sizes (path halving, union by index)."""
-
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-        self.size = np.ones(n, dtype=np.int64)
-
-    def find(self, i: int) -> int:
-        parent = self.parent
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            a, b = min(a, b), max(a, b)
-            self.parent[b] = a
-            self.size[a] += self.size[b]
 
 
 def _identical_pairs_within(digests: Sequence[str], part: np.ndarray,

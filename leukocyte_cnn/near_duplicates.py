@@ -743,35 +743,52 @@ class WorkingCache:
         return item
 
 
-def verify_pairs(fingerprints, pairs: np.ndarray, skip=None,
-                 join_at: float | None = None) -> np.ndarray:
+def verify_pairs(fingerprints, pairs: np.ndarray, skip=None, join_at: float | None = None,
+                 joined: "UnionFind | None" = None) -> np.ndarray:
     """Similarity, luma NCC and a joined flag of each pair ``(i, j)``, shape (n, 3) (NaN where
     ``skip(i, j)`` said not to look). ``join_at``: pairs whose images are already joined
     through pairs verified at this similarity or more, in the order given, are not compared
-    (similarity NaN, joined flag 1)."""
+    (similarity NaN, joined flag 1); ``joined`` (optional) holds links known beforehand
+    (identical files) and receives the verified ones."""
     cache = WorkingCache()
     out = np.full((len(pairs), 3), np.nan, dtype=np.float32)
     out[:, 2] = 0.0
     senses = ring_senses(fingerprints, pairs)
-    parent = list(range(len(fingerprints)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    if join_at is not None and joined is None:
+        joined = UnionFind(len(fingerprints))
     for k, (i, j) in enumerate(np.asarray(pairs).tolist()):
         if skip is not None and skip(i, j):
             continue
-        if join_at is not None and root(i) == root(j):
+        if join_at is not None and joined.find(i) == joined.find(j):
             out[k, 2] = 1.0
             continue
         result = verify(fingerprints[i], fingerprints[j], cache, senses[k])
         out[k, :2] = result.similarity, result.luma
         if join_at is not None and result.similarity >= join_at:
-            parent[root(j)] = root(i)
+            joined.union(i, j)
     return out
+
+
+class UnionFind:
+    """Disjoint sets with sizes (path halving, union by index)."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+        self.size = np.ones(n, dtype=np.int64)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    def union(self, i: int, j: int) -> None:
+        a, b = self.find(i), self.find(j)
+        if a != b:
+            a, b = min(a, b), max(a, b)
+            self.parent[b] = a
+            self.size[a] += self.size[b]
 
 
 # ----------------------------------------------------------------------------- calibration
