@@ -353,16 +353,15 @@ def rebuild_learning_curve(run_dir: str | os.PathLike) -> pd.DataFrame:
     sizes = [int(s) for s in config.get("train_sizes") or []]
     if not sizes:
         raise InputError(f"{run_dir}/settings.json: not a learning-curve run (no train_sizes)")
-    modes = MODES
     for size in sizes:
-        for mode in modes:
+        for mode in MODES:
             if curve_dir(run_dir, size, mode).is_dir():
                 check_fold_chain(curve_dir(run_dir, size, mode), config.get("split_sha256"))
-    done, missing = finished_sizes(run_dir, sizes, int(config["n_folds"]), modes)
+    done, missing = finished_sizes(run_dir, sizes, int(config["n_folds"]))
     if not done:
         raise InputError(f"{run_dir}: no size of the learning curve has all "
                          f"{config['n_folds']} folds of both arms yet")
-    table = learning_curve_table(run_dir, done, config["class_names"], modes)
+    table = learning_curve_table(run_dir, done, config["class_names"])
     note = (f"Test folds of {Path(config.get('split_file', '?')).name}; mean ± sample std over "
             f"the {config['n_folds']} folds (one repeat per fold, its test images never trained "
             "on).")
