@@ -21,7 +21,7 @@ What we fixed:
 - Precision, recall, F1 and ROC-AUC come from the positive-class probability against
   integer labels. The source computed them on one-hot rows, which makes precision and
   recall equal accuracy whatever the model does. The per-epoch curves use the same
-  positive-class definition (``leukocyte_cnn.keras_metrics``).
+  positive-class definition (``leukocyte_cnn.models.keras_metrics``).
 - Seeded everything; the best checkpoint by validation loss is kept and evaluated once.
 
 Works on ALL-IDB1 smears (``--dataset all_idb1``, label from the file name: the smear shows
@@ -56,8 +56,8 @@ QUICK = dict(IMAGE_SIZE=64, EPOCHS=20, PATIENCE=6, ROTATIONS=2, BATCH_SIZE=32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
-    from leukocyte_cnn.gpu import add_gpu_arguments
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.base.devices import add_gpu_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_all_idb1")
@@ -83,8 +83,8 @@ def heldout_metrics(run_dir, class_names) -> "pd.DataFrame":
     (plus the pooled test images when there are several folds)."""
     import pandas as pd
 
-    from leukocyte_cnn.metrics import predictions_metrics
-    from leukocyte_cnn.training import load_predictions
+    from leukocyte_cnn.reporting.metrics import predictions_metrics
+    from leukocyte_cnn.base.run_folder import load_predictions
 
     predictions = load_predictions(run_dir)
     parts = [(str(f), p) for f, p in predictions.groupby("fold")]
@@ -103,20 +103,19 @@ def heldout_metrics(run_dir, class_names) -> "pd.DataFrame":
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.artifacts import record_of
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.experiment import (make_optimizer, resolve_split, script_settings,
-                                          start_training_run)
-    from leukocyte_cnn.gpu import compile_kwargs, model_scope, require_xla, setup_devices
-    from leukocyte_cnn.io import save_model
-    from leukocyte_cnn.keras_metrics import plot_epoch_metrics, positive_class_metrics
-    from leukocyte_cnn.networks import paper_cnn
-    from leukocyte_cnn.paper_augmentation import (augmentation_root, training_table,
-                                                  write_training_set)
-    from leukocyte_cnn.pipeline import make_dataset
-    from leukocyte_cnn.reporting import leaky_banner, run_config, summarize_run, write_table
-    from leukocyte_cnn.training import (CHECKPOINT, finish_fold, fit, parse_fold_list,
-                                        predict_table, record_fold_inputs, run_folds)
+    from leukocyte_cnn.base.artifacts import record_of
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.runs.experiment import (make_optimizer, resolve_split, script_settings, start_training_run)
+    from leukocyte_cnn.base.devices import compile_kwargs, model_scope, require_xla, setup_devices
+    from leukocyte_cnn.base.io import save_model
+    from leukocyte_cnn.reporting.summary import plot_epoch_metrics
+    from leukocyte_cnn.models.keras_metrics import positive_class_metrics
+    from leukocyte_cnn.models.networks import paper_cnn
+    from leukocyte_cnn.inputs.paper_augmentation import (augmentation_root, training_table, write_training_set)
+    from leukocyte_cnn.inputs.pipeline import make_dataset
+    from leukocyte_cnn.reporting.summary import (leaky_banner, run_config, summarize_run, write_table)
+    from leukocyte_cnn.base.run_folder import CHECKPOINT
+    from leukocyte_cnn.runs.cross_validation import (finish_fold, fit, parse_fold_list, predict_table, record_fold_inputs, run_folds)
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = script_settings(__name__, args)
@@ -211,13 +210,13 @@ def main(args: argparse.Namespace):
                 + "Precision, recall and F1 of the positive class and ROC-AUC of its "
                   "probability, against integer labels; test images never augmented, "
                   "trained on or used for early stopping.")
-    from leukocyte_cnn.reporting import markdown_table
+    from leukocyte_cnn.reporting.summary import markdown_table
 
     print(f"\n{run_dir / 'heldout_metrics.md'}:\n\n{markdown_table(table)}")
     return summary
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "flipped copies of identical pixels)")
     parser.add_argument("--similarity", type=float, default=SIMILARITY,
                         help="pixel similarity (NCC of aligned detail, -1..1) at or above which a "
-                             "screened pair is a copy (default: leukocyte_cnn.near_duplicates."
+                             "screened pair is a copy (default: leukocyte_cnn.splits.near_duplicates."
                              "SIMILARITY_THRESHOLD, calibrated on real data)")
     parser.add_argument("--max-sheet-pairs", type=int, default=MAX_SHEET_PAIRS,
                         help=f"pairs drawn on the contact sheet at most (default {MAX_SHEET_PAIRS})")
@@ -74,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def report_markdown(report, split, threshold: int) -> str:
     """The ``.md`` file: what was checked, totals, and the per-fold table."""
-    from leukocyte_cnn.leakage import wide_table
-    from leukocyte_cnn.reporting import markdown_table
+    from leukocyte_cnn.splits.leakage import wide_table
+    from leukocyte_cnn.reporting.summary import markdown_table
 
     settings = split.settings
     verdict = ("**Clean**: no overlap of any kind between the roles of any fold." if report.clean
@@ -121,11 +121,11 @@ def calibration_line(report) -> str:
 def main(args: argparse.Namespace):
     import pandas as pd
 
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.folds import load_split
-    from leukocyte_cnn.io import ensure_writable_dir, write_csv, write_text
-    from leukocyte_cnn.leakage import audit, wide_table
-    from leukocyte_cnn.near_duplicates import SIMILARITY_THRESHOLD, contact_sheet
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.splits.folds import load_split
+    from leukocyte_cnn.base.io import ensure_writable_dir, write_csv, write_text
+    from leukocyte_cnn.splits.leakage import audit, wide_table
+    from leukocyte_cnn.splits.near_duplicates import SIMILARITY_THRESHOLD, contact_sheet
 
     if not 0 <= args.hash_threshold <= 64:
         raise InputError(f"--hash-threshold {args.hash_threshold}: must be 0..64 bits")
@@ -166,6 +166,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: sys.exit(0 if main(parse_args()).clean else 1))

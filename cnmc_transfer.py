@@ -60,9 +60,9 @@ _SOURCE_FOLD = re.compile(r"^fold_\d+$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
-    from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.networks import CNMC_BACKBONES
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.base.devices import add_gpu_arguments
+    from leukocyte_cnn.models.networks import CNMC_BACKBONES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_cnmc")
@@ -108,8 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def split_mode(args: argparse.Namespace, table) -> str | None:
     """``folds``, ``patient`` or ``image``: what ``--split-by`` asks for (``None`` when a
     ``--split`` file is given: its own method decides, see :func:`mode_of_split`)."""
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.folds import has_real_groups
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.splits.folds import has_real_groups
 
     if args.split:
         return None
@@ -143,7 +143,7 @@ def cross_validation_split(args: argparse.Namespace, mode: str | None):
     ``patient``: ``group_kfold`` with K folds over every labelled cell, validation_data
     included. ``image``: ``random``, one stratified train/val/test split by cell (leaky).
     """
-    from leukocyte_cnn.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import resolve_split
 
     if mode == "patient":
         return resolve_split(args, method="group_kfold", k=K)
@@ -155,8 +155,8 @@ def cross_validation_split(args: argparse.Namespace, mode: str | None):
 def require_disjoint_or_leaky(split) -> None:
     """A split that mixes patients is only accepted when its file says so (``leaky``), so
     that its tables carry the LEAKY banner; e.g. a ``kfold`` file made by image is refused."""
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.folds import check_split
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.splits.folds import check_split
 
     if split.settings.get("leaky"):
         return
@@ -175,7 +175,7 @@ def final_test_split(args: argparse.Namespace):
     ``data/splits/<dataset>_predefined_seed<seed>_test-validation.csv``. The owner's
     validation_data must not share patients with the training folds; the split refuses it.
     """
-    from leukocyte_cnn.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import resolve_split
 
     return resolve_split(argparse.Namespace(**{**vars(args), "split": None}),
                          method="predefined", test_sources="validation")
@@ -200,16 +200,15 @@ def stratified_sample(table, limit: int, seed: int):
 # ----------------------------------------------------------------------------- main
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.augment import online_augmentation
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.experiment import script_settings, start_run, train_classifier_fold
-    from leukocyte_cnn.gpu import device_settings, setup_devices
-    from leukocyte_cnn.networks import cnmc_model
-    from leukocyte_cnn.pretrained import (resolve_imagenet_weights, weights_description,
-                                          weights_load_errors)
-    from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.training import parse_fold_list, run_folds
+    from leukocyte_cnn.inputs.augment import online_augmentation
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.runs.experiment import script_settings, start_run, train_classifier_fold
+    from leukocyte_cnn.base.devices import device_settings, setup_devices
+    from leukocyte_cnn.models.networks import cnmc_model
+    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description, weights_load_errors)
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = script_settings(__name__, args)
@@ -294,6 +293,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

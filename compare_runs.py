@@ -49,9 +49,9 @@ def entries_of(run: Path, name: str) -> list[tuple[str, Path, "pd.DataFrame"]]:
     """(name, folder, predictions) of a run folder, or one per setting of a study folder."""
     import pandas as pd
 
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.studies import trial_predictions
-    from leukocyte_cnn.training import PREDICTIONS, load_predictions
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.runs.studies import trial_predictions
+    from leukocyte_cnn.base.run_folder import PREDICTIONS, load_predictions
 
     if list(run.glob(f"fold_*/{PREDICTIONS}")):
         return [(name, run, load_predictions(run))]
@@ -70,13 +70,12 @@ def entries_of(run: Path, name: str) -> list[tuple[str, Path, "pd.DataFrame"]]:
 def main(args: argparse.Namespace):
     import pandas as pd
 
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.html_report import (esc, split_protocol, read_split_settings,
-                                           table_html, write_report)
-    from leukocyte_cnn.io import write_csv, write_text
-    from leukocyte_cnn.reporting import LEAKY_TEXT, markdown_table
-    from leukocyte_cnn.runinfo import read_settings
-    from leukocyte_cnn.stats import N_BOOTSTRAP, compare_to_best, shown_comparison
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.reporting.html_report import (esc, split_protocol, read_split_settings, table_html, write_report)
+    from leukocyte_cnn.base.io import write_csv, write_text
+    from leukocyte_cnn.reporting.summary import LEAKY_TEXT, markdown_table
+    from leukocyte_cnn.base.run_folder import read_settings
+    from leukocyte_cnn.reporting.stats import N_BOOTSTRAP, compare_to_best, shown_comparison
 
     # 1. The runs, their class lists and images.
     runs = [Path(r) for r in args.runs]
@@ -148,7 +147,7 @@ def main(args: argparse.Namespace):
 
 
 def _configs_of(folders: dict) -> list[dict]:
-    from leukocyte_cnn.runinfo import read_settings
+    from leukocyte_cnn.base.run_folder import read_settings
 
     return [read_settings(f)["config"] for f in folders.values()]
 
@@ -168,7 +167,7 @@ def plot_comparison(numbers, metrics, path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from leukocyte_cnn.reporting import save_figure
+    from leukocyte_cnn.reporting.summary import save_figure
 
     n = len(numbers)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.55 * n + 1.6),
@@ -195,6 +194,6 @@ def plot_comparison(numbers, metrics, path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

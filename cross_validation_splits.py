@@ -23,8 +23,9 @@ import argparse
 import time
 import warnings
 
-from leukocyte_cnn.errors import InputError, run_main
-from leukocyte_cnn.io import read_json
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.base.cli import run_main
+from leukocyte_cnn.base.io import read_json
 
 DATASET = "synthetic_all_idb2"  # reader name; synthetic_* sets are generated on first use
 K = 5  # folds of kfold / group_kfold
@@ -138,7 +139,7 @@ def option_value(text: str):
 
 def default_method(dataset: str, table) -> tuple[str, str]:
     """The method a dataset is usually split with, and why (``folds.default_method``)."""
-    from leukocyte_cnn.folds import default_method as choose
+    from leukocyte_cnn.splits.folds import default_method as choose
 
     return choose(dataset, table)
 
@@ -192,7 +193,7 @@ def check_image_files(table, args: argparse.Namespace):
     file stops the script before anything is written."""
     if args.no_check_images:
         return table, []
-    from leukocyte_cnn.images import check_images
+    from leukocyte_cnn.data.images import check_images
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -240,7 +241,8 @@ def split_inputs(args: argparse.Namespace, method: str, options: dict,
     that changes which image lands where, plus the versions of the fold and near-duplicate
     code. The data root is left out: the same images elsewhere give the same split.
     """
-    from leukocyte_cnn import folds, leakage
+    from leukocyte_cnn.splits import folds
+    from leukocyte_cnn.splits import leakage
 
     inputs = {"artifact": "split", "dataset": args.dataset, "reader_options": options,
               "dataset_hash": dataset_hash, "method": method, "seed": args.seed,
@@ -271,7 +273,7 @@ def existing_split(csv_path, inputs: dict, named: bool):
     nothing is there; a file made from other inputs is never overwritten: one line."""
     from pathlib import Path
 
-    from leukocyte_cnn.artifacts import difference, fingerprint
+    from leukocyte_cnn.base.artifacts import difference, fingerprint
 
     csv_path = Path(csv_path)
     if not csv_path.exists():
@@ -289,8 +291,8 @@ def main(args: argparse.Namespace):
     """Write the split (or find the identical one already written); return its CSV path."""
     from pathlib import Path
 
-    from leukocyte_cnn import folds
-    from leukocyte_cnn.artifacts import fingerprint, short
+    from leukocyte_cnn.splits import folds
+    from leukocyte_cnn.base.artifacts import fingerprint, short
 
     start = time.perf_counter()
     options = reader_options(args)
@@ -325,7 +327,7 @@ def main(args: argparse.Namespace):
     near = None
     if folds.joins_copies(args.near_duplicates, method, args.dataset, table,
                           ignore_groups=args.ignore_groups):
-        from leukocyte_cnn.leakage import DEFAULT_THRESHOLD, near_duplicate_groups
+        from leukocyte_cnn.splits.leakage import DEFAULT_THRESHOLD, near_duplicate_groups
 
         threshold = DEFAULT_THRESHOLD if args.near_threshold is None else args.near_threshold
         table, near = near_duplicate_groups(table, threshold)

@@ -52,8 +52,8 @@ MODELS = {"adam": ("adam", False), "rmsprop": ("rmsprop", False), "sgd": ("sgd",
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.studies import study_parser
+    from leukocyte_cnn.base.devices import add_gpu_arguments
+    from leukocyte_cnn.runs.studies import study_parser
 
     parser = study_parser(__doc__, trials=SEEDS, trials_name="seeds", what="fresh trainings")
     parser.add_argument("--optimizers", default=None,
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_elu_cnn(settings: dict, num_classes: int, dropout: float):
     """A new ELU CNN (fresh weights drawn from the current seed)."""
-    from leukocyte_cnn.networks import elu_cnn
+    from leukocyte_cnn.models.networks import elu_cnn
 
     return elu_cnn(input_shape=(*settings["IMAGE_SIZE"], 3), num_classes=num_classes,
                    filters=tuple(settings["FILTERS"]),
@@ -74,13 +74,12 @@ def build_elu_cnn(settings: dict, num_classes: int, dropout: float):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.gpu import setup_devices
+    from leukocyte_cnn.base.devices import setup_devices
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    from leukocyte_cnn import studies
-    from leukocyte_cnn.experiment import (script_settings, start_training_run,
-                                          train_classifier_fold)
-    from leukocyte_cnn.training import parse_fold_list
+    from leukocyte_cnn.runs import studies
+    from leukocyte_cnn.runs.experiment import (script_settings, start_training_run, train_classifier_fold)
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list
 
     settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
@@ -126,6 +125,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

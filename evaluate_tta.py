@@ -44,13 +44,14 @@ def image_size_of(config: dict, model) -> tuple[int, int]:
 def main(args: argparse.Namespace) -> Path:
     import pandas as pd
 
-    from leukocyte_cnn.checkpoints import load_checkpoint
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.io import read_json
-    from leukocyte_cnn.pipeline import make_dataset
-    from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.runinfo import prepare_run_dir, read_settings
-    from leukocyte_cnn.training import CHECKPOINT, PREDICTIONS, Fold, finish_fold, predict_table
+    from leukocyte_cnn.models.checkpoints import load_checkpoint
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.base.io import read_json
+    from leukocyte_cnn.inputs.pipeline import make_dataset
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.base.run_folder import prepare_run_dir, read_settings
+    from leukocyte_cnn.base.run_folder import CHECKPOINT, PREDICTIONS
+    from leukocyte_cnn.runs.cross_validation import Fold, finish_fold, predict_table
 
     run = Path(args.run_dir)
     config = read_settings(run)["config"]
@@ -100,6 +101,6 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

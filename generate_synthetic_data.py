@@ -26,7 +26,7 @@ WORKERS = None  # processes; None: 2 for large sets, else 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from leukocyte_cnn.synthetic import KINDS
+    from leukocyte_cnn.data.synthetic import KINDS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", default=KIND, choices=("all", *KINDS),
@@ -79,7 +79,7 @@ def size_options(kind: str, args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> None:
-    from leukocyte_cnn.synthetic import COMPLETE, KINDS, generate, is_current, synthetic_root
+    from leukocyte_cnn.data.synthetic import COMPLETE, KINDS, generate, is_current, synthetic_root
 
     kinds = KINDS if args.kind == "all" else (args.kind,)
     start_all = time.perf_counter()
@@ -98,6 +98,6 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

@@ -32,8 +32,8 @@ QUICK = dict(IMAGE_SIZE=64, EPOCHS=25, PATIENCE=6, BATCH_SIZE=16, SPLIT_METHOD="
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
-    from leukocyte_cnn.gpu import add_gpu_arguments
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.base.devices import add_gpu_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_all_idb2")
@@ -52,7 +52,7 @@ def binary_view(split, positive: str):
     if len(names) == 2:
         return names, (lambda table: table)
     if positive not in names:
-        from leukocyte_cnn.errors import InputError
+        from leukocyte_cnn.base.errors import InputError
         raise InputError(f"{split.csv_path}: class {positive!r} not in the split "
                          f"(classes: {', '.join(names)})")
 
@@ -64,15 +64,14 @@ def binary_view(split, positive: str):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.gpu import setup_devices
+    from leukocyte_cnn.base.devices import setup_devices
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    from leukocyte_cnn.augment import online_augmentation
-    from leukocyte_cnn.experiment import (resolve_split, script_settings, start_training_run,
-                                          train_classifier_fold)
-    from leukocyte_cnn.networks import linear_cnn
-    from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.training import parse_fold_list, run_folds
+    from leukocyte_cnn.inputs.augment import online_augmentation
+    from leukocyte_cnn.runs.experiment import (resolve_split, script_settings, start_training_run, train_classifier_fold)
+    from leukocyte_cnn.models.networks import linear_cnn
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
 
     settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
@@ -105,6 +104,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

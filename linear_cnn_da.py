@@ -27,7 +27,7 @@ QUICK_IMAGE_SIZE = (64, 64)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
+    from leukocyte_cnn.runs.experiment import add_common_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_multiclass")
@@ -48,7 +48,7 @@ def balancing_settings(args: argparse.Namespace) -> dict:
 def augmented_root(split, out_dir: str | Path, args: argparse.Namespace) -> Path:
     """``data/augmented/<split>_balanced_<fingerprint>``: one folder per split file and
     balancing settings, so folds made with other knobs are never reused."""
-    from leukocyte_cnn.balancing import open_balanced_root
+    from leukocyte_cnn.inputs.balancing import open_balanced_root
 
     return open_balanced_root(out_dir, split, **balancing_settings(args))
 
@@ -62,8 +62,8 @@ def balanced_training_images(args: argparse.Namespace, split, fold):
     """The fold's class-balanced augmented training table, for the scripts that train on
     these folders (made here first when missing, with this script's knobs; ``--augmented-dir``,
     ``--target``)."""
-    from leukocyte_cnn.artifacts import record_of
-    from leukocyte_cnn.balancing import balanced_training_table
+    from leukocyte_cnn.base.artifacts import record_of
+    from leukocyte_cnn.inputs.balancing import balanced_training_table
 
     root = augmented_root(split, args.augmented_dir, args)
     fold.artifacts["balanced_folds"] = record_of(root)  # recorded in the fold's timing.json
@@ -71,8 +71,8 @@ def balanced_training_images(args: argparse.Namespace, split, fold):
 
 
 def main(args: argparse.Namespace) -> Path:
-    from leukocyte_cnn.balancing import balance_fold
-    from leukocyte_cnn.training import parse_fold_list
+    from leukocyte_cnn.inputs.balancing import balance_fold
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list
 
     split = resolve_multiclass_split(args)
     balancing = balancing_settings(args)
@@ -105,7 +105,7 @@ QUICK_FOLDS = 3
 
 
 def resolve_multiclass_split(args: argparse.Namespace):
-    from leukocyte_cnn.experiment import present_exclusions, resolve_split
+    from leukocyte_cnn.runs.experiment import present_exclusions, resolve_split
 
     exclude = present_exclusions(args, EXCLUDE_CLASSES)  # a real set may have no thrombocytes
     if args.quick:
@@ -116,6 +116,6 @@ def resolve_multiclass_split(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

@@ -25,8 +25,8 @@ QUICK = dict(IMAGE_SIZE=64, EPOCHS=25, PATIENCE=6, BATCH_SIZE=16)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
-    from leukocyte_cnn.gpu import add_gpu_arguments
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.base.devices import add_gpu_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_multiclass")
@@ -42,15 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.gpu import setup_devices
+    from leukocyte_cnn.base.devices import setup_devices
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     import linear_cnn_da as da
-    from leukocyte_cnn.experiment import (script_settings, start_training_run,
-                                          train_classifier_fold)
-    from leukocyte_cnn.networks import linear_cnn
-    from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.training import parse_fold_list, run_folds
+    from leukocyte_cnn.runs.experiment import (script_settings, start_training_run, train_classifier_fold)
+    from leukocyte_cnn.models.networks import linear_cnn
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
 
     settings = script_settings(__name__, args)
     size = args.image_size or settings["IMAGE_SIZE"]
@@ -84,6 +83,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

@@ -46,8 +46,8 @@ QUICK = dict(IMAGE_SIZE=(48, 64), EPOCHS=2, PATIENCE=2, SEEDS=1, BATCH_SIZE=16,
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.studies import study_parser
+    from leukocyte_cnn.base.devices import add_gpu_arguments
+    from leukocyte_cnn.runs.studies import study_parser
 
     parser = study_parser(__doc__, trials=SEEDS, trials_name="seeds", what="fresh trainings")
     parser.add_argument("--depths", default=None,
@@ -65,16 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.gpu import setup_devices
+    from leukocyte_cnn.base.devices import setup_devices
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    from leukocyte_cnn import studies
-    from leukocyte_cnn.experiment import (script_settings, start_training_run,
-                                          train_classifier_fold)
-    from leukocyte_cnn.networks import resnet50_model
-    from leukocyte_cnn.pretrained import (resolve_imagenet_weights, weights_description,
-                                          weights_load_errors)
-    from leukocyte_cnn.training import parse_fold_list
+    from leukocyte_cnn.runs import studies
+    from leukocyte_cnn.runs.experiment import (script_settings, start_training_run, train_classifier_fold)
+    from leukocyte_cnn.models.networks import resnet50_model
+    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description, weights_load_errors)
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list
 
     settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
@@ -134,6 +132,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

@@ -18,7 +18,7 @@ The default network is CPU-sized: ResNeXt-29 (3 stages x 3 blocks, small-image s
 cardinality 8, 4-wide bottlenecks: 0.37 M parameters) at 96 px; ``--variant resnext50_32x4d
 --image-size 224`` is the paper's network for a GPU. On a CPU, grouped convolutions run on
 TensorFlow's own kernel instead of Keras' ~150x slower XLA path, and the strided 1x1 shortcut
-convolutions avoid a oneDNN crash (``leukocyte_cnn.grouped_conv``, switched on by
+convolutions avoid a oneDNN crash (``leukocyte_cnn.base.grouped_conv``, switched on by
 ``gpu.setup_devices`` for every training script). Outputs per fold and summary are those of
 every training script here (``docs/architecture.md``).
 """
@@ -85,8 +85,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
-    from leukocyte_cnn.gpu import add_gpu_arguments
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.base.devices import add_gpu_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_multiclass")
@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_settings(module, args: argparse.Namespace) -> dict:
     """A script's knobs, shrunk by ``--quick`` and overridden by the options given."""
-    from leukocyte_cnn.experiment import script_settings
+    from leukocyte_cnn.runs.experiment import script_settings
 
     overrides = {"variant": "VARIANT", "image_size": "IMAGE_SIZE", "cardinality": "CARDINALITY",
                  "bottleneck_width": "BOTTLENECK_WIDTH", "width": "WIDTH",
@@ -138,7 +138,7 @@ def resolve_resnext_split(args: argparse.Namespace, k: int):
     With ``k=3`` and ``--quick`` this is the very file the linear CNN's quick run reads.
     """
     import linear_cnn_da as da
-    from leukocyte_cnn.experiment import present_exclusions, resolve_split
+    from leukocyte_cnn.runs.experiment import present_exclusions, resolve_split
 
     return resolve_split(args, method="kfold", k=k, min_images=da.MIN_IMAGES,
                          exclude_classes=present_exclusions(args, da.EXCLUDE_CLASSES),
@@ -153,8 +153,8 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
 
     Shared by from-scratch training, fine-tuning and both arms of the learning curve.
     """
-    from leukocyte_cnn.augment import online_augmentation
-    from leukocyte_cnn.experiment import train_classifier_fold
+    from leukocyte_cnn.inputs.augment import online_augmentation
+    from leukocyte_cnn.runs.experiment import train_classifier_fold
 
     size = int(settings["IMAGE_SIZE"])
     return train_classifier_fold(
@@ -170,10 +170,10 @@ def train_resnext_fold(fold, build, *, class_names, settings: dict, train_table,
 
 def main(args: argparse.Namespace):
     import linear_cnn_da as da
-    from leukocyte_cnn.experiment import start_run
-    from leukocyte_cnn.gpu import device_settings, setup_devices
-    from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.training import parse_fold_list, run_folds
+    from leukocyte_cnn.runs.experiment import start_run
+    from leukocyte_cnn.base.devices import device_settings, setup_devices
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = resolve_settings(sys.modules[__name__], args)
@@ -203,6 +203,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

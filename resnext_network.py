@@ -28,9 +28,8 @@ import leukocyte_cnn  # noqa: F401  before keras: hides TensorFlow's start-up lo
 import keras
 from keras import layers
 
-from leukocyte_cnn.errors import run_main
-from leukocyte_cnn.networks import DEFAULT_INPUT_SCALING, classifier_head, model_input, \
-    trainable_param_count
+from leukocyte_cnn.base.cli import run_main
+from leukocyte_cnn.models.networks import (DEFAULT_INPUT_SCALING, classifier_head, model_input, trainable_param_count)
 
 RETRAIN_CHOICES = ("head", "last_stage", "last_two_stages", "all")
 VARIANTS = ("resnext50_32x4d", "resnext29", "resnext14")

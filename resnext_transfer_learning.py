@@ -70,8 +70,8 @@ QUICK = dict(VARIANT="resnext14", IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_F
 
 def parse_args(argv=None) -> argparse.Namespace:
     import resnext_from_scratch as scratch
-    from leukocyte_cnn.experiment import add_common_arguments
-    from leukocyte_cnn.gpu import add_gpu_arguments
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.base.devices import add_gpu_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_multiclass")
@@ -128,9 +128,8 @@ def source_parts(args: argparse.Namespace, seed: int):
     Held out: the owner's TEST split (or first ``fold_k``) when the data ships one, else one
     stratified fold of ``SOURCE_HELD_OUT_FOLDS``, by group when images share patients or cells.
     """
-    from leukocyte_cnn.datasets import dataset_hash, read_dataset
-    from leukocyte_cnn.folds import (has_real_groups, joins_copies, make_split,
-                                     predefined_variant)
+    from leukocyte_cnn.data.datasets import dataset_hash, read_dataset
+    from leukocyte_cnn.splits.folds import (has_real_groups, joins_copies, make_split, predefined_variant)
 
     table = read_dataset(args.source_dataset, args.source_data_root)
     if predefined_variant(table) != "none":
@@ -138,7 +137,7 @@ def source_parts(args: argparse.Namespace, seed: int):
     else:
         method = "group_kfold" if has_real_groups(table) else "kfold"
     if joins_copies("auto", method, args.source_dataset, table):  # Kaggle: copies held out together
-        from leukocyte_cnn.leakage import near_duplicate_groups
+        from leukocyte_cnn.splits.leakage import near_duplicate_groups
 
         table, _ = near_duplicate_groups(table)
     rows = make_split(table, method, k=SOURCE_HELD_OUT_FOLDS, seed=seed, val_fraction=0.0,
@@ -161,13 +160,13 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
     import pandas as pd
 
     import resnext_from_scratch as scratch
-    from leukocyte_cnn.artifacts import canonical, fingerprint, short
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.io import read_json
-    from leukocyte_cnn.runinfo import provenance
-    from leukocyte_cnn.seeding import set_seed
-    from leukocyte_cnn.training import Fold
-    from leukocyte_cnn.transfer import save_source_checkpoint, sidecar_path
+    from leukocyte_cnn.base.artifacts import canonical, fingerprint, short
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.base.io import read_json
+    from leukocyte_cnn.base.provenance import provenance
+    from leukocyte_cnn.base.seeding import set_seed
+    from leukocyte_cnn.runs.cross_validation import Fold
+    from leukocyte_cnn.runs.transfer import save_source_checkpoint, sidecar_path
 
     arch = scratch.architecture(settings)
     train, held_out, names, source_hash, method = source_parts(args, args.seed)
@@ -222,7 +221,7 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
 def checked_source_and_split(args: argparse.Namespace, settings: dict):
     """Check the checkpoint, load the target split, check they share no image: before training."""
     import resnext_from_scratch as scratch
-    from leukocyte_cnn.transfer import check_source_checkpoint, check_source_disjoint, describe
+    from leukocyte_cnn.runs.transfer import (check_source_checkpoint, check_source_disjoint, describe)
 
     size = int(settings["IMAGE_SIZE"])
     source = check_source_checkpoint(args.source_checkpoint, (size, size))
@@ -247,11 +246,11 @@ def fine_tune(args: argparse.Namespace, settings: dict):
     """Cross-validation of the fine-tuned source model on the balanced folds."""
     import linear_cnn_da as da
     import resnext_from_scratch as scratch
-    from leukocyte_cnn.experiment import start_run
-    from leukocyte_cnn.gpu import device_settings
-    from leukocyte_cnn.networks import trainable_param_count
-    from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.training import parse_fold_list, run_folds
+    from leukocyte_cnn.runs.experiment import start_run
+    from leukocyte_cnn.base.devices import device_settings
+    from leukocyte_cnn.models.networks import trainable_param_count
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
 
     source, split = checked_source_and_split(args, settings)
     folds = parse_fold_list(args.folds, split.folds)
@@ -289,12 +288,10 @@ def fine_tune(args: argparse.Namespace, settings: dict):
 def learning_curve(args: argparse.Namespace, settings: dict):
     """Accuracy, macro-F1, ROC-AUC vs training images per class, from scratch and by transfer."""
     import resnext_from_scratch as scratch
-    from leukocyte_cnn.experiment import start_run
-    from leukocyte_cnn.gpu import device_settings
-    from leukocyte_cnn.training import parse_fold_list, run_folds
-    from leukocyte_cnn.transfer import (MODES, curve_dir, learning_curve_table,
-                                        parse_train_sizes, repeat_to_epoch,
-                                        subsample_per_class, write_learning_curve)
+    from leukocyte_cnn.runs.experiment import start_run
+    from leukocyte_cnn.base.devices import device_settings
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
+    from leukocyte_cnn.runs.transfer import (MODES, curve_dir, learning_curve_table, parse_train_sizes, repeat_to_epoch, subsample_per_class, write_learning_curve)
 
     sizes = parse_train_sizes(args.train_sizes)
     source, split = checked_source_and_split(args, settings)
@@ -343,7 +340,7 @@ def learning_curve(args: argparse.Namespace, settings: dict):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.gpu import setup_devices
+    from leukocyte_cnn.base.devices import setup_devices
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = transfer_settings(args)
@@ -355,6 +352,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

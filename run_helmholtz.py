@@ -65,7 +65,7 @@ def run_step(i: int, step: list[str]) -> None:
 
 def main(args: argparse.Namespace) -> None:
     import cross_validation_splits as cvs
-    from leukocyte_cnn.errors import InputError
+    from leukocyte_cnn.base.errors import InputError
 
     start = time.perf_counter()
     console = ["--quiet"] * args.quiet + ["--verbose"] * args.verbose

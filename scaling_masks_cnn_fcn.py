@@ -60,8 +60,8 @@ QUICK = dict(IMAGE_SIZE=(48, 64), FCN={"kernel": 2, "dropout": 0.1, "last_pool":
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.studies import study_parser
+    from leukocyte_cnn.base.devices import add_gpu_arguments
+    from leukocyte_cnn.runs.studies import study_parser
 
     parser = study_parser(__doc__, trials=TRIALS, what="trials")
     parser.add_argument("--scalings", default=None,
@@ -86,7 +86,7 @@ def build_classifier(network: str, scaler, settings: dict, num_classes: int):
     """Input [0, 255] -> the fitted scaling layer -> the deck's CNN or FCN (a new model)."""
     import keras
 
-    from leukocyte_cnn.networks import copenhagen_cnn, copenhagen_fcn
+    from leukocyte_cnn.models.networks import copenhagen_cnn, copenhagen_fcn
 
     shape = (*settings["IMAGE_SIZE"], 3)
     if network == "cnn":
@@ -106,8 +106,8 @@ def unet_masks_for(args, split, fold: int, quick: bool):
     """The U-Net mask folder of this split's fold, made by unet_masks.py with its knobs and
     this run's seed; trains the U-Net first when no set with that fingerprint exists."""
     import unet_masks
-    from leukocyte_cnn.experiment import script_settings
-    from leukocyte_cnn.masks import unet_mask_inputs, unet_mask_set_is_current
+    from leukocyte_cnn.runs.experiment import script_settings
+    from leukocyte_cnn.inputs.masks import unet_mask_inputs, unet_mask_set_is_current
 
     if args.unet_mask_dir:
         return args.unet_mask_dir
@@ -138,9 +138,9 @@ def best_per_network(numeric, networks) -> dict:
 def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, size, otsu_root):
     """Feature maps of the setting's first trial for the fold's first test image (sorted by
     name), masked as the setting was trained."""
-    from leukocyte_cnn import studies
-    from leukocyte_cnn.masks import ensure_otsu_masks, mask_paths
-    from leukocyte_cnn.reporting import leaky_tag, run_config
+    from leukocyte_cnn.runs import studies
+    from leukocyte_cnn.inputs.masks import ensure_otsu_masks, mask_paths
+    from leukocyte_cnn.reporting.summary import leaky_tag, run_config
 
     rows = split.fold(fold)
     test = rows[rows.role == "test"].sort_values("image").head(1)
@@ -158,17 +158,15 @@ def draw_feature_maps(args, split, run_dir, fold: int, network: str, setting, si
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.gpu import setup_devices
+    from leukocyte_cnn.base.devices import setup_devices
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    from leukocyte_cnn import studies
-    from leukocyte_cnn.experiment import (script_settings, start_training_run,
-                                          train_classifier_fold)
-    from leukocyte_cnn.artifacts import record_of
-    from leukocyte_cnn.masks import ensure_otsu_masks, mask_paths, otsu_mask_root
-    from leukocyte_cnn.scaling import (load_moments, moments_of_images, save_moments,
-                                       scaler_from_moments)
-    from leukocyte_cnn.training import parse_fold_list
+    from leukocyte_cnn.runs import studies
+    from leukocyte_cnn.runs.experiment import (script_settings, start_training_run, train_classifier_fold)
+    from leukocyte_cnn.base.artifacts import record_of
+    from leukocyte_cnn.inputs.masks import ensure_otsu_masks, mask_paths, otsu_mask_root
+    from leukocyte_cnn.inputs.scaling import (load_moments, moments_of_images, save_moments, scaler_from_moments)
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list
 
     settings = script_settings(__name__, args)
     epochs = args.epochs or settings["EPOCHS"]
@@ -251,6 +249,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

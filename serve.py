@@ -54,8 +54,8 @@ def main(args: argparse.Namespace) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import uvicorn
 
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.service import DISCLAIMER, create_app, resolve_model
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.service.app import DISCLAIMER, create_app, resolve_model
 
     if not 0 < args.port < 65536:
         raise InputError(f"--port {args.port}: not a TCP port (1-65535)")
@@ -72,6 +72,6 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

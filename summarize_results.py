@@ -11,7 +11,7 @@ A learning-curve run (``resnext_transfer_learning.py --train-sizes``) gets its
 curve stopped part-way (or still running) can be looked at; the table names the sizes left out.
 
 ``--results-md RESULTS.md`` regenerates the tables of RESULTS.md from the run folders its
-markers name (``leukocyte_cnn.results_md``).
+markers name (``leukocyte_cnn.reporting.results_md``).
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    from leukocyte_cnn.reporting import summarize_run
-    from leukocyte_cnn.runinfo import read_settings
-    from leukocyte_cnn.transfer import rebuild_learning_curve
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.base.run_folder import read_settings
+    from leukocyte_cnn.runs.transfer import rebuild_learning_curve
 
     for run_dir in args.run_dirs:
         if read_settings(run_dir)["config"].get("train_sizes"):
@@ -43,13 +43,13 @@ def main(args: argparse.Namespace) -> None:
         else:
             summarize_run(run_dir)
     if args.results_md:
-        from leukocyte_cnn.results_md import regenerate
+        from leukocyte_cnn.reporting.results_md import regenerate
 
         for note in regenerate(args.results_md):
             print(f"{args.results_md}: {note}")
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

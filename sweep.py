@@ -28,7 +28,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from leukocyte_cnn.errors import InputError, run_main
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.base.cli import run_main
 
 RESULTS_DIR = Path("results")
 METRIC = "balanced_accuracy"  # the metric that sorts the table and picks the best point
@@ -36,7 +37,7 @@ METRIC = "balanced_accuracy"  # the metric that sorts the table and picks the be
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     """The sweep's options and the script's options (everything the sweep does not know)."""
-    from leukocyte_cnn.sweeps import METRICS
+    from leukocyte_cnn.runs.sweeps import METRICS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                      usage="%(prog)s SCRIPT.py --set NAME=v1,v2 [--set ...] "
@@ -86,10 +87,8 @@ def default_sweep_dir(script: Path, script_options: argparse.Namespace) -> Path:
 
 
 def main(args: argparse.Namespace, script_args: list[str]) -> int:
-    from leukocyte_cnn.knobs import script_knobs
-    from leukocyte_cnn.sweeps import (check_names_unique, collect_results, grid_points,
-                                      open_sweep, parse_grid, point_is_done, point_name,
-                                      run_point, select_points, write_report)
+    from leukocyte_cnn.base.knobs import script_knobs
+    from leukocyte_cnn.runs.sweeps import (check_names_unique, collect_results, grid_points, open_sweep, parse_grid, point_is_done, point_name, run_point, select_points, write_report)
 
     script_path = Path(args.script)
     module = load_script(args.script)

@@ -44,9 +44,9 @@ QUICK = dict(IMAGE_SIZE=(48, 64), EPOCHS=15, PATIENCE=5, BATCH_SIZE=8, MAX_IMAGE
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.experiment import add_common_arguments
-    from leukocyte_cnn.gpu import add_gpu_arguments
-    from leukocyte_cnn.studies import SPLIT_METHODS
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.base.devices import add_gpu_arguments
+    from leukocyte_cnn.runs.studies import SPLIT_METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_kaggle")
@@ -83,7 +83,7 @@ def mask_root_for(args: argparse.Namespace, split, fold: int, settings: dict):
     ``data/masks/unet/<split>_<fingerprint>/fold_XX`` (see masks.unet_mask_root)."""
     from pathlib import Path
 
-    from leukocyte_cnn.masks import unet_mask_root
+    from leukocyte_cnn.inputs.masks import unet_mask_root
 
     if args.mask_dir:
         return Path(args.mask_dir) / f"fold_{fold:02d}"
@@ -105,7 +105,7 @@ def pair_dataset(table, target_column: str, size, batch_size: int, *, shuffle: b
     """
     import tensorflow as tf
 
-    from leukocyte_cnn.pipeline import make_dataset
+    from leukocyte_cnn.inputs.pipeline import make_dataset
 
     images = make_dataset(table["path"].tolist(), None, size, 1).unbatch()
     masks = make_dataset(table[target_column].tolist(), None, size, 1,
@@ -124,8 +124,8 @@ def predict_masks(model, table, size, batch_size: int, threshold: float):
     import numpy as np
     import tensorflow as tf
 
-    from leukocyte_cnn.images import image_mode_info
-    from leukocyte_cnn.pipeline import make_dataset
+    from leukocyte_cnn.data.images import image_mode_info
+    from leukocyte_cnn.inputs.pipeline import make_dataset
 
     rows = table.itertuples(index=False)
     for batch in make_dataset(table["path"].tolist(), None, size, batch_size):
@@ -139,7 +139,7 @@ def predict_masks(model, table, size, batch_size: int, threshold: float):
 
 def score_rows(role: str, key: str, unet_mask, otsu_path: str, truth_path: str) -> dict:
     """IoU/Dice of the U-Net mask against ground truth and Otsu, and of Otsu against truth."""
-    from leukocyte_cnn.masks import dice, iou, read_mask
+    from leukocyte_cnn.inputs.masks import dice, iou, read_mask
 
     otsu = read_mask(otsu_path)
     row = {"role": role, "image": key, "unet_vs_otsu_iou": iou(unet_mask, otsu),
@@ -147,7 +147,7 @@ def score_rows(role: str, key: str, unet_mask, otsu_path: str, truth_path: str) 
     if truth_path:
         truth = read_mask(truth_path)
         if truth.shape != unet_mask.shape:
-            from leukocyte_cnn.errors import InputError
+            from leukocyte_cnn.base.errors import InputError
             raise InputError(f"{truth_path}: mask size {truth.shape} differs from its image "
                              f"{unet_mask.shape}")
         row.update(unet_vs_truth_iou=iou(unet_mask, truth),
@@ -160,7 +160,7 @@ def summary_table(scores):
     """Per role and comparison: images, IoU and Dice as mean ± sample std."""
     import pandas as pd
 
-    from leukocyte_cnn.studies import spread
+    from leukocyte_cnn.runs.studies import spread
 
     rows = []
     for comparison, label in (("unet_vs_truth", "U-Net vs ground truth"),
@@ -185,22 +185,20 @@ def main(args: argparse.Namespace):
     import keras
     import pandas as pd
 
-    from leukocyte_cnn import progress, studies
-    from leukocyte_cnn.errors import InputError
-    from leukocyte_cnn.experiment import make_optimizer, script_settings, start_run
-    from leukocyte_cnn.gpu import (compile_kwargs, device_settings, model_scope, require_xla,
-                                   setup_devices)
-    from leukocyte_cnn.io import write_csv
-    from leukocyte_cnn.artifacts import describe_difference
-    from leukocyte_cnn.io import file_sha256
-    from leukocyte_cnn.masks import (COMPLETE_MARKER, ensure_otsu_masks, mark_complete,
-                                     mask_file, mask_set_is_complete, otsu_mask_root,
-                                     truth_mask_column, unet_mask_inputs,
-                                     unet_mask_set_is_current, write_mask)
-    from leukocyte_cnn.networks import unet
-    from leukocyte_cnn.reporting import markdown_table, write_table
-    from leukocyte_cnn.seeding import set_seed
-    from leukocyte_cnn.training import fit, fold_dir, parse_fold_list, write_fold_inputs
+    from leukocyte_cnn.base import progress
+    from leukocyte_cnn.runs import studies
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.runs.experiment import make_optimizer, script_settings, start_run
+    from leukocyte_cnn.base.devices import (compile_kwargs, device_settings, model_scope, require_xla, setup_devices)
+    from leukocyte_cnn.base.io import write_csv
+    from leukocyte_cnn.base.artifacts import describe_difference
+    from leukocyte_cnn.base.io import file_sha256
+    from leukocyte_cnn.inputs.masks import (COMPLETE_MARKER, ensure_otsu_masks, mark_complete, mask_file, mask_set_is_complete, otsu_mask_root, truth_mask_column, unet_mask_inputs, unet_mask_set_is_current, write_mask)
+    from leukocyte_cnn.models.networks import unet
+    from leukocyte_cnn.reporting.summary import markdown_table, write_table
+    from leukocyte_cnn.base.seeding import set_seed
+    from leukocyte_cnn.runs.cross_validation import fit, parse_fold_list
+    from leukocyte_cnn.base.run_folder import fold_dir, write_fold_inputs
 
     setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
     settings = script_settings(__name__, args)
@@ -304,6 +302,6 @@ def main(args: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))

@@ -127,7 +127,7 @@ def machine_line() -> str:
 
 def build(builder: str, shape: tuple[int, int, int], classes: int):
     """A fresh, uncompiled network as its study builds it (random weights)."""
-    from leukocyte_cnn import networks
+    from leukocyte_cnn.models import networks
     import resnext_network
 
     with warnings.catch_warnings():
@@ -231,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
     eager = args.quick and keras.backend.backend() == "tensorflow"
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if keras.backend.backend() == "tensorflow":
-        from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes
+        from leukocyte_cnn.base.grouped_conv import use_cpu_convolution_fixes
 
         use_cpu_convolution_fixes()  # as every training script on a CPU; nothing on a GPU
     cases = CASES

@@ -6,7 +6,7 @@ repository's way costs instead:
 
 * **streamed** (a fresh child process, which reports its own peak RSS from
   ``resource.getrusage``): one training epoch over the TRAIN images of a Kaggle-sized
-  synthetic set (9,960 JPEGs of 320x240 from ``leukocyte_cnn.synthetic``: 830 source cells x
+  synthetic set (9,960 JPEGs of 320x240 from ``leukocyte_cnn.data.synthetic``: 830 source cells x
   4 classes x 3 copies, like the real set's 9,957) at 120x160 through
   ``pipeline.make_dataset`` (shuffled, online rotation+flips, batch 32), a small ELU CNN,
   then predictions for the TEST images (2,488), as one cross-validation fold would do. The
@@ -67,10 +67,10 @@ def child_stream(root: str) -> dict:
 
     import keras
 
-    from leukocyte_cnn.augment import online_augmentation
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.networks import elu_cnn
-    from leukocyte_cnn.pipeline import dataset_from_table
+    from leukocyte_cnn.inputs.augment import online_augmentation
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.models.networks import elu_cnn
+    from leukocyte_cnn.inputs.pipeline import dataset_from_table
 
     # The images: from the set root the reader would find the masks/{TRAIN,TEST} PNGs first.
     table = read_dataset("kaggle", Path(root) / "dataset2-master")
@@ -134,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         s.update(QUICK)
     common.print_header("peak memory: streamed training vs all images in NumPy (float64)")
-    from leukocyte_cnn.synthetic import ensure_synthetic
+    from leukocyte_cnn.data.synthetic import ensure_synthetic
 
     start = time.perf_counter()
     root = ensure_synthetic("kaggle", common.DATA_DIR, SEED, train_cells=s["TRAIN_CELLS"],

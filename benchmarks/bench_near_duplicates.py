@@ -1,7 +1,7 @@
 """Near-duplicate detection on planted copies: precision, recall and images per second.
 
 Renders distinct white cells of the four Kaggle classes with the repository's renderer
-(``leukocyte_cnn.synthetic.render_cell``: look-alike cells, same classes, same optics), and
+(``leukocyte_cnn.data.synthetic.render_cell``: look-alike cells, same classes, same optics), and
 plants augmented copies of some of them the way the Kaggle blood-cell set made its TRAIN
 folder: a turn by any angle with black corners, a shift, a shear and zoom, a mirror, a
 brightness/contrast change and JPEG re-encoding. Then runs the detection the audit runs
@@ -105,7 +105,7 @@ def jpeg(array: np.ndarray, path) -> None:
 
 def planted_set(cells: int, copied: int, copies: int, seed: int):
     """The images (paths), their class and their cell id, generated once per settings."""
-    from leukocyte_cnn.synthetic import SYNTHETIC_FORMAT_VERSION, render_cell
+    from leukocyte_cnn.data.synthetic import SYNTHETIC_FORMAT_VERSION, render_cell
 
     settings = {"cells": cells, "copied": copied, "copies": copies, "seed": seed,
                 "size": SIZE, "angle": MAX_ANGLE, "shift": MAX_SHIFT, "shear": MAX_SHEAR,
@@ -132,9 +132,8 @@ def planted_set(cells: int, copied: int, copies: int, seed: int):
 
 
 def main(args: argparse.Namespace) -> bool:
-    from leukocyte_cnn import near_duplicates as nd
-    from leukocyte_cnn.leakage import (DEFAULT_THRESHOLD, candidate_pairs, fingerprint_images,
-                                       verify_candidates)
+    from leukocyte_cnn.splits import near_duplicates as nd
+    from leukocyte_cnn.splits.leakage import (DEFAULT_THRESHOLD, candidate_pairs, fingerprint_images, verify_candidates)
 
     if args.quick:
         args.cells, args.copied_cells = 120, 40

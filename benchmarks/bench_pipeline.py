@@ -1,13 +1,13 @@
 """Input-pipeline speed: tf.data streaming from disk vs in-memory arrays vs a naive Python loop.
 
-Images: Kaggle-like 320x240 JPEGs (the synthetic Kaggle set when ``leukocyte_cnn.synthetic``
+Images: Kaggle-like 320x240 JPEGs (the synthetic Kaggle set when ``leukocyte_cnn.data.synthetic``
 is present, else JPEGs rendered with NumPy into ``benchmarks/out/``; ``--images DIR`` uses the
 JPEGs of any folder, e.g. the real Kaggle set), brought to 120x160 (height x width) as the
 4-class studies train.
 
 What each side does, per image:
 
-* **pipeline** = ``leukocyte_cnn.pipeline.make_dataset``: read the file, TensorFlow JPEG
+* **pipeline** = ``leukocyte_cnn.inputs.pipeline.make_dataset``: read the file, TensorFlow JPEG
   decode at libjpeg's 1/2 DCT scale (a 320x240 image comes out at 160x120, so no resize is
   left to do), batch of 32 as uint8, cast to float32 (parallel maps, prefetch); with
   augmentation also ``augment.online_augmentation``: one ``RandomAffine`` resampling per
@@ -108,8 +108,8 @@ def naive_loop(paths, labels, size, batch_size: int, augment: bool, seed: int):
 
 def pipeline(paths, labels, size, batch_size: int, augment: bool, seed: int, shuffle=False,
              cache=None):
-    from leukocyte_cnn.augment import online_augmentation
-    from leukocyte_cnn.pipeline import make_dataset
+    from leukocyte_cnn.inputs.augment import online_augmentation
+    from leukocyte_cnn.inputs.pipeline import make_dataset
 
     layers = (online_augmentation(rotation_degrees=ROTATION_DEGREES, horizontal_flip=FLIPS,
                                   vertical_flip=FLIPS, seed=seed) if augment else None)
@@ -142,7 +142,7 @@ def rate(make_iterable, n: int, repeats: int) -> tuple[float, float]:
 def small_cnn(kind: str, size, classes: int):
     import warnings
 
-    from leukocyte_cnn.networks import elu_cnn, linear_cnn
+    from leukocyte_cnn.models.networks import elu_cnn, linear_cnn
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # linear_cnn: fewer blocks fit 120x160 (expected)
@@ -249,7 +249,7 @@ def main(args: argparse.Namespace) -> int:
           f"per-image costs")
 
     if not args.skip_epochs:
-        from leukocyte_cnn.pipeline import load_arrays
+        from leukocyte_cnn.inputs.pipeline import load_arrays
 
         m = min(s["EPOCH_IMAGES"], n)
         epaths, elabels = paths[:m], labels[:m]

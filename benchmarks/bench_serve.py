@@ -61,7 +61,7 @@ def untrained_run(folder: Path) -> Path:
     """A run folder with an untrained paper CNN: speed does not depend on the weights."""
     import keras
 
-    from leukocyte_cnn.networks import paper_cnn
+    from leukocyte_cnn.models.networks import paper_cnn
 
     checkpoint = folder / "fold_00" / "model.keras"
     if not checkpoint.exists():
@@ -82,8 +82,8 @@ def percentile(values, q: float) -> float:
 
 def baselines(run: Path, paths: list[Path], repeats: int) -> dict:
     """Images/s of model.predict and of the service's own in-process work, one by one."""
-    from leukocyte_cnn.pipeline import load_arrays
-    from leukocyte_cnn.service import choose_fold, decode_upload, load_classifier
+    from leukocyte_cnn.inputs.pipeline import load_arrays
+    from leukocyte_cnn.service.app import choose_fold, decode_upload, load_classifier
 
     classifier = load_classifier(choose_fold(run), run / "settings.json")
     blobs = [p.read_bytes() for p in paths]

@@ -110,7 +110,7 @@ def in_process_child(args) -> None:
     import importlib
     import itertools
 
-    from leukocyte_cnn.knobs import apply_overrides
+    from leukocyte_cnn.base.knobs import apply_overrides
 
     module = importlib.import_module(Path(SCRIPT).stem)
     out_dir = common.OUT_DIR / "sweep_in_process"

@@ -18,7 +18,7 @@ steps (graph tracing, oneDNN kernel selection) excluded. Figures:
   ratios of them) are the robust figures on a busy machine.
 
 Grouped convolutions (ResNeXt) run on TensorFlow's own CPU kernel via
-``leukocyte_cnn.grouped_conv.use_native_grouped_conv``, as the ResNeXt scripts do (Keras'
+``leukocyte_cnn.base.grouped_conv.use_native_grouped_conv``, as the ResNeXt scripts do (Keras'
 default XLA path for them is ~150x slower on a CPU).
 
 ``--xla`` also times each network compiled with ``jit_compile=True`` and ``--mixed-precision``
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(builder: str, size: tuple[int, int], classes: int):
     """A fresh, uncompiled network as its training script builds it."""
-    from leukocyte_cnn.networks import elu_cnn, linear_cnn
+    from leukocyte_cnn.models.networks import elu_cnn, linear_cnn
     from resnext_network import resnext29
 
     shape = (*size, 3)
@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
     settings = dict(SECONDS_PER_CASE=SECONDS_PER_CASE, REPEATS=REPEATS)
     if args.quick:
         settings.update(QUICK)
-    from leukocyte_cnn.grouped_conv import use_native_grouped_conv
+    from leukocyte_cnn.base.grouped_conv import use_native_grouped_conv
 
     native_grouped = use_native_grouped_conv()
     common.print_header("training step: images/s, FLOPs, GFLOP/s (batch %d, random pixels in "

@@ -111,12 +111,12 @@ KAGGLE_SIZED = dict(train_cells=830, copies=3, test_cells=622)
 def synthetic_kaggle(train_cells: int, copies: int, test_cells: int, seed: int = 0,
                      generate: bool = True):
     """The synthetic Kaggle set (generated once under ``data/``) as a reader table; ``None``
-    when ``leukocyte_cnn.synthetic`` is missing or (``generate=False``) the set is not there."""
+    when ``leukocyte_cnn.data.synthetic`` is missing or (``generate=False``) the set is not there."""
     try:
-        from leukocyte_cnn.synthetic import ensure_synthetic, is_current, synthetic_root
+        from leukocyte_cnn.data.synthetic import ensure_synthetic, is_current, synthetic_root
     except ImportError:
         return None
-    from leukocyte_cnn.datasets import read_dataset
+    from leukocyte_cnn.data.datasets import read_dataset
 
     options = dict(train_cells=train_cells, copies=copies, test_cells=test_cells)
     if not generate and not is_current(synthetic_root("kaggle", DATA_DIR, seed, **options),
@@ -133,7 +133,7 @@ def kaggle_like_files(n: int, seed: int = 0) -> tuple[list[str], list[int], str]
     Prefers the Kaggle-sized synthetic set when it exists (``bench_memory.py`` makes it),
     else a synthetic set just big enough (generated once, cached); takes TRAIN images evenly
     spread over the sorted table so every class is present. Falls back to NumPy-rendered
-    JPEGs under ``benchmarks/out/`` when ``leukocyte_cnn.synthetic`` is missing.
+    JPEGs under ``benchmarks/out/`` when ``leukocyte_cnn.data.synthetic`` is missing.
     """
     import numpy as np
 

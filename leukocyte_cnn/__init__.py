@@ -7,7 +7,7 @@ tables and plots. Each top-level script is one experiment and reads like a metho
 
 import os as _os
 
-from .progress import quiet_tensorflow_import as _quiet_tensorflow_import
+from leukocyte_cnn.base.progress import quiet_tensorflow_import as _quiet_tensorflow_import
 
 # TensorFlow enables its oneDNN CPU kernels by default on some x86 CPUs (Intel) and not on
 # others (AMD EPYC here). Without them it has no gradient for grouped convolutions, so ResNeXt

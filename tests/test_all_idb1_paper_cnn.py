@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 
 import all_idb1_paper_cnn as script
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.paper_augmentation import (FIXED_VARIANTS, check_sources, plan_variants,
-                                              write_training_set)
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.inputs.paper_augmentation import (FIXED_VARIANTS, check_sources, plan_variants, write_training_set)
 
 AUG = {"image_size": [32, 32], "n_rotations": 3, "blur_sigma": 1.1, "max_shift": 0.1,
        "max_shear": 15.0, "seed": 0}
@@ -55,8 +54,8 @@ def smears(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fold0(smears):
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.folds import make_split
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.splits.folds import make_split
 
     table = read_dataset("all_idb1", smears)
     split = make_split(table, "kfold", k=5, seed=0, val_fraction=0.2)
@@ -69,7 +68,7 @@ def fold0(smears):
 
 
 def test_only_training_images_are_augmented_and_traced(fold0, tmp_path):
-    from leukocyte_cnn.pipeline import load_image
+    from leukocyte_cnn.inputs.pipeline import load_image
 
     train, val, test = fold0["train"], fold0["val"], fold0["test"]
     assert len(test) == 4 and len(val) >= 2 and len(train) >= 10
@@ -161,7 +160,7 @@ def test_heldout_metrics_equal_hand_computed_values(tmp_path):
 def test_keras_positive_class_metrics_match_hand_values():
     import keras
 
-    from leukocyte_cnn.keras_metrics import positive_class_metrics
+    from leukocyte_cnn.models.keras_metrics import positive_class_metrics
 
     prob = np.stack([1 - P_POS, P_POS], axis=1).astype("float32")
     for labels in (LABELS, LABELS[:, None], np.eye(2)[LABELS]):
@@ -216,7 +215,7 @@ def test_quick_run_writes_checkpoint_plots_summary_and_keeps_test_untouched(
     timing = json.loads((run / "fold_00" / "timing.json").read_text())
     assert timing["n_train_augmented"] == len(manifest) == timing["n_train"] * 10
     # The checkpoint's compile state names no class of this repository: plain safe-mode
-    # loading works without importing leukocyte_cnn.keras_metrics.
+    # loading works without importing leukocyte_cnn.models.keras_metrics.
     with zipfile.ZipFile(run / "fold_00" / "model.keras") as archive:
         assert "leukocyte_cnn" not in archive.read("config.json").decode()
     heldout = pd.read_csv(run / "heldout_metrics.csv")

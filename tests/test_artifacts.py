@@ -16,9 +16,9 @@ import pytest
 
 import cross_validation_splits as cvs
 import linear_cnn_da as da
-from leukocyte_cnn import artifacts
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.folds import load_split
+from leukocyte_cnn.base import artifacts
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.splits.folds import load_split
 from test_leakage import kaggle_with_copies  # noqa: F401  (fixture: Kaggle layout with copies)
 from test_scaleout import _tiny_dataset
 
@@ -58,7 +58,7 @@ def test_near_duplicates_off_leaves_the_default_split_untouched(kaggle_with_copi
     split that every 4-class study loads."""
     import argparse
 
-    from leukocyte_cnn import studies
+    from leukocyte_cnn.runs import studies
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "data" / "splits"
@@ -102,7 +102,7 @@ def multiclass_split(tmp_path_factory):
 
 
 def _fold(split, k=0):
-    from leukocyte_cnn.training import Fold
+    from leukocyte_cnn.runs.cross_validation import Fold
 
     rows = split.fold(k)
     return Fold(fold=k, train=rows[rows.role == "train"].reset_index(drop=True),
@@ -113,7 +113,7 @@ def _fold(split, k=0):
 def test_quick_then_full_balancing_gives_each_its_own_folds(multiclass_split, tmp_path):
     """`resnext_from_scratch.py --quick` then a full run used to train the full run on the
     quick run's 40-per-class 64 px images while settings.json said 150."""
-    from leukocyte_cnn.images import load_rgb
+    from leukocyte_cnn.data.images import load_rgb
 
     split, root = multiclass_split
     common = ["--dataset", "synthetic_multiclass", "--data-root", str(root)]
@@ -174,7 +174,7 @@ def binary_run(tmp_path_factory):
 
 
 def test_run_records_split_sha_and_folds_record_their_chain(binary_run):
-    from leukocyte_cnn.io import file_sha256
+    from leukocyte_cnn.base.io import file_sha256
 
     work, _ = binary_run
     run = work / "results" / "run"
@@ -231,7 +231,7 @@ def _copy_with_fold_record(binary_run, tmp_path, fold: int, change) -> Path:
 
 
 def test_folds_of_another_split_are_not_pooled(binary_run, tmp_path):
-    from leukocyte_cnn.reporting import summarize_run
+    from leukocyte_cnn.reporting.summary import summarize_run
 
     run = _copy_with_fold_record(binary_run, tmp_path, 1,
                                  lambda r: r.update(split_sha256="0" * 64))
@@ -240,7 +240,7 @@ def test_folds_of_another_split_are_not_pooled(binary_run, tmp_path):
 
 
 def test_merging_folds_of_two_commits_is_flagged_in_the_summary(binary_run, tmp_path):
-    from leukocyte_cnn.reporting import summarize_run
+    from leukocyte_cnn.reporting.summary import summarize_run
 
     run = _copy_with_fold_record(binary_run, tmp_path, 2,
                                  lambda r: r["provenance"]["git"].update(commit="f" * 40))
@@ -254,7 +254,7 @@ def test_merging_folds_of_two_commits_is_flagged_in_the_summary(binary_run, tmp_
 
 
 def test_dirty_counts_untracked_code_files(tmp_path, monkeypatch):
-    from leukocyte_cnn import runinfo
+    from leukocyte_cnn.base import provenance as runinfo
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -281,7 +281,7 @@ def test_pipeline_file_cache_changes_when_an_image_is_rewritten_in_place(tmp_pat
     import numpy as np
     from PIL import Image
 
-    from leukocyte_cnn.pipeline import _cache_file
+    from leukocyte_cnn.inputs.pipeline import _cache_file
 
     path = tmp_path / "a.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
@@ -299,7 +299,7 @@ def test_pipeline_file_cache_changes_when_an_image_is_rewritten_in_place(tmp_pat
 def test_dihedral_views_are_the_eight_symmetries_of_the_square():
     import numpy as np
 
-    from leukocyte_cnn.training import dihedral_views
+    from leukocyte_cnn.runs.cross_validation import dihedral_views
 
     image = np.arange(2 * 3 * 3 * 1, dtype=np.float32).reshape(2, 3, 3, 1)
     views = [np.asarray(v) for v in dihedral_views(image)]
@@ -312,9 +312,9 @@ def test_evaluate_tta_predicts_the_same_test_images_with_the_same_models(binary_
     import numpy as np
 
     import evaluate_tta
-    from leukocyte_cnn.checkpoints import load_checkpoint
-    from leukocyte_cnn.pipeline import load_image
-    from leukocyte_cnn.training import load_predictions
+    from leukocyte_cnn.models.checkpoints import load_checkpoint
+    from leukocyte_cnn.inputs.pipeline import load_image
+    from leukocyte_cnn.base.run_folder import load_predictions
 
     work, _ = binary_run
     run = work / "results" / "run"

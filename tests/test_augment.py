@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn import augment as A
-from leukocyte_cnn.errors import InputError
+from leukocyte_cnn.inputs import augment as A
+from leukocyte_cnn.base.errors import InputError
 
 
 def _image(height: int = 17, width: int = 17, seed: int = 0, low: int = 0) -> np.ndarray:
@@ -173,7 +173,7 @@ def test_plan_shifts_use_each_source_size(tmp_path):
 
 def test_online_augmentation_is_one_seeded_affine_layer():
     keras = pytest.importorskip("keras")
-    from leukocyte_cnn.keras_augment import RandomAffine
+    from leukocyte_cnn.inputs.keras_augment import RandomAffine
 
     stack = A.online_augmentation(rotation_degrees=90, shift=0.1, zoom=0.1, shear=10, seed=4)
     assert [type(layer) for layer in stack.layers] == [RandomAffine]
@@ -194,7 +194,7 @@ def test_online_augmentation_is_one_seeded_affine_layer():
 
 def _affine(img, angle=0.0, hflip=False, vflip=False, zoom=1.0, shear=0.0, dx=0.0, dy=0.0):
     tf = pytest.importorskip("tensorflow")
-    from leukocyte_cnn.keras_augment import affine_matrices, apply_affine
+    from leukocyte_cnn.inputs.keras_augment import affine_matrices, apply_affine
 
     h, w = img.shape[:2]
     m = affine_matrices([angle], [hflip], [vflip], [zoom], [shear], [dx], [dy], h, w)

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 import cnmc_transfer
-from leukocyte_cnn import pretrained
-from leukocyte_cnn.errors import InputError, run_main
+from leukocyte_cnn.models import pretrained
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.base.cli import run_main
 
 CELLS_PER_PATIENT = 3
 SIZE = 40
@@ -103,7 +104,7 @@ def roles_by_patient(split_csv: Path) -> pd.DataFrame:
 def test_folds_and_final_test_are_disjoint_by_patient(fake_cnmc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # default split files go to ./data/splits
     args = split_args(tmp_path, fake_cnmc)
-    from leukocyte_cnn.datasets import read_dataset
+    from leukocyte_cnn.data.datasets import read_dataset
 
     table = read_dataset("cnmc", fake_cnmc)
     assert cnmc_transfer.split_mode(args, table) == "folds"
@@ -157,8 +158,8 @@ def test_split_file_mixing_patients_must_say_leaky(fake_cnmc, tmp_path, monkeypa
                                                    no_download):
     """A file split by image but not marked leaky (made by hand, or by an older version
     whose kfold ignored patients) is refused."""
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.folds import make_split, write_split
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.splits.folds import make_split, write_split
 
     monkeypatch.chdir(tmp_path)
     table = read_dataset("cnmc", fake_cnmc)
@@ -183,8 +184,8 @@ def test_missing_weights_stop_before_training_with_one_line(fake_cnmc, tmp_path,
     def must_not_train(*args, **kwargs):
         raise AssertionError("training started without weights")
 
-    monkeypatch.setattr("leukocyte_cnn.experiment.train_classifier_fold", must_not_train)
-    monkeypatch.setattr("leukocyte_cnn.networks.cnmc_model", must_not_train)
+    monkeypatch.setattr("leukocyte_cnn.runs.experiment.train_classifier_fold", must_not_train)
+    monkeypatch.setattr("leukocyte_cnn.models.networks.cnmc_model", must_not_train)
     monkeypatch.setattr("sys.argv", ["cnmc_transfer.py", *argv(tmp_path, fake_cnmc)])
     with pytest.raises(SystemExit) as stop:
         run_main(lambda: cnmc_transfer.main(cnmc_transfer.parse_args()))
@@ -226,7 +227,7 @@ def _touch(path: Path) -> Path:
 def test_weighted_f1_matches_scikit_learn_and_hand_value():
     from sklearn.metrics import f1_score
 
-    from leukocyte_cnn.metrics import classification_metrics
+    from leukocyte_cnn.reporting.metrics import classification_metrics
 
     y_true = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])     # 6 blasts, 4 normal cells
     y_pred = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 1])
@@ -250,7 +251,7 @@ def tiny_backbone(monkeypatch):
     (graph tracing), far beyond a unit test; the real backbone runs in the slow test below."""
     import keras
 
-    from leukocyte_cnn import networks
+    from leukocyte_cnn.models import networks
 
     def stand_in(backbone_name, input_shape, weights, pooling, bn_momentum):
         assert backbone_name in networks.CNMC_BACKBONES and pooling == "max" and weights is None

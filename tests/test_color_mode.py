@@ -15,8 +15,8 @@ from PIL import Image
 
 import elu_cnn_optimizers as elu
 import scaling_masks_cnn_fcn as copenhagen
-from leukocyte_cnn import pipeline
-from leukocyte_cnn.errors import InputError
+from leukocyte_cnn.inputs import pipeline
+from leukocyte_cnn.base.errors import InputError
 
 CLASSIFIER_SCRIPTS = ["linear_cnn_binary_lpocv", "linear_cnn_multiclass_lpocv",
                       "resnext_from_scratch", "resnext_transfer_learning", "elu_cnn_optimizers",
@@ -58,7 +58,7 @@ def test_grayscale_pipeline_yields_equal_channels_of_the_luminance(colour_images
 
 def test_training_batches_are_grayscale_before_augmentation_and_after_the_cache(
         colour_images, tmp_path):
-    from leukocyte_cnn.augment import online_augmentation
+    from leukocyte_cnn.inputs.augment import online_augmentation
 
     paths, _ = colour_images
     for cache in ("memory", str(tmp_path / "cache" / "c")):
@@ -143,7 +143,7 @@ def _check_recorded(run, trial_dir):
 
 def test_elu_cnn_runs_grayscale_end_to_end_and_serves_grayscale(
         synthetic_kaggle_root, study_dir, tmp_path, monkeypatch, colour_modes):
-    from leukocyte_cnn.service import decode_upload, load_classifier
+    from leukocyte_cnn.service.app import decode_upload, load_classifier
 
     monkeypatch.chdir(study_dir)
     monkeypatch.setattr(elu, "COLOR_MODE", "grayscale")  # as the inline edit would
@@ -170,7 +170,7 @@ def test_elu_cnn_runs_grayscale_end_to_end_and_serves_grayscale(
 
 def test_copenhagen_cnn_runs_grayscale_end_to_end(synthetic_kaggle_root, study_dir, monkeypatch,
                                                   colour_modes):
-    from leukocyte_cnn import scaling
+    from leukocyte_cnn.inputs import scaling
 
     monkeypatch.chdir(study_dir)
     monkeypatch.setattr(copenhagen, "COLOR_MODE", "grayscale")

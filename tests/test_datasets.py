@@ -13,13 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn import datasets
-from leukocyte_cnn.datasets import (COLUMNS, DATASET_NAMES, class_names, dataset_hash,
-                                    read_all_idb1, read_all_idb2, read_bloodmnist, read_cnmc,
-                                    read_csv_labels, read_dataset, read_folder, read_kaggle,
-                                    read_pbc, read_zheng2018)
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.images import load_rgb
+from leukocyte_cnn.data import datasets
+from leukocyte_cnn.data.datasets import (COLUMNS, DATASET_NAMES, class_names, dataset_hash, read_all_idb1, read_all_idb2, read_bloodmnist, read_cnmc, read_csv_labels, read_dataset, read_folder, read_kaggle, read_pbc, read_zheng2018)
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.data.images import load_rgb
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -451,7 +448,7 @@ def _three_class_csv(tmp_path: Path) -> tuple[Path]:
 
 @pytest.fixture
 def fake_synthetic(monkeypatch, tmp_path):
-    """Stand-in for leukocyte_cnn.synthetic that writes the documented layouts, tiny."""
+    """Stand-in for leukocyte_cnn.data.synthetic that writes the documented layouts, tiny."""
     calls = []
 
     def ensure_synthetic(kind, data_dir="data", seed=0, **opts):
@@ -469,7 +466,7 @@ def fake_synthetic(monkeypatch, tmp_path):
                 "image,class_name\nimages/0002.png,neutrophil\nimages/0001.png,lymphoblast\n")
         return root
 
-    monkeypatch.setitem(sys.modules, "leukocyte_cnn.synthetic",
+    monkeypatch.setitem(sys.modules, "leukocyte_cnn.data.synthetic",
                         types.SimpleNamespace(ensure_synthetic=ensure_synthetic))
     return calls
 

@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukocyte_cnn import folds
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.folds import (apply_exclusion, assert_no_leakage, check_split, load_split,
-                                 make_split, write_split)
+from leukocyte_cnn.splits import folds
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.splits.folds import (apply_exclusion, assert_no_leakage, check_split, load_split, make_split, write_split)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -432,8 +431,8 @@ def test_acceptance_all_idb2_gives_52_folds_in_seconds(tmp_path):
     data = SHARED_DATA / "all_idb2_lowres"
     if not data.is_dir():
         pytest.skip(f"real ALL-IDB2 images not available at {data}")
-    if importlib.util.find_spec("leukocyte_cnn.datasets") is None:
-        pytest.skip("leukocyte_cnn.datasets (the readers) is not there yet")
+    if importlib.util.find_spec("leukocyte_cnn.data.datasets") is None:
+        pytest.skip("leukocyte_cnn.data.datasets (the readers) is not there yet")
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "cross_validation_splits.py", "--dataset",
                              "all_idb2", "--data-root", str(data), "--out-dir", str(tmp_path)],
@@ -457,7 +456,7 @@ def test_default_split_of_another_data_root_is_kept_and_a_fingerprinted_one_is_u
 
     from PIL import Image
 
-    from leukocyte_cnn.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import resolve_split
 
     def folder(name: str, shade: int) -> Path:
         root = tmp_path / name
@@ -598,7 +597,7 @@ def test_ignore_groups_and_reader_options_with_a_split_file_are_refused(tmp_path
     """They shape the default split only; with --split they would do nothing: one line."""
     import argparse
 
-    from leukocyte_cnn.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import resolve_split
 
     for extra in ({"ignore_groups": True, "reader_option": []},
                   {"ignore_groups": False, "reader_option": ["crops=true"]}):

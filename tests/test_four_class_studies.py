@@ -21,10 +21,10 @@ import elu_cnn_optimizers as elu
 import resnet50_training_depth as resnet
 import scaling_masks_cnn_fcn as copenhagen
 import unet_masks
-from leukocyte_cnn import masks as mask_lib
-from leukocyte_cnn import scaling
-from leukocyte_cnn.errors import run_main
-from leukocyte_cnn.folds import load_split
+from leukocyte_cnn.inputs import masks as mask_lib
+from leukocyte_cnn.inputs import scaling
+from leukocyte_cnn.base.cli import run_main
+from leukocyte_cnn.splits.folds import load_split
 
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 COLOURS = {"EOSINOPHIL": (200, 60, 60), "LYMPHOCYTE": (50, 50, 170),
@@ -118,7 +118,7 @@ def _shrink(monkeypatch, module, **values):
 
 def test_elu_study_builds_a_fresh_model_per_optimizer_and_beats_chance(
         kaggle_like, workdir, monkeypatch, capsys):
-    from leukocyte_cnn import networks
+    from leukocyte_cnn.models import networks
 
     _shrink(monkeypatch, elu, IMAGE_SIZE=(32, 32), FILTERS=(8, 16, 16, 16, 16),
             CONVS_PER_BLOCK=1, DENSE_UNITS=16, EPOCHS=8, PATIENCE=8, BATCH_SIZE=8,
@@ -310,7 +310,7 @@ def test_unet_learns_from_training_masks_only_and_scores_against_ground_truth(
 
     unet_args = unet_masks.parse_args(["--dataset", "zheng2018", "--data-root",
                                        str(zheng_like), "--split", str(split_csv), "--quick"])
-    from leukocyte_cnn.experiment import script_settings
+    from leukocyte_cnn.runs.experiment import script_settings
 
     split = load_split(split_csv)
     root = unet_masks.mask_root_for(unet_args, split, 0,

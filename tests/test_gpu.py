@@ -1,4 +1,4 @@
-"""The GPU switches do what they say, checked on a CPU (leukocyte_cnn.gpu, issue 15).
+"""The GPU switches do what they say, checked on a CPU (leukocyte_cnn.base.devices, issue 15).
 
 * ``--xla`` really compiles the training step (Keras drops ``jit_compile=True`` under
   TensorFlow's op determinism, which every fold used to switch on) and ``settings.json`` says
@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukocyte_cnn import gpu
-from leukocyte_cnn.errors import InputError
+from leukocyte_cnn.base import devices as gpu
+from leukocyte_cnn.base.errors import InputError
 from test_scaleout import _tiny_dataset  # two classes x 15 PNGs of 32x32
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ TRAIN_SCRIPTS = sorted(p.stem for p in REPO_ROOT.glob("*.py")
 RUN_AND_REPORT = r"""
 import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
-import leukocyte_cnn.training as training
+import leukocyte_cnn.runs.cross_validation as training
 
 models = []
 real_fit = training.fit
@@ -90,7 +90,7 @@ IMPORT_ORDER = r"""
 import importlib, json, sys, traceback
 sys.path.insert(0, sys.argv[1])
 from tensorflow.python.eager import context
-import leukocyte_cnn.gpu as gpu
+import leukocyte_cnn.base.devices as gpu
 
 class Reached(Exception):
     pass
@@ -183,7 +183,7 @@ def test_determinism_is_decided_explicitly():
 def test_set_seed_follows_the_configured_choice(monkeypatch):
     from tensorflow.python.framework import config as tf_config
 
-    from leukocyte_cnn.seeding import set_seed
+    from leukocyte_cnn.base.seeding import set_seed
 
     was_on = tf_config.is_op_determinism_enabled()
     try:
@@ -296,7 +296,7 @@ def test_a_failure_to_set_memory_growth_is_one_warning_line(monkeypatch):
 
 def _families():
     """One small instance per network family, as (name, builder) at tiny input sizes."""
-    from leukocyte_cnn import networks
+    from leukocyte_cnn.models import networks
     from resnext_network import resnext14
 
     return [

@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn.folds import read_split_csv
-from leukocyte_cnn.io import read_json
+from leukocyte_cnn.splits.folds import read_split_csv
+from leukocyte_cnn.base.io import read_json
 # The one-conv stand-in for EfficientNetB3 and the offline guard of the C-NMC tests.
 from test_cnmc_transfer import no_download, tiny_backbone  # noqa: F401
 
@@ -157,8 +157,8 @@ def split_groups(fed: pd.DataFrame, split: pd.DataFrame) -> dict:
 def copy_groups(data_dir: Path) -> dict:
     """image -> group of copies of the synthetic Kaggle set, found as the default split finds
     them: what an image-level split (--ignore-groups) leaves unjoined."""
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.leakage import near_duplicate_groups
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.splits.leakage import near_duplicate_groups
 
     joined, _ = near_duplicate_groups(read_dataset("synthetic_kaggle", data_dir))
     return dict(zip(joined["image"], joined["group"]))
@@ -214,7 +214,7 @@ def test_a_sweep_with_a_leaky_point_says_leaky(tmp_path):
     """Sweep tables compare runs too: one point run on a LEAKY split labels table and figure."""
     import json
 
-    from leukocyte_cnn.sweeps import METRICS, write_report
+    from leukocyte_cnn.runs.sweeps import METRICS, write_report
 
     row = {"point": "p0", "lr": 0.1, "n_images": 10}
     for m in METRICS:

@@ -1,4 +1,4 @@
-"""The CPU convolution fixes (leukocyte_cnn.grouped_conv) keep Keras' results.
+"""The CPU convolution fixes (leukocyte_cnn.base.grouped_conv) keep Keras' results.
 
 Grouped convolutions must equal a per-group reference (outputs and gradients), and a strided
 1x1 convolution must equal the plain strided convolution's output and train on a shape whose
@@ -13,7 +13,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from leukocyte_cnn.grouped_conv import use_cpu_convolution_fixes  # noqa: E402
+from leukocyte_cnn.base.grouped_conv import use_cpu_convolution_fixes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,8 @@ def test_strided_1x1_conv_keeps_its_output_and_trains_on_the_crashing_shape(fixe
 
 def test_configure_devices_switches_the_fixes_on_without_a_gpu(monkeypatch):
     """Every training script calls configure_devices; on a CPU that must bring the fixes."""
-    from leukocyte_cnn import gpu, grouped_conv
+    from leukocyte_cnn.base import devices as gpu
+    from leukocyte_cnn.base import grouped_conv
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("the fixes are for CPUs; a GPU is present")
@@ -109,7 +110,8 @@ def test_configure_devices_switches_the_fixes_on_without_a_gpu(monkeypatch):
 
 
 def test_configure_devices_leaves_convolutions_alone_with_a_gpu(monkeypatch):
-    from leukocyte_cnn import gpu, grouped_conv
+    from leukocyte_cnn.base import devices as gpu
+    from leukocyte_cnn.base import grouped_conv
 
     calls = []
     monkeypatch.setattr(gpu, "_gpus", lambda: ["fake GPU"])
@@ -127,7 +129,7 @@ def test_importing_the_package_switches_on_onednn_so_grouped_gradients_exist_on_
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    code = ("import os, leukocyte_cnn\nfrom leukocyte_cnn import grouped_conv\n"
+    code = ("import os, leukocyte_cnn\nfrom leukocyte_cnn.base import grouped_conv\n"
             "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], grouped_conv._grouped_matches_reference())")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -9,9 +9,9 @@ import pytest
 import linear_cnn_binary_lpocv
 import linear_cnn_da
 import linear_cnn_multiclass_lpocv
-from leukocyte_cnn.balancing import read_augmented_fold
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.folds import load_split
+from leukocyte_cnn.inputs.balancing import read_augmented_fold
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.splits.folds import load_split
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +25,8 @@ SMALL = {"synthetic_all_idb2": {"size": 96}, "synthetic_multiclass": {"size": 96
 
 def make_split(data_root, out_dir, dataset, method="kfold", k=3, exclude=()):
     """A split file of a small synthetic set (96 px renders keep the suite fast)."""
-    from leukocyte_cnn.datasets import class_names, dataset_hash, read_dataset
-    from leukocyte_cnn.folds import make_split as split_table, write_split
+    from leukocyte_cnn.data.datasets import class_names, dataset_hash, read_dataset
+    from leukocyte_cnn.splits.folds import make_split as split_table, write_split
 
     options = {"synthetic_options": SMALL[dataset]}
     table = read_dataset(dataset, data_root, **options)
@@ -41,10 +41,10 @@ def test_small_cnn_learns_the_synthetic_binary_set(synthetic_root, tmp_path):
     """Issue 2's learnability check: a small CNN beats 85 % held-out accuracy at 64 px."""
     import keras
 
-    from leukocyte_cnn.experiment import make_optimizer
-    from leukocyte_cnn.networks import linear_cnn
-    from leukocyte_cnn.pipeline import make_dataset
-    from leukocyte_cnn.seeding import set_seed
+    from leukocyte_cnn.runs.experiment import make_optimizer
+    from leukocyte_cnn.models.networks import linear_cnn
+    from leukocyte_cnn.inputs.pipeline import make_dataset
+    from leukocyte_cnn.base.seeding import set_seed
 
     split = load_split(make_split(synthetic_root, tmp_path, "synthetic_all_idb2", k=4), data_root=synthetic_root)
     fold = split.fold(0)
@@ -128,8 +128,8 @@ def test_present_exclusions_names_only_classes_of_the_dataset(monkeypatch):
     """A real multiclass set may have no thrombocytes: the default split must not name them."""
     import argparse
 
-    from leukocyte_cnn import datasets
-    from leukocyte_cnn.experiment import present_exclusions
+    from leukocyte_cnn.data import datasets
+    from leukocyte_cnn.runs.experiment import present_exclusions
 
     monkeypatch.setattr(datasets, "read_dataset", lambda name, root: name)
     monkeypatch.setattr(datasets, "class_names",

@@ -13,10 +13,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from conftest import REPO_ROOT, shared_dataset
-from leukocyte_cnn.errors import run_main
-from leukocyte_cnn.leakage import (DEFAULT_THRESHOLD, audit, dihedral_hashes, hamming,
-                                   image_distance, luma_with_padding_filled, near_pairs,
-                                   wide_table)
+from leukocyte_cnn.base.cli import run_main
+from leukocyte_cnn.splits.leakage import (DEFAULT_THRESHOLD, audit, dihedral_hashes, hamming, image_distance, luma_with_padding_filled, near_pairs, wide_table)
 
 
 def cell(seed: int, size=(120, 96)) -> np.ndarray:
@@ -35,7 +33,7 @@ def cell(seed: int, size=(120, 96)) -> np.ndarray:
 def smear(seed: int, size=(120, 96), class_name: str = "neutrophil") -> np.ndarray:
     """A realistic single-cell image (red cells around one white cell) from the repository's
     renderer: distinct seeds are distinct cells that pixel verification must keep apart."""
-    from leukocyte_cnn.synthetic import render_cell
+    from leukocyte_cnn.data.synthetic import render_cell
 
     image, _ = render_cell(class_name, (size[1], size[0]), np.random.default_rng([7, seed]))
     return image
@@ -392,8 +390,8 @@ def kaggle_with_copies(tmp_path):
 
 
 def test_copies_are_grouped_within_the_owner_split_only(kaggle_with_copies):
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.leakage import near_duplicate_groups
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.splits.leakage import near_duplicate_groups
 
     table = read_dataset("kaggle", kaggle_with_copies)
     grouped, stats = near_duplicate_groups(table, workers=1)
@@ -436,8 +434,8 @@ def test_predefined_split_draws_validation_without_copies_of_training_cells(
 def test_only_verified_copies_are_joined_even_when_every_pair_is_screened(kaggle_with_copies):
     """At a 64-bit hash threshold every pair is a candidate (the old hash-only grouping chained
     whole classes together); pixel verification joins exactly each cell's three copies."""
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.leakage import near_duplicate_groups
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.splits.leakage import near_duplicate_groups
 
     table = read_dataset("kaggle", kaggle_with_copies)
     grouped, stats = near_duplicate_groups(table, threshold=64, workers=1)
@@ -452,8 +450,8 @@ def test_chains_are_broken_at_their_weakest_links_not_dissolved(kaggle_with_copi
     """With a cut-off that lets look-alikes through, chains would swallow a class: links are
     made strongest first and a link that would overfill a group is broken, so each cell's
     copies (the strongest links) stay together and no group exceeds the cap."""
-    from leukocyte_cnn.datasets import read_dataset
-    from leukocyte_cnn.leakage import near_duplicate_groups
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.splits.leakage import near_duplicate_groups
 
     table = read_dataset("kaggle", kaggle_with_copies)
     grouped, stats = near_duplicate_groups(table, threshold=64, workers=1, similarity=-1.0,
@@ -525,7 +523,7 @@ def test_a_cross_class_copy_raises_the_false_positive_estimate(turned_copy):
 
 
 def test_false_positive_estimate_scales_cross_class_pairs_by_the_chance_to_cross():
-    from leukocyte_cnn.near_duplicates import false_positive_estimate
+    from leukocyte_cnn.splits.near_duplicates import false_positive_estimate
 
     # 4 balanced classes: a random false pair crosses classes with probability 3/4
     estimate = false_positive_estimate(["a"] * 100, ["a"] * 97 + ["b"] * 3,
@@ -536,7 +534,7 @@ def test_false_positive_estimate_scales_cross_class_pairs_by_the_chance_to_cross
 
 
 def test_contact_sheet_draws_one_panel_per_reported_pair_up_to_the_cap(turned_copy, tmp_path):
-    from leukocyte_cnn.near_duplicates import contact_sheet
+    from leukocyte_cnn.splits.near_duplicates import contact_sheet
 
     names = [f"n{k}.png" for k in range(6)]
     pairs = pd.DataFrame({"roles": ["train-test"] * 3 + ["train-val"] * 2,
@@ -560,7 +558,7 @@ def test_contact_sheet_draws_one_panel_per_reported_pair_up_to_the_cap(turned_co
     ("zheng2018", "wbc_zheng2018", {"dataset": "both"})])
 def test_no_verified_copy_joins_two_classes_on_the_shared_real_sets(name, folder, options):
     """Copies share their label: on real data no verified pair may cross classes."""
-    from leukocyte_cnn.datasets import read_dataset
+    from leukocyte_cnn.data.datasets import read_dataset
 
     root = shared_dataset(folder.split("/")[0]) / "/".join(folder.split("/")[1:])
     table = read_dataset(name, root, **options).assign(fold=0, role="train")

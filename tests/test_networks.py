@@ -1,4 +1,4 @@
-"""Behaviour of the network builders (leukocyte_cnn.networks, resnext_network).
+"""Behaviour of the network builders (leukocyte_cnn.models.networks, resnext_network).
 
 Parameter counts are pinned to the numbers the sources report, with the arithmetic in
 comments, so a silent change of a layer shows up here. Nothing downloads weights (weights=None)
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import resnext_network as rx
-from leukocyte_cnn import networks as nets
-from leukocyte_cnn.networks import trainable_param_count
+from leukocyte_cnn.models import networks as nets
+from leukocyte_cnn.models.networks import trainable_param_count
 
 
 def _pixels(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -8,10 +8,10 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from leukocyte_cnn.augment import online_augmentation  # noqa: E402
-from leukocyte_cnn.errors import InputError  # noqa: E402
-from leukocyte_cnn.images import load_rgb, needs_pillow  # noqa: E402
-from leukocyte_cnn.pipeline import dataset_from_table, load_arrays, make_dataset  # noqa: E402
+from leukocyte_cnn.inputs.augment import online_augmentation  # noqa: E402
+from leukocyte_cnn.base.errors import InputError  # noqa: E402
+from leukocyte_cnn.data.images import load_rgb, needs_pillow  # noqa: E402
+from leukocyte_cnn.inputs.pipeline import dataset_from_table, load_arrays, make_dataset  # noqa: E402
 
 SIZE = (12, 16)  # (height, width), smaller than the files: the resize really works
 
@@ -210,7 +210,9 @@ def test_training_scripts_augment_training_batches_only(monkeypatch, files):
 
     import keras
 
-    from leukocyte_cnn import experiment, pipeline, training
+    from leukocyte_cnn.runs import experiment
+    from leukocyte_cnn.inputs import pipeline
+    from leukocyte_cnn.runs import cross_validation as training
 
     calls = []
     monkeypatch.setattr(pipeline, "make_dataset",

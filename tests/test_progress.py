@@ -1,4 +1,4 @@
-"""What a run prints (leukocyte_cnn.progress): one line per epoch with loss, validation loss
+"""What a run prints (leukocyte_cnn.base.progress): one line per epoch with loss, validation loss
 and accuracy, seconds per epoch and ETA; a progress bar only on terminals; nothing from
 TensorFlow's C++/absl logging, no cuInit error, no retracing warning; ``--quiet`` leaves the
 per-fold lines. Two tiny runs of the binary script (the main job's training step), one as a
@@ -19,7 +19,7 @@ import pytest
 import compare_runs
 import linear_cnn_binary_lpocv
 from conftest import REPO_ROOT
-from leukocyte_cnn import progress
+from leukocyte_cnn.base import progress
 from test_helmholtz import make_split
 
 EPOCH_LINE = re.compile(r"^fold 0 \(1/1\) epoch (\d+)/2: loss \d+\.\d{3} acc \d\.\d{3} \| "

@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
-from leukocyte_cnn.errors import run_main
+from leukocyte_cnn.base.cli import run_main
 
 pytestmark = pytest.mark.reliability
 
@@ -277,7 +277,7 @@ def checkpoint(tmp_path_factory):
     """A tiny 3-class classifier taking 16×16 RGB, saved the way training saves it."""
     import keras
 
-    from leukocyte_cnn.io import save_model
+    from leukocyte_cnn.base.io import save_model
 
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
@@ -288,8 +288,8 @@ def checkpoint(tmp_path_factory):
 
 
 def checkpoint_error(path, **expected) -> str:
-    from leukocyte_cnn.checkpoints import load_checkpoint
-    from leukocyte_cnn.errors import InputError
+    from leukocyte_cnn.models.checkpoints import load_checkpoint
+    from leukocyte_cnn.base.errors import InputError
 
     with pytest.raises(InputError) as info:
         load_checkpoint(path, **expected)
@@ -299,7 +299,7 @@ def checkpoint_error(path, **expected) -> str:
 
 
 def test_checkpoint_loads_when_classes_and_shape_match(checkpoint):
-    from leukocyte_cnn.checkpoints import load_checkpoint
+    from leukocyte_cnn.models.checkpoints import load_checkpoint
 
     model = load_checkpoint(checkpoint, num_classes=3, input_shape=(16, 16))
     assert model.predict(np.zeros((1, 16, 16, 3), np.float32), verbose=0).shape == (1, 3)
@@ -331,7 +331,7 @@ def test_checkpoint_that_is_missing_or_not_a_keras_file(checkpoint, tmp_path):
 def test_checkpoint_with_python_code_is_refused_in_safe_mode(tmp_path):
     import keras
 
-    from leukocyte_cnn.io import save_model
+    from leukocyte_cnn.base.io import save_model
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
@@ -356,7 +356,7 @@ def test_serve_refuses_a_checkpoint_with_the_wrong_class_count(checkpoint, tmp_p
 # ----------------------------------------------------------------------------- code audits
 
 SOURCES = sorted([*REPO_ROOT.glob("*.py"), *(REPO_ROOT / "leukocyte_cnn").glob("*.py")])
-# A write goes through leukocyte_cnn.io (write_csv/json/text/npz, save_model, atomic_path;
+# A write goes through leukocyte_cnn.base.io (write_csv/json/text/npz, save_model, atomic_path;
 # the one module that writes directly, to its temporary names), reporting.save_figure or
 # images.save_rgb, where the target is the temporary `tmp`.
 ATOMIC_WRITER = REPO_ROOT / "leukocyte_cnn" / "io.py"

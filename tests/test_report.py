@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 import compare_runs
-from leukocyte_cnn import studies
-from leukocyte_cnn.reporting import summarize_run
-from leukocyte_cnn.runinfo import prepare_run_dir
+from leukocyte_cnn.runs import studies
+from leukocyte_cnn.reporting.summary import summarize_run
+from leukocyte_cnn.base.run_folder import prepare_run_dir
 
 CLASSES = ["other", "blast"]
 

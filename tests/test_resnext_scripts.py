@@ -21,10 +21,10 @@ import pytest
 
 import resnext_from_scratch as scratch
 import resnext_transfer_learning as transfer
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.folds import read_split_csv
-from leukocyte_cnn.images import save_rgb
-from leukocyte_cnn.transfer import (images_path, sidecar_path, subsample_per_class)
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.splits.folds import read_split_csv
+from leukocyte_cnn.data.images import save_rgb
+from leukocyte_cnn.runs.transfer import images_path, sidecar_path, subsample_per_class
 
 TARGET_CLASSES = ("blast", "lymphocyte", "neutrophil")
 SOURCE_CLASSES = ("basophil", "eosinophil", "monocyte", "platelet")
@@ -192,7 +192,7 @@ def _bad_checkpoint(kind: str, data: dict, folder: Path) -> Path:
     elif kind == "saw_target":
         listing = pd.read_csv(images_path(path))
         target_file = sorted((data["target"] / "blast").glob("*.png"))[3]
-        from leukocyte_cnn.transfer import file_sha256
+        from leukocyte_cnn.runs.transfer import file_sha256
         listing.loc[0, "sha256"] = file_sha256(target_file)
         listing.to_csv(images_path(path), index=False)
     return path
@@ -299,7 +299,7 @@ def _fake_curve_point(run_dir: Path, size: int, mode: str, correct_per_fold) -> 
 
 
 def test_learning_curve_table_has_one_row_per_size_and_mode_with_mean_and_std(tmp_path):
-    from leukocyte_cnn.transfer import learning_curve_table, write_learning_curve
+    from leukocyte_cnn.runs.transfer import learning_curve_table, write_learning_curve
 
     for size, mode, correct in [(5, "scratch", (2, 3)), (5, "transfer", (3, 3)),
                                 (10, "scratch", (3, 4)), (10, "transfer", (4, 4))]:
@@ -369,7 +369,7 @@ def test_a_curve_stopped_part_way_is_rebuilt_from_its_finished_sizes(tmp_path):
 def test_a_tiny_training_subset_is_repeated_whole_to_fill_an_epoch():
     """20 images are one step at batch 32; repeated to >= min_images every image appears
     equally often (class shares kept); a set already that large, or 0, is left alone."""
-    from leukocyte_cnn.transfer import repeat_to_epoch
+    from leukocyte_cnn.runs.transfer import repeat_to_epoch
 
     rows = pd.DataFrame({"image": [f"i{k}" for k in range(10)], "label": [0] * 4 + [1] * 6})
     repeated = repeat_to_epoch(rows, 25)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leukocyte_cnn.results_md import check_tables, regenerate
+from leukocyte_cnn.reporting.results_md import check_tables, regenerate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_regenerate_fills_blocks_from_run_folders_and_keeps_absent_ones(tmp_path
 def test_a_learning_curve_block_shows_the_curves_own_table_and_what_is_missing(tmp_path):
     """A learning-curve run's block is its learning_curve.md table (mean ± std per size and
     arm), and a curve stopped part-way says which sizes are not shown."""
-    from leukocyte_cnn.results_md import run_table
+    from leukocyte_cnn.reporting.results_md import run_table
 
     run = tmp_path / "curve"
     run.mkdir()

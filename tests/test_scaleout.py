@@ -112,6 +112,6 @@ def test_folds_run_as_separate_jobs_merge_to_the_single_run_summary(tmp_path):
 
 @pytest.mark.parametrize("text, folds", [("0", [0]), ("1,2", [1, 2]), ("0-2", [0, 1, 2])])
 def test_fold_lists_of_the_cluster_recipe(text, folds):
-    from leukocyte_cnn.training import parse_fold_list
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list
 
     assert parse_fold_list(text, [0, 1, 2]) == folds

@@ -1,4 +1,4 @@
-"""Scalers, Otsu masks, overlap scores and study tables (leukocyte_cnn.scaling/masks/studies).
+"""Scalers, Otsu masks, overlap scores and study tables (leukocyte_cnn.inputs.scaling/masks/studies).
 
 Every expected number is computed by hand (or by numpy over the whole array at once, which
 is what the streamed accumulation must reproduce). No training: the file runs in seconds.
@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 from skimage.filters import threshold_otsu
 
-from leukocyte_cnn import masks, scaling, studies
-from leukocyte_cnn.errors import InputError
+from leukocyte_cnn.inputs import masks
+from leukocyte_cnn.inputs import scaling
+from leukocyte_cnn.runs import studies
+from leukocyte_cnn.base.errors import InputError
 
 
 # --------------------------------------------------------------------------- scalers

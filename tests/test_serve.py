@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn.errors import InputError
+from leukocyte_cnn.base.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["other", "lymphoblast"]
@@ -55,7 +55,7 @@ def make_run(root: Path) -> Path:
     """A run folder with two finished folds; fold 1 has the lower validation loss."""
     import keras
 
-    from leukocyte_cnn.networks import paper_cnn
+    from leukocyte_cnn.models.networks import paper_cnn
 
     run = root / "tiny_run"
     keras.utils.set_random_seed(0)
@@ -141,7 +141,7 @@ def assert_error(response, status: int, *words: str):
 def test_health_names_the_best_fold_and_checkpoint_hash(server, run_dir):
     import httpx
 
-    from leukocyte_cnn.service import checkpoint_sha256
+    from leukocyte_cnn.service.app import checkpoint_sha256
 
     body = httpx.get(f"{server['url']}/health", timeout=10).json()
     sha = checkpoint_sha256(run_dir / "fold_01" / "model.keras")
@@ -175,7 +175,7 @@ def test_valid_images_of_each_class(server, fmt, mode, ctype):
 def test_served_probabilities_equal_the_model_on_pipeline_pixels(server, run_dir, tmp_path):
     import keras
 
-    from leukocyte_cnn.pipeline import load_arrays
+    from leukocyte_cnn.inputs.pipeline import load_arrays
 
     path = tmp_path / "cell.jpg"
     path.write_bytes(encode(cell_image(1, size=(61, 47), seed=3), "JPEG"))
@@ -257,7 +257,7 @@ def test_bounded_concurrent_load_has_no_5xx_and_the_service_survives(server):
 
 
 def test_choose_fold_and_model_id(run_dir, tmp_path):
-    from leukocyte_cnn.service import choose_fold, model_id_for
+    from leukocyte_cnn.service.app import choose_fold, model_id_for
 
     assert choose_fold(run_dir) == run_dir / "fold_01" / "model.keras"
     assert choose_fold(run_dir, 0) == run_dir / "fold_00" / "model.keras"
@@ -270,7 +270,7 @@ def test_choose_fold_and_model_id(run_dir, tmp_path):
 
 
 def test_settings_image_size_int_list_and_mismatch(run_dir, tmp_path):
-    from leukocyte_cnn.service import load_classifier
+    from leukocyte_cnn.service.app import load_classifier
 
     checkpoint = run_dir / "fold_00" / "model.keras"
     settings = tmp_path / "settings.json"
@@ -283,7 +283,7 @@ def test_settings_image_size_int_list_and_mismatch(run_dir, tmp_path):
     with pytest.raises(InputError, match="class_names"):
         load_classifier(checkpoint, settings)
     square = tmp_path / "square.keras"
-    from leukocyte_cnn.networks import paper_cnn
+    from leukocyte_cnn.models.networks import paper_cnn
 
     paper_cnn(input_shape=(20, 20, 3), filters=2).save(square)
     settings.write_text(json.dumps({"config": {"class_names": CLASSES, "image_size": 20}}))
@@ -308,7 +308,7 @@ def test_serve_cli_refuses_bad_model_arguments(tmp_path):
 @pytest.mark.parametrize("fmt,mode", [("JPEG", None), ("PNG", "RGBA"), ("TIFF", None),
                                       ("PNG", "P")])
 def test_load_image_equals_the_training_pipeline(tmp_path, fmt, mode):
-    from leukocyte_cnn.pipeline import load_arrays, load_image
+    from leukocyte_cnn.inputs.pipeline import load_arrays, load_image
 
     path = tmp_path / f"cell.{fmt.lower()}"
     path.write_bytes(encode(cell_image(1, size=(57, 43), seed=1), fmt, mode))

@@ -1,4 +1,4 @@
-"""Confidence intervals and paired tests (leukocyte_cnn.stats) against hand-computed and scipy /
+"""Confidence intervals and paired tests (leukocyte_cnn.reporting.stats) against hand-computed and scipy /
 scikit-learn reference values on fixed predictions, including two settings that differ by
 chance only, which the tests must call not significant."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from leukocyte_cnn import stats
-from leukocyte_cnn.metrics import classification_metrics
+from leukocyte_cnn.reporting import stats
+from leukocyte_cnn.reporting.metrics import classification_metrics
 
 
 def _predictions(n: int, n_classes: int, accuracy: float, seed: int):

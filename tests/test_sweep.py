@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 import sweep
-from leukocyte_cnn import knobs as knob_overrides
-from leukocyte_cnn.errors import InputError, run_main
+from leukocyte_cnn.base import knobs as knob_overrides
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.base.cli import run_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,9 +54,9 @@ def main(args):
     # provenance() then skips their versions
     import numpy as np
     import pandas as pd
-    from leukocyte_cnn.experiment import script_settings
-    from leukocyte_cnn.io import write_csv
-    from leukocyte_cnn.runinfo import prepare_run_dir
+    from leukocyte_cnn.runs.experiment import script_settings
+    from leukocyte_cnn.base.io import write_csv
+    from leukocyte_cnn.base.run_folder import prepare_run_dir
 
     settings = script_settings(__name__, args)
     run_dir = prepare_run_dir(Path(args.results_dir) / args.run_name,
@@ -79,7 +80,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    from leukocyte_cnn.errors import run_main
+    from leukocyte_cnn.base.cli import run_main
 
     run_main(lambda: main(parse_args()))
 '''
@@ -362,8 +363,8 @@ def test_a_study_point_gets_one_row_per_setting_pooled_over_its_trials(tmp_path)
     """A study script's point holds <setting>/trial_NN runs: one row per setting."""
     import numpy as np
 
-    from leukocyte_cnn.io import write_csv, write_json
-    from leukocyte_cnn.sweeps import POINT_DONE, collect_results, point_name
+    from leukocyte_cnn.base.io import write_csv, write_json
+    from leukocyte_cnn.runs.sweeps import POINT_DONE, collect_results, point_name
 
     point = {"COLOR_MODE": "grayscale"}
     point_dir = tmp_path / point_name(point)

@@ -14,10 +14,8 @@ import pytest
 from PIL import Image
 
 import generate_synthetic_data
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.synthetic import (CELL_CLASSES, CLASS_NAMES, COMPLETE, KINDS,
-                                     ensure_synthetic, generate, render_cell, render_smear,
-                                     synthetic_root)
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.data.synthetic import (CELL_CLASSES, CLASS_NAMES, COMPLETE, KINDS, ensure_synthetic, generate, render_cell, render_smear, synthetic_root)
 
 SMALL = {
     "all_idb2": {"n_blast": 4, "n_other": 5, "size": 64},
@@ -159,8 +157,8 @@ def test_all_idb1_layout_and_xyc(sets):
 
 
 def test_the_readers_see_the_documented_classes(sets):
-    """Contract with leukocyte_cnn.datasets: each set reads with its real reader."""
-    from leukocyte_cnn.datasets import class_names, read_dataset
+    """Contract with leukocyte_cnn.data.datasets: each set reads with its real reader."""
+    from leukocyte_cnn.data.datasets import class_names, read_dataset
 
     for kind, root in sets.items():
         table = read_dataset("csv" if kind == "multiclass" else kind, root)
@@ -302,7 +300,7 @@ def test_interrupted_generation_is_redone(tmp_path):
 def test_a_set_of_an_older_format_version_is_regenerated(tmp_path, monkeypatch, capsys):
     import json
 
-    from leukocyte_cnn import synthetic
+    from leukocyte_cnn.data import synthetic
 
     options = SMALL["all_idb2"]
     root = ensure_synthetic("all_idb2", tmp_path, **options)

@@ -5,10 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukocyte_cnn.errors import InputError
-from leukocyte_cnn.reporting import markdown_table, summarize_run
-from leukocyte_cnn.runinfo import knobs, prepare_run_dir
-from leukocyte_cnn.training import fold_dir, load_predictions, parse_fold_list
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.reporting.summary import markdown_table, summarize_run
+from leukocyte_cnn.base.knobs import knobs
+from leukocyte_cnn.base.run_folder import prepare_run_dir
+from leukocyte_cnn.base.run_folder import fold_dir, load_predictions
+from leukocyte_cnn.runs.cross_validation import parse_fold_list
 
 
 def test_parse_fold_list():
