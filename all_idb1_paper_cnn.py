@@ -32,53 +32,64 @@ the one held-out test. ``serve.py --run results/<run>`` serves the checkpoint.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
+# --- data and split protocol (the default split; a --split file brings its own)
+K = 5                     # stratified k-fold; fold 0's test part (1/K: 22 of ALL-IDB1's 108
+                          # smears, the source held out 20) is the held-out test set
+HELDOUT_FOLDS = "0"       # folds run when --folds is not given ("0-4": full cross-validation)
+VAL_FRACTION = 0.2        # validation share of the non-test images, per class (by group)
+MIN_IMAGES = 5            # classes with fewer images are set aside
+POSITIVE_LABEL = 1        # label of the positive class (blasts / lymphoblast)
 IMAGE_SIZE = 100          # input side in pixels (paper: 100x100)
-COLOR_MODE = "rgb"      # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
+COLOR_MODE = "rgb"        # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
+CACHE_MB = 512            # decoded images kept in memory per set; larger sets stream (speed)
+# --- architecture: (ZeroPadding -> Conv ReLU) x 2 -> MaxPool -> Flatten -> Dense softmax
 FILTERS = 30              # filters of both conv layers (paper: 30)
+KERNEL_SIZE = 5           # side of both conv kernels (paper: 5x5)
+PADDING = 2               # zero padding before each conv (paper: 2; keeps the map size)
+POOL_SIZE = 2             # side of the max-pool (paper: 2)
+# --- optimisation
 OPTIMIZER = "adam"        # source: Adam
 LEARNING_RATE = 1e-4      # source: 1e-4
 BATCH_SIZE = 100          # source: 100
 EPOCHS = 150              # source: 150; here an upper bound, early stopping ends most runs
 PATIENCE = 20             # epochs without validation-loss improvement before stopping (ours)
+# --- offline augmentation of the training images (written to disk, before training)
 ROTATIONS = 10            # N rotated copies per training image, distinct seeded angles (source: 10)
 BLUR_SIGMA = 1.1          # Gaussian blur sigma in pixels (what OpenCV uses for a 5x5 kernel)
 MAX_SHIFT = 0.1           # translation of up to this fraction of the side, in x and y
 MAX_SHEAR = 15.0          # shear of 7.5-15 degrees, random sign
-K = 5                     # stratified k-fold; fold 0's test part (1/K: 22 of ALL-IDB1's 108
-                          # smears, the source held out 20) is the held-out test set
-HELDOUT_FOLDS = "0"       # folds run when --folds is not given ("0-4": full cross-validation)
-VAL_FRACTION = 0.2        # validation share of the non-test images, per class (by group)
-POSITIVE_LABEL = 1        # label of the positive class (blasts / lymphoblast)
 # --quick: the whole chain on the synthetic smears in a few minutes on 2 CPU cores
 QUICK = dict(IMAGE_SIZE=64, EPOCHS=20, PATIENCE=6, ROTATIONS=2, BATCH_SIZE=32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.runs.experiment import add_common_arguments
     from leukocyte_cnn.base.devices import add_gpu_arguments
+    from leukocyte_cnn.base.knobs import knob_argument
+    from leukocyte_cnn.runs.experiment import add_common_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_all_idb1")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help=f"input side in pixels (default {IMAGE_SIZE}; "
-                             f"{QUICK['IMAGE_SIZE']} with --quick)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"max epochs (default {EPOCHS}; {QUICK['EPOCHS']} with --quick)")
-    parser.add_argument("--rotations", type=int, default=None,
-                        help=f"rotated copies per training image (default {ROTATIONS}; "
-                             f"{QUICK['ROTATIONS']} with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"images per training step (default {BATCH_SIZE}; "
-                             f"{QUICK['BATCH_SIZE']} with --quick)")
+    knob_argument(parser, "--image-size", knob="IMAGE_SIZE", type=int,
+                  help=f"input side in pixels (IMAGE_SIZE, default {IMAGE_SIZE}; "
+                       f"{QUICK['IMAGE_SIZE']} with --quick)")
+    knob_argument(parser, "--epochs", knob="EPOCHS", type=int,
+                  help=f"max epochs (EPOCHS, default {EPOCHS}; {QUICK['EPOCHS']} with --quick)")
+    knob_argument(parser, "--rotations", knob="ROTATIONS", type=int,
+                  help=f"rotated copies per training image (ROTATIONS, default {ROTATIONS}; "
+                       f"{QUICK['ROTATIONS']} with --quick)")
+    knob_argument(parser, "--batch-size", knob="BATCH_SIZE", type=int,
+                  help=f"images per training step (BATCH_SIZE, default {BATCH_SIZE}; "
+                       f"{QUICK['BATCH_SIZE']} with --quick)")
     parser.add_argument("--augmented-dir", default="data/augmented",
                         help="root of the augmented training images (default data/augmented)")
     add_gpu_arguments(parser)
     return parser.parse_args(argv)
 
 
-def heldout_metrics(run_dir, class_names) -> "pd.DataFrame":
+def heldout_metrics(run_dir, class_names, positive_label: int) -> "pd.DataFrame":
     """Accuracy, precision, recall, F1 and ROC-AUC of the positive class per finished fold
     (plus the pooled test images when there are several folds)."""
     import pandas as pd
@@ -90,128 +101,100 @@ def heldout_metrics(run_dir, class_names) -> "pd.DataFrame":
     parts = [(str(f), p) for f, p in predictions.groupby("fold")]
     if len(parts) > 1:
         parts.append(("pooled", predictions))
-    positive = class_names[POSITIVE_LABEL]
+    positive = class_names[positive_label]
     rows = []
     for fold, part in parts:
         m = predictions_metrics(part, class_names)
         pos = m["per_class"][positive]
         rows.append({"fold": fold, "n_test": m["n"],
-                     "n_positive": int((part["label"] == POSITIVE_LABEL).sum()),
+                     "n_positive": int((part["label"] == positive_label).sum()),
                      "accuracy": m["accuracy"], "precision": pos["precision"],
                      "recall": pos["recall"], "f1": pos["f1"], "roc_auc": m["roc_auc"]})
     return pd.DataFrame(rows)
 
 
 def main(args: argparse.Namespace):
+    from leukocyte_cnn.base.devices import setup_devices
+    from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.runs.experiment import RunOptions
+
+    run = RunOptions.from_args(args)
+    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
+    s = resolve_settings(sys.modules[__name__], args)
     from leukocyte_cnn.base.artifacts import record_of
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.runs.experiment import (make_optimizer, resolve_split, script_settings, start_training_run)
-    from leukocyte_cnn.base.devices import compile_kwargs, model_scope, require_xla, setup_devices
-    from leukocyte_cnn.base.io import save_model
-    from leukocyte_cnn.reporting.summary import plot_epoch_metrics
+    from leukocyte_cnn.inputs.paper_augmentation import (augmentation_root, training_table,
+                                                         write_training_set)
     from leukocyte_cnn.models.keras_metrics import positive_class_metrics
     from leukocyte_cnn.models.networks import paper_cnn
-    from leukocyte_cnn.inputs.paper_augmentation import (augmentation_root, training_table, write_training_set)
-    from leukocyte_cnn.inputs.pipeline import make_dataset
-    from leukocyte_cnn.reporting.summary import (leaky_banner, run_config, summarize_run, write_table)
-    from leukocyte_cnn.base.run_folder import CHECKPOINT
-    from leukocyte_cnn.runs.cross_validation import (finish_fold, fit, parse_fold_list, predict_table, record_fold_inputs, run_folds)
+    from leukocyte_cnn.reporting.summary import (leaky_banner, markdown_table,
+                                                 plot_epoch_metrics, run_config, summarize_run,
+                                                 write_table)
+    from leukocyte_cnn.runs.cross_validation import (parse_fold_list, run_folds,
+                                                     train_classifier_fold)
+    from leukocyte_cnn.runs.experiment import resolve_split, start_run
 
-    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    settings = script_settings(__name__, args)
-    size = args.image_size or settings["IMAGE_SIZE"]
-    epochs = args.epochs or settings["EPOCHS"]
-    rotations = settings["ROTATIONS"] if args.rotations is None else args.rotations
-    if args.batch_size:
-        settings["BATCH_SIZE"] = args.batch_size
-
+    size, positive = s["IMAGE_SIZE"], s["POSITIVE_LABEL"]
     # 1. Held-out test and validation images, chosen before any augmentation (by group:
     #    crops of one smear stay on one side).
-    split = resolve_split(args, method="kfold", k=K, val_fraction=VAL_FRACTION)
-    if not args.split and split.settings.get("val_fraction") != VAL_FRACTION:
-        raise InputError(f"{split.csv_path}: has validation fraction "
-                         f"{split.settings.get('val_fraction')}, this script uses "
-                         f"{VAL_FRACTION}; pass it with --split to use it anyway")
+    split = resolve_split(run, method="kfold", k=s["K"], val_fraction=s["VAL_FRACTION"],
+                          min_images=s["MIN_IMAGES"])
     class_names = list(split.class_names)
     if len(class_names) != 2:
         raise InputError(f"{split.csv_path}: {len(class_names)} classes "
                          f"({', '.join(class_names)}); the detector needs two")
-    folds = parse_fold_list(args.folds or HELDOUT_FOLDS, split.folds)
+    folds = parse_fold_list(run.folds or s["HELDOUT_FOLDS"], split.folds)
 
     # 2. Offline augmentation settings (training images only; the folder carries their hash).
-    augmentation = {"image_size": [size, size], "n_rotations": rotations,
-                    "blur_sigma": BLUR_SIGMA, "max_shift": MAX_SHIFT, "max_shear": MAX_SHEAR,
-                    "seed": args.seed}
+    augmentation = {"image_size": [size, size], "n_rotations": s["ROTATIONS"],
+                    "blur_sigma": s["BLUR_SIGMA"], "max_shift": s["MAX_SHIFT"],
+                    "max_shear": s["MAX_SHEAR"], "seed": run.seed}
     augmented_root = augmentation_root(args.augmented_dir, split, augmentation)
-
-    run_dir = start_training_run(
-        args, "all_idb1_paper_cnn", knobs=settings, split=split,
+    run_dir = start_run(
+        run, "all_idb1_paper_cnn", settings=s, split=split,
         title=f"Paper CNN detector, {class_names[1]} vs {class_names[0]}",
         class_names=class_names,
-        extra={"image_size": [size, size], "epochs": epochs, "rotations": rotations,
-               "augmentation": augmentation, "augmented_root": str(augmented_root),
-               "positive_class": class_names[POSITIVE_LABEL], "resize_method": "bilinear",
+        extra={"augmentation": augmentation, "augmented_root": str(augmented_root),
+               "positive_class": class_names[positive], "resize_method": "bilinear",
                "keep_aspect": False})
 
-    def dataset(table, training: bool, seed: int):
-        return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
-                            (size, size), settings["BATCH_SIZE"], shuffle=training, seed=seed,
-                            color_mode=COLOR_MODE)
+    def build():
+        return paper_cnn(input_shape=(size, size, 3), num_classes=2, filters=s["FILTERS"],
+                         kernel_size=s["KERNEL_SIZE"], padding=s["PADDING"],
+                         pool_size=s["POOL_SIZE"])
 
     def train_fold(fold):
         start = time.perf_counter()
         fold.artifacts["paper_augmentation"] = record_of(augmented_root)
         manifest = write_training_set(fold.train, augmented_root, fold.fold,
-                                      settings=augmentation, seed=args.seed)
+                                      settings=augmentation, seed=run.seed)
         train = training_table(manifest, augmented_root, fold.train)
-        record_fold_inputs(fold, train)  # fold_XX/inputs.csv: the copies and their sources
         print(f"fold {fold.fold}: {len(fold.train)} training images -> {len(train)} augmented "
               f"({time.perf_counter() - start:.1f} s, {augmented_root}); validation "
               f"{len(fold.val)}, test {len(fold.test)} (originals)", flush=True)
+        # 3. A fresh paper CNN, trained with early stopping on the validation originals and
+        #    evaluated once, with its best checkpoint, on the untouched test images.
+        return train_classifier_fold(
+            fold, build, class_names=class_names, image_size=(size, size),
+            batch_size=s["BATCH_SIZE"], epochs=s["EPOCHS"], patience=s["PATIENCE"],
+            optimizer=s["OPTIMIZER"], learning_rate=s["LEARNING_RATE"], train_table=train,
+            xla=run.devices.xla, color_mode=s["COLOR_MODE"], cache_mb=s["CACHE_MB"],
+            extra_metrics=positive_class_metrics(positive),
+            timings={"augment_seconds": time.perf_counter() - start,
+                     "n_train_augmented": len(train)})
 
-        # 3. A fresh paper CNN, trained with early stopping on the validation originals.
-        loss = "sparse_categorical_crossentropy"
-        with model_scope():  # several replicas: weights, optimizer state, metrics mirrored
-            model = paper_cnn(input_shape=(size, size, 3), num_classes=2, filters=FILTERS)
-            model.compile(optimizer=make_optimizer(OPTIMIZER, LEARNING_RATE), loss=loss,
-                          metrics=["accuracy", *positive_class_metrics(POSITIVE_LABEL)],
-                          **compile_kwargs(args.xla))
-        require_xla(model, args.xla)
-        fit_start = time.perf_counter()
-        history = fit(model, dataset(train, True, fold.seed),
-                      dataset(fold.val, False, fold.seed) if len(fold.val) else None,
-                      epochs=epochs, patience=settings["PATIENCE"],
-                      fold_directory=fold.directory)
-        # Keep the checkpoint loadable by plain keras.models.load_model(safe_mode=True):
-        # its compile state names only built-in metrics.
-        with model_scope():
-            model.compile(optimizer=model.optimizer, loss=loss, metrics=["accuracy"])
-        save_model(model, fold.directory / CHECKPOINT)
-        trained = time.perf_counter()
+    run_folds(split, run_dir, folds, run.seed, train_fold, settings=s)
 
-        # 4. One evaluation of the best checkpoint on the untouched test images.
-        predictions = predict_table(model, dataset(fold.test, False, fold.seed), fold.test,
-                                    class_names, fold.fold)
-        return finish_fold(fold, predictions, class_names, {
-            "train_seconds": trained - fit_start, "predict_seconds": time.perf_counter() - trained,
-            "augment_seconds": fit_start - start, "epochs_run": len(history.history["loss"]),
-            "n_train_augmented": len(train)})
-
-    run_folds(split, run_dir, folds, args.seed, train_fold)
-
-    # 5. Tables and figures from the fold files.
+    # 4. Tables and figures from the fold files.
     plot_epoch_metrics(run_dir, run_dir / "epoch_metrics.png")  # first: the report shows it
     summary = summarize_run(run_dir)
-    table = heldout_metrics(run_dir, class_names)
+    table = heldout_metrics(run_dir, class_names, positive)
     write_table(table, run_dir / "heldout_metrics",
-                title="Held-out test metrics (positive class: "
-                      f"{class_names[POSITIVE_LABEL]})",
+                title=f"Held-out test metrics (positive class: {class_names[positive]})",
                 note=leaky_banner(run_config(run_dir))
                 + "Precision, recall and F1 of the positive class and ROC-AUC of its "
                   "probability, against integer labels; test images never augmented, "
                   "trained on or used for early stopping.")
-    from leukocyte_cnn.reporting.summary import markdown_table
-
     print(f"\n{run_dir / 'heldout_metrics.md'}:\n\n{markdown_table(table)}")
     return summary
 

@@ -41,13 +41,16 @@ import time
 # each image's nearest by ring signature). Copies of one cell lie at 0-10 bits, but so do
 # look-alike cells; verification tells them apart.
 HASH_THRESHOLD = 10
-SIMILARITY = None     # detail NCC a verified copy reaches (None: near_duplicates' calibrated 0.9)
+SIMILARITY = 0.9      # detail NCC (-1..1) a verified copy reaches; 0.9 was calibrated on real
+                      # Kaggle copies (leukocyte_cnn/splits/near_duplicate_verify.py)
 MAX_SHEET_PAIRS = 60  # pairs drawn on the contact sheet at most
 WORKERS = None        # decoding threads (None: up to 8, one per CPU)
 MAX_FOLDS_SHOWN = 12  # more folds than this: stdout lists only the folds with overlaps
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from leukocyte_cnn.base.knobs import knob_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("split", help="split CSV written by cross_validation_splits.py "
@@ -55,20 +58,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=None,
                         help="dataset folder on this machine (default: the one recorded in the "
                              "split's JSON)")
-    parser.add_argument("--hash-threshold", type=int, default=HASH_THRESHOLD,
-                        help=f"near-duplicate if the perceptual hashes differ in at most this "
-                             f"many of 64 bits (default {HASH_THRESHOLD}; 0 finds only rotated/"
-                             "flipped copies of identical pixels)")
-    parser.add_argument("--similarity", type=float, default=SIMILARITY,
-                        help="pixel similarity (NCC of aligned detail, -1..1) at or above which a "
-                             "screened pair is a copy (default: leukocyte_cnn.splits.near_duplicates."
-                             "SIMILARITY_THRESHOLD, calibrated on real data)")
-    parser.add_argument("--max-sheet-pairs", type=int, default=MAX_SHEET_PAIRS,
-                        help=f"pairs drawn on the contact sheet at most (default {MAX_SHEET_PAIRS})")
+    knob_argument(parser, "--hash-threshold", knob="HASH_THRESHOLD", type=int,
+                  help=f"near-duplicate if the perceptual hashes differ in at most this many "
+                       f"of 64 bits (HASH_THRESHOLD, default {HASH_THRESHOLD}; 0 finds only "
+                       "rotated/flipped copies of identical pixels)")
+    knob_argument(parser, "--similarity", knob="SIMILARITY", type=float,
+                  help="pixel similarity (NCC of aligned detail, -1..1) at or above which a "
+                       f"screened pair is a copy (SIMILARITY, default {SIMILARITY}, calibrated "
+                       "on real data)")
+    knob_argument(parser, "--max-sheet-pairs", knob="MAX_SHEET_PAIRS", type=int,
+                  help=f"pairs drawn on the contact sheet at most (MAX_SHEET_PAIRS, default "
+                       f"{MAX_SHEET_PAIRS})")
     parser.add_argument("--out-dir", default=None,
                         help="where <split>_leakage.csv/.md go (default: beside the split file)")
-    parser.add_argument("--workers", type=int, default=WORKERS,
-                        help="decoding threads (default: one per CPU, at most 8)")
+    knob_argument(parser, "--workers", knob="WORKERS", type=int,
+                  help="decoding threads (WORKERS, default: one per CPU, at most 8)")
     return parser.parse_args(argv)
 
 
@@ -122,35 +126,37 @@ def main(args: argparse.Namespace):
     import pandas as pd
 
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.splits.folds import load_split
+    from leukocyte_cnn.splits.split_files import load_split
     from leukocyte_cnn.base.io import ensure_writable_dir, write_csv, write_text
     from leukocyte_cnn.splits.leakage import audit, wide_table
-    from leukocyte_cnn.splits.near_duplicates import SIMILARITY_THRESHOLD, contact_sheet
+    from leukocyte_cnn.reporting.contact_sheet import contact_sheet
+    from leukocyte_cnn.base.knobs import resolve_settings
 
-    if not 0 <= args.hash_threshold <= 64:
-        raise InputError(f"--hash-threshold {args.hash_threshold}: must be 0..64 bits")
+    s = resolve_settings(sys.modules[__name__], args, quick=False)
+    threshold, similarity = s["HASH_THRESHOLD"], s["SIMILARITY"]
+    if not 0 <= threshold <= 64:
+        raise InputError(f"--hash-threshold {threshold}: must be 0..64 bits")
     start = time.perf_counter()
     split = load_split(args.split, data_root=args.data_root)
     out_dir = ensure_writable_dir(args.out_dir or split.csv_path.parent)  # fail before hashing
-    if args.similarity is not None and not -1 <= args.similarity <= 1:
-        raise InputError(f"--similarity {args.similarity}: must be -1..1")
-    similarity = SIMILARITY_THRESHOLD if args.similarity is None else args.similarity
-    report = audit(split.table, threshold=args.hash_threshold, workers=args.workers,
+    if not -1 <= similarity <= 1:
+        raise InputError(f"--similarity {similarity}: must be -1..1")
+    report = audit(split.table, threshold=threshold, workers=s["WORKERS"],
                    similarity=similarity)
     flagged = report.copies[report.copies["roles"] != "same role"] if len(report.copies) else \
         report.copies
     sheet_path = out_dir / f"{split.name}_leakage_pairs.png"
-    contact_sheet(flagged, sheet_path, max_pairs=args.max_sheet_pairs,
+    contact_sheet(flagged, sheet_path, max_pairs=s["MAX_SHEET_PAIRS"],
                   title=f"{split.csv_path.name}: {len(flagged)} near-duplicate pair(s) between "
                         "roles (distance: hash bits; similarity: aligned detail NCC)")
     csv_path = write_csv(out_dir / f"{split.name}_leakage.csv", report.table)
     md_path = write_text(out_dir / f"{split.name}_leakage.md",
-                         report_markdown(report, split, args.hash_threshold))
+                         report_markdown(report, split, threshold))
 
-    wide = wide_table(report, only_leaks=len(split.folds) > MAX_FOLDS_SHOWN)
+    wide = wide_table(report, only_leaks=len(split.folds) > s["MAX_FOLDS_SHOWN"])
     print(f"{split.csv_path}: {split.settings.get('dataset')}, method "
           f"{split.settings.get('method')}, {len(split.folds)} fold(s), {report.n_images} images "
-          f"hashed, threshold {args.hash_threshold} bits")
+          f"hashed, threshold {threshold} bits")
     if len(wide):
         with pd.option_context("display.width", 200, "display.max_colwidth", 90):
             print(wide.to_string(index=False))

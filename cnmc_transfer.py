@@ -27,47 +27,60 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
-BACKBONE = "EfficientNetB3"  # or InceptionResNetV2 (the report's first model)
+# --- data and split protocol (the default split; a --split file brings its own)
+SPLIT_BY = "auto"             # folds (dataset's fold_k), patient (group k-fold), image (leaky);
+                              # auto: folds when the data has fold_k folders, else patient
+K = 3                         # folds of --split-by patient (C-NMC ships three)
+VAL_FRACTION = 0.2            # validation share (by patient) of each fold's training cells
+TEST_FRACTION = 0.2           # test share of the leaky --split-by image split
+MIN_IMAGES = 5                # classes with fewer images are set aside
+MAX_TRAIN_IMAGES = 0          # 0 = all; else a seeded class-stratified sample of each fold's
+                              # training cells (validation and test cells are never cut)
 IMAGE_SIZE = 224              # input side in pixels (report: 224; C-NMC cells are 450x450)
 COLOR_MODE = "rgb"            # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
-BATCH_SIZE = 40               # report: 40
-OPTIMIZER = "adamax"          # report: Adamax
-LEARNING_RATE = 1e-3          # report: 0.001
-EPOCHS = 40                   # upper bound (not stated in the report); early stopping ends sooner
-PATIENCE = 5                  # epochs without val-loss improvement before stopping
+CACHE_MB = 512                # decoded images kept in memory per set; larger sets stream
+# --- architecture: a keras.applications backbone under the report's dense head
+BACKBONE = "EfficientNetB3"   # or InceptionResNetV2 (the report's first model)
 BACKBONE_TRAINABLE = True     # report: the whole backbone is fine-tuned
+POOLING = "max"               # pooling of the backbone's last map (report: max)
+BN_MOMENTUM = 0.9             # BatchNorm of backbone and head (0.9: small data, NOTES.md)
 DENSE_UNITS = (512, 256, 128, 64)   # head: Dense 512 (regularised), then three smaller layers
 DROPOUTS = (0.5, 0.3, 0.2, 0.1)     # one dropout after each dense layer, 0.5 down to 0.1
 L2 = 0.016                    # L2 on the first dense layer's kernel (report's template)
 L1 = 0.006                    # L1 on the first dense layer's bias and output (report's template)
-ROTATION_DEGREES = 20         # on-the-fly rotation range, ± degrees
-SHIFT = 0.2                   # on-the-fly translation, fraction of height/width
-ZOOM = 0.2                    # on-the-fly zoom range, ±20 %
+# --- optimisation
+OPTIMIZER = "adamax"          # report: Adamax
+LEARNING_RATE = 1e-3          # report: 0.001
+BATCH_SIZE = 40               # report: 40
+EPOCHS = 40                   # upper bound (not stated in the report); early stopping ends sooner
+PATIENCE = 5                  # epochs without val-loss improvement before stopping
+# --- augmentation (online, training batches only)
+ROTATION_DEGREES = 20         # rotation range, ± degrees
+SHIFT = 0.2                   # translation, fraction of height/width
+ZOOM = 0.2                    # zoom range, ±20 %
 SHEAR_DEGREES = 0.2           # ImageDataGenerator's shear_range=0.2 is in degrees: barely any
 HORIZONTAL_FLIP = True        # report: horizontal flips only
-SPLIT_BY = "auto"             # folds (dataset's fold_k), patient (group k-fold), image (leaky)
-K = 3                         # folds of --split-by patient (C-NMC ships three)
-MAX_TRAIN_IMAGES = 0          # 0 = all; else a seeded class-stratified sample of each fold's
-                              # training cells (validation and test cells are never cut)
 # --quick: the whole chain (three folds + final test) in minutes on a 2-core CPU
 QUICK = dict(IMAGE_SIZE=48, EPOCHS=3, PATIENCE=2, BATCH_SIZE=16, MAX_TRAIN_IMAGES=96)
 
-SPLIT_MODES = ("auto", "folds", "patient", "image")
-FINAL_TEST_CHOICES = ("auto", "no", "only")
+_SPLIT_MODES = ("auto", "folds", "patient", "image")
+_FINAL_TEST_CHOICES = ("auto", "no", "only")
 _SOURCE_FOLD = re.compile(r"^fold_\d+$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from leukocyte_cnn.runs.experiment import add_common_arguments
     from leukocyte_cnn.base.devices import add_gpu_arguments
-    from leukocyte_cnn.models.networks import CNMC_BACKBONES
+    from leukocyte_cnn.base.knobs import knob_argument
+    from leukocyte_cnn.models.applications import CNMC_BACKBONES
+    from leukocyte_cnn.runs.experiment import add_common_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_cnmc")
-    parser.add_argument("--backbone", choices=CNMC_BACKBONES, default=BACKBONE,
-                        help=f"keras.applications backbone (default {BACKBONE})")
+    knob_argument(parser, "--backbone", knob="BACKBONE", choices=CNMC_BACKBONES,
+                  help=f"keras.applications backbone (BACKBONE, default {BACKBONE})")
     parser.add_argument("--weights", default="imagenet",
                         help="starting weights of the backbone: 'imagenet' (Keras' cached copy, "
                              "downloaded once if the machine is online; default) or the path of a "
@@ -75,51 +88,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-random-init", action="store_true",
                         help="when no ImageNet weights can be had, train from random weights "
                              "instead of stopping (titles then say 'random init')")
-    parser.add_argument("--split-by", choices=SPLIT_MODES, default=None,
-                        help="folds: the dataset's own patient-disjoint fold_k (each tests once); "
-                             "patient: group k-fold on the patient id; image: one random "
-                             "image-level split that mixes patients (LEAKY, for comparison "
-                             "with the report); auto (default): folds when the data has fold_k "
-                             "folders, else patient. '--split image|patient|folds' is accepted "
-                             "as a shorthand")
-    parser.add_argument("--final-test", choices=FINAL_TEST_CHOICES, default="auto",
+    knob_argument(parser, "--split-by", knob="SPLIT_BY", choices=_SPLIT_MODES,
+                  help="folds: the dataset's own patient-disjoint fold_k (each tests once); "
+                       "patient: group k-fold on the patient id; image: one random "
+                       "image-level split that mixes patients (LEAKY, for comparison "
+                       "with the report); auto (SPLIT_BY, default): folds when the data has "
+                       "fold_k folders, else patient. '--split image|patient|folds' is "
+                       "accepted as a shorthand")
+    parser.add_argument("--final-test", choices=_FINAL_TEST_CHOICES, default="auto",
                         help="auto (default): after the folds, train on all fold_k and test once "
                              "on validation_data when it is there (--split-by folds only); "
                              "no: skip it; only: run just the final test")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help=f"input side in pixels (default {IMAGE_SIZE}; "
-                             f"{QUICK['IMAGE_SIZE']} with --quick; InceptionResNetV2 needs 75+)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"max epochs (default {EPOCHS}; {QUICK['EPOCHS']} with --quick)")
+    knob_argument(parser, "--image-size", knob="IMAGE_SIZE", type=int,
+                  help=f"input side in pixels (IMAGE_SIZE, default {IMAGE_SIZE}; "
+                       f"{QUICK['IMAGE_SIZE']} with --quick; InceptionResNetV2 needs 75+)")
+    knob_argument(parser, "--epochs", knob="EPOCHS", type=int,
+                  help=f"max epochs (EPOCHS, default {EPOCHS}; {QUICK['EPOCHS']} with --quick)")
     add_gpu_arguments(parser)
     args = parser.parse_args(argv)
-    if args.split in SPLIT_MODES[1:]:  # "--split image": a mode, not a split file name
-        if args.split_by not in (None, args.split):
-            parser.error(f"--split {args.split} contradicts --split-by {args.split_by}")
-        args.split_by, args.split = args.split, None
-    elif args.split and args.split_by:
+    if args.split in _SPLIT_MODES[1:]:  # "--split image": a mode, not a split file name
+        if args.SPLIT_BY not in (None, args.split):
+            parser.error(f"--split {args.split} contradicts --split-by {args.SPLIT_BY}")
+        args.SPLIT_BY, args.split = args.split, None
+    elif args.split and args.SPLIT_BY:
         parser.error("--split FILE and --split-by exclude each other (the file's method decides)")
-    args.split_by = args.split_by or SPLIT_BY
     return args
 
 
 # ----------------------------------------------------------------------------- splits
 
-def split_mode(args: argparse.Namespace, table) -> str | None:
-    """``folds``, ``patient`` or ``image``: what ``--split-by`` asks for (``None`` when a
+def split_mode(run, split_by: str, table) -> str | None:
+    """``folds``, ``patient`` or ``image``: what ``SPLIT_BY`` asks for (``None`` when a
     ``--split`` file is given: its own method decides, see :func:`mode_of_split`)."""
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.splits.folds import has_real_groups
+    from leukocyte_cnn.splits.policy import has_real_groups
 
-    if args.split:
+    if run.split:
         return None
-    if args.split_by != "auto":
-        return args.split_by
+    if split_by != "auto":
+        return split_by
     if table["source_split"].astype(str).str.match(_SOURCE_FOLD).any():
         return "folds"
     if has_real_groups(table):
         return "patient"
-    raise InputError(f"{args.data_root or args.dataset}: no fold_k folders and no patient ids; "
+    raise InputError(f"{run.data_root or run.dataset}: no fold_k folders and no patient ids; "
                      "choose --split-by image to split by cell (leaky)")
 
 
@@ -135,7 +147,7 @@ def mode_of_split(split) -> str:
     return str(method)
 
 
-def cross_validation_split(args: argparse.Namespace, mode: str | None):
+def cross_validation_split(run, mode: str | None, s):
     """The folds the script evaluates on (``--split`` or the mode's default split file).
 
     ``folds``: ``predefined`` with the source-folds variant: fold k tests ``fold_k``, trains on
@@ -145,18 +157,21 @@ def cross_validation_split(args: argparse.Namespace, mode: str | None):
     """
     from leukocyte_cnn.runs.experiment import resolve_split
 
+    if run.split:
+        return resolve_split(run, method=None, val_fraction=0.0, min_images=0)  # the file's
+    protocol = {"val_fraction": s["VAL_FRACTION"], "min_images": s["MIN_IMAGES"]}
     if mode == "patient":
-        return resolve_split(args, method="group_kfold", k=K)
+        return resolve_split(run, method="group_kfold", k=s["K"], **protocol)
     if mode == "image":
-        return resolve_split(args, method="random")
-    return resolve_split(args, method="predefined")  # folds, or --split FILE (method unused)
+        return resolve_split(run, method="random", test_fraction=s["TEST_FRACTION"], **protocol)
+    return resolve_split(run, method="predefined", **protocol)
 
 
 def require_disjoint_or_leaky(split) -> None:
     """A split that mixes patients is only accepted when its file says so (``leaky``), so
     that its tables carry the LEAKY banner; e.g. a ``kfold`` file made by image is refused."""
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.splits.folds import check_split
+    from leukocyte_cnn.splits.split_table import check_split
 
     if split.settings.get("leaky"):
         return
@@ -167,7 +182,7 @@ def require_disjoint_or_leaky(split) -> None:
                          "is not marked leaky; use a patient-disjoint split or --split-by image")
 
 
-def final_test_split(args: argparse.Namespace):
+def final_test_split(run, s):
     """One fold: train on fold_0..2 (patients carved out for validation), test validation_data.
 
     Written by the split machinery like any other split (``predefined`` with
@@ -177,8 +192,9 @@ def final_test_split(args: argparse.Namespace):
     """
     from leukocyte_cnn.runs.experiment import resolve_split
 
-    return resolve_split(argparse.Namespace(**{**vars(args), "split": None}),
-                         method="predefined", test_sources="validation")
+    return resolve_split(run.with_changes(split=None), method="predefined",
+                         test_sources="validation", val_fraction=s["VAL_FRACTION"],
+                         min_images=s["MIN_IMAGES"])
 
 
 def has_validation_data(table) -> bool:
@@ -200,23 +216,27 @@ def stratified_sample(table, limit: int, seed: int):
 # ----------------------------------------------------------------------------- main
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.inputs.augment import online_augmentation
-    from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.runs.experiment import script_settings, start_run, train_classifier_fold
-    from leukocyte_cnn.base.devices import device_settings, setup_devices
-    from leukocyte_cnn.models.networks import cnmc_model
-    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description, weights_load_errors)
-    from leukocyte_cnn.reporting.summary import summarize_run
-    from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
+    from leukocyte_cnn.base.devices import setup_devices
+    from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.runs.experiment import RunOptions
 
-    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    settings = script_settings(__name__, args)
-    size = args.image_size or settings["IMAGE_SIZE"]
-    epochs = args.epochs or settings["EPOCHS"]
-    backbone = args.backbone
+    run = RunOptions.from_args(args)
+    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
+    s = resolve_settings(sys.modules[__name__], args)
+    from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.inputs.augment import online_augmentation
+    from leukocyte_cnn.models.applications import cnmc_model
+    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description,
+                                                 weights_load_errors)
+    from leukocyte_cnn.reporting.summary import summarize_run
+    from leukocyte_cnn.runs.cross_validation import (parse_fold_list, run_folds,
+                                                     train_classifier_fold)
+    from leukocyte_cnn.runs.experiment import start_run
+
+    size, backbone = s["IMAGE_SIZE"], s["BACKBONE"]
     if backbone == "InceptionResNetV2" and size < 75:
-        raise InputError(f"--image-size {size}: InceptionResNetV2 needs at least 75 px")
+        raise InputError(f"IMAGE_SIZE {size}: InceptionResNetV2 needs at least 75 px")
 
     # Starting weights are settled first: no weights means one line and no training.
     weights = resolve_imagenet_weights(backbone, args.weights, args.allow_random_init)
@@ -226,58 +246,59 @@ def main(args: argparse.Namespace):
         with weights_load_errors(weights, backbone):
             return cnmc_model(backbone_name=backbone, input_shape=(size, size, 3),
                               num_classes=2, weights=weights,
-                              backbone_trainable=BACKBONE_TRAINABLE,
-                              dense_units=DENSE_UNITS, dropouts=DROPOUTS, l2=L2, l1=L1)
+                              backbone_trainable=s["BACKBONE_TRAINABLE"], pooling=s["POOLING"],
+                              dense_units=s["DENSE_UNITS"], dropouts=s["DROPOUTS"], l2=s["L2"],
+                              l1=s["L1"], bn_momentum=s["BN_MOMENTUM"])
 
     if weights is not None and str(args.weights).lower() != "imagenet":
         build_model()  # a weights file that does not fit the backbone stops here, not in fold 0
 
     # Folds: disjoint by patient (or, for comparison only, the leaky split by cell).
-    table = read_dataset(args.dataset, args.data_root)
-    mode = split_mode(args, table)
-    split = cross_validation_split(args, mode)
+    table = read_dataset(run.dataset, run.data_root)
+    mode = split_mode(run, s["SPLIT_BY"], table)
+    split = cross_validation_split(run, mode, s)
     mode = mode or mode_of_split(split)
     require_disjoint_or_leaky(split)
     want_final = args.final_test != "no" and mode == "folds" and has_validation_data(table)
     if args.final_test == "only" and not want_final:
-        raise InputError(f"{args.data_root or args.dataset}: --final-test only needs the "
+        raise InputError(f"{run.data_root or run.dataset}: --final-test only needs the "
                          "dataset's fold_k folders and validation_data with its labels CSV")
-    final = final_test_split(args) if want_final else None  # checked before anything trains
+    final = final_test_split(run, s) if want_final else None  # checked before anything trains
     class_names = split.class_names
-    extra = {"backbone": backbone, "initial_weights": init,
-             "weights_file": None if weights is None else Path(weights).name,
-             "image_size": size, "epochs": epochs, "split_by": mode, **device_settings(args)}
+    extra = {"initial_weights": init,
+             "weights_file": None if weights is None else Path(weights).name, "split_by": mode}
     split_words = {"folds": "the dataset's patient-disjoint folds",
-                   "patient": f"{K}-fold by patient", "image": "image-level split (LEAKY)"}
+                   "patient": f"{s['K']}-fold by patient", "image": "image-level split (LEAKY)"}
 
     def train_fold(fold):
-        fold.train = stratified_sample(fold.train, settings["MAX_TRAIN_IMAGES"], fold.seed)
+        fold.train = stratified_sample(fold.train, s["MAX_TRAIN_IMAGES"], fold.seed)
         return train_classifier_fold(
             fold, build_model, class_names=class_names, image_size=(size, size),
-            batch_size=settings["BATCH_SIZE"], epochs=epochs, patience=settings["PATIENCE"],
-            optimizer=OPTIMIZER, learning_rate=LEARNING_RATE, xla=args.xla,
-            color_mode=COLOR_MODE,
-            augment=online_augmentation(rotation_degrees=ROTATION_DEGREES,
-                                        horizontal_flip=HORIZONTAL_FLIP, vertical_flip=False,
-                                        shift=SHIFT, zoom=ZOOM, shear=SHEAR_DEGREES,
-                                        seed=fold.seed))
+            batch_size=s["BATCH_SIZE"], epochs=s["EPOCHS"], patience=s["PATIENCE"],
+            optimizer=s["OPTIMIZER"], learning_rate=s["LEARNING_RATE"], xla=run.devices.xla,
+            color_mode=s["COLOR_MODE"], cache_mb=s["CACHE_MB"],
+            augment=online_augmentation(rotation_degrees=s["ROTATION_DEGREES"],
+                                        horizontal_flip=s["HORIZONTAL_FLIP"],
+                                        vertical_flip=False, shift=s["SHIFT"], zoom=s["ZOOM"],
+                                        shear=s["SHEAR_DEGREES"], seed=fold.seed))
 
     run_dirs = []
     script = f"cnmc_transfer_{backbone.lower()}_{mode}"
     if args.final_test != "only":
-        run_dir = start_run(args, script, knobs=settings, split=split, class_names=class_names,
+        run_dir = start_run(run, script, settings=s, split=split, class_names=class_names,
                             title=f"C-NMC all vs hem, {backbone} ({init}), "
                                   f"{split_words.get(mode, mode)}", extra=extra)
-        run_folds(split, run_dir, parse_fold_list(args.folds, split.folds), args.seed, train_fold)
+        run_folds(split, run_dir, parse_fold_list(run.folds, split.folds), run.seed, train_fold,
+                  settings=s)
         run_dirs.append(run_dir)
     if final is not None:
-        final_args = argparse.Namespace(**{**vars(args), "run_name": (
-            f"{args.run_name}_validation_data" if args.run_name else None)})
-        run_dir = start_run(final_args, f"{script}_validation_data", knobs=settings, split=final,
+        final_run = run.with_changes(run_name=f"{run.run_name}_validation_data"
+                                     if run.run_name else None)
+        run_dir = start_run(final_run, f"{script}_validation_data", settings=s, split=final,
                             class_names=class_names,
                             title=f"C-NMC all vs hem, {backbone} ({init}), trained on all "
                                   "folds, tested on validation_data", extra=extra)
-        run_folds(final, run_dir, final.folds, args.seed, train_fold)
+        run_folds(final, run_dir, final.folds, run.seed, train_fold, settings=s)
         run_dirs.append(run_dir)
     elif mode == "folds" and args.final_test == "auto":
         print("no labelled validation_data: final test skipped")

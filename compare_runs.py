@@ -15,6 +15,7 @@ intervals only, no test. Reads only ``settings.json`` and ``fold_XX/predictions.
 from __future__ import annotations
 
 import argparse
+import sys
 import hashlib
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def entries_of(run: Path, name: str) -> list[tuple[str, Path, "pd.DataFrame"]]:
     import pandas as pd
 
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.runs.studies import trial_predictions
+    from leukocyte_cnn.reporting.comparisons import trial_predictions
     from leukocyte_cnn.base.run_folder import PREDICTIONS, load_predictions
 
     if list(run.glob(f"fold_*/{PREDICTIONS}")):
@@ -77,6 +78,10 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.base.run_folder import read_settings
     from leukocyte_cnn.reporting.stats import N_BOOTSTRAP, compare_to_best, shown_comparison
 
+    from leukocyte_cnn.base.knobs import resolve_settings
+
+    s = resolve_settings(sys.modules[__name__], args, quick=False)
+    metrics, labels = tuple(s["METRICS"]), s["LABELS"]
     # 1. The runs, their class lists and images.
     runs = [Path(r) for r in args.runs]
     names = args.names.split(",") if args.names else distinct_names(runs)
@@ -98,31 +103,31 @@ def main(args: argparse.Namespace):
 
     # 2. Intervals, differences to the best entry, paired tests.
     if paired:
-        numbers = compare_to_best(tables, class_names, METRICS, pair_on=("image",),
+        numbers = compare_to_best(tables, class_names, metrics, pair_on=("image",),
                                   seeds_column="trial" if all_trials else None)
     else:  # other images under the same names: no pairing, intervals only
-        numbers = pd.concat([compare_to_best({n: t}, class_names, METRICS)
+        numbers = pd.concat([compare_to_best({n: t}, class_names, metrics)
                              for n, t in tables.items()], ignore_index=True)
-        for m in METRICS:
+        for m in metrics:
             numbers[f"{m}_test"] = "not paired: runs of different images"
-        numbers["best"] = numbers[METRICS[0]] == numbers[METRICS[0]].max()
+        numbers["best"] = numbers[metrics[0]] == numbers[metrics[0]].max()
     folders = {name: str(folder) for name, folder, _ in entries}
     numbers.insert(1, "run_dir", numbers["name"].map(folders))
     numbers.insert(2, "leaky", [bool(read_settings(folders[n])["config"].get("leaky"))
                                 for n in numbers["name"]])
-    shown = shown_comparison(numbers, METRICS, LABELS)
+    shown = shown_comparison(numbers, metrics, labels)
     shown.insert(1, "test images", numbers["n_images"])
     if not paired:
         shown = shown[[c for c in shown.columns if not c.startswith(("Δ", "p ("))]]
 
     # 3. Table, figure, report.
-    out = Path(args.out) if args.out else Path(OUT_DIR) / default_folder_name(names)
+    out = Path(args.out) if args.out else Path(s["OUT_DIR"]) / default_folder_name(names)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "comparison.csv", numbers)
-    figure = plot_comparison(numbers, METRICS, out / "comparison.png")
+    figure = plot_comparison(numbers, metrics, labels, out / "comparison.png")
     note = (f"Pooled test predictions of each run; 95 % intervals by a seeded percentile "
             f"bootstrap over test images ({N_BOOTSTRAP:,} replicates). "
-            + (f"Δ vs best: difference to the run with the highest {LABELS[METRICS[0]]}, "
+            + (f"Δ vs best: difference to the run with the highest {labels[metrics[0]]}, "
                "paired on the same test images (same file names and dataset hash); "
                "p from the test named beside it; p ≥ 0.05: the runs cannot be told apart."
                if paired else "The runs were made from different images (dataset hashes "
@@ -159,7 +164,7 @@ def default_folder_name(names: list[str]) -> str:
     return text[:80] + "_" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def plot_comparison(numbers, metrics, path: Path) -> Path:
+def plot_comparison(numbers, metrics, labels: dict, path: Path) -> Path:
     """One panel per metric: each run's value with its 95 % interval, the best one filled."""
     import matplotlib
 
@@ -184,7 +189,7 @@ def plot_comparison(numbers, metrics, path: Path) -> Path:
                         color="C3" if best else "C0", mfc="C3" if best else "white", ms=7)
             ax.annotate(f"{value[i]:.3f}", (value[i], rows[i]), textcoords="offset points",
                         xytext=(0, 7), ha="center", fontsize=8)
-        ax.set_title(f"{LABELS.get(metric, metric)} (95 % CI)")
+        ax.set_title(f"{labels.get(metric, metric)} (95 % CI)")
         ax.grid(axis="x", alpha=0.3)
         ax.set_ylim(-0.7, n - 0.3)
     axes[0][0].set_yticks(rows, numbers["name"].tolist())

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -27,9 +28,14 @@ BATCH_SIZE = 16  # test images per forward pass (times 8 views)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from leukocyte_cnn.base.knobs import knob_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished run folder (fold_XX/model.keras + inputs.csv)")
     parser.add_argument("--out", default=None, help="output run folder (default <run_dir>_tta)")
+    knob_argument(parser, "--batch-size", knob="BATCH_SIZE", type=int,
+                  help=f"test images per forward pass, times 8 views (BATCH_SIZE, default "
+                       f"{BATCH_SIZE})")
     return parser.parse_args(argv)
 
 
@@ -51,8 +57,10 @@ def main(args: argparse.Namespace) -> Path:
     from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.base.run_folder import prepare_run_dir, read_settings
     from leukocyte_cnn.base.run_folder import CHECKPOINT, PREDICTIONS
+    from leukocyte_cnn.base.knobs import resolve_settings
     from leukocyte_cnn.runs.cross_validation import Fold, finish_fold, predict_table
 
+    s = resolve_settings(sys.modules[__name__], args, quick=False)
     run = Path(args.run_dir)
     config = read_settings(run)["config"]
     if config.get("test_time_augmentation"):
@@ -82,7 +90,7 @@ def main(args: argparse.Namespace) -> Path:
         if size[0] != size[1]:
             raise InputError(f"{run}: {size[0]}x{size[1]} images; 90° turns need square ones")
         dataset = make_dataset(test["path"].tolist(), test["label"].astype(int).tolist(), size,
-                               BATCH_SIZE, color_mode=color_mode)
+                               s["BATCH_SIZE"], color_mode=color_mode)
         timing = read_json(directory / "timing.json")
         fold = Fold(fold=int(timing["fold"]), train=test.iloc[:0], val=test.iloc[:0], test=test,
                     directory=fold_out, seed=int(timing["seed"]),

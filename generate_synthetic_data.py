@@ -17,6 +17,7 @@ Sets whose seed or sizes differ from the defaults get their own folder
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 KIND = "all"  # which set(s) to generate
@@ -26,20 +27,21 @@ WORKERS = None  # processes; None: 2 for large sets, else 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from leukocyte_cnn.base.knobs import knob_argument
     from leukocyte_cnn.data.synthetic import KINDS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", default=KIND, choices=("all", *KINDS),
-                        help=f"which synthetic set to generate (default {KIND})")
-    parser.add_argument("--data-dir", default=DATA_DIR,
-                        help=f"data folder; sets go to <data-dir>/synthetic/<kind> "
-                             f"(default {DATA_DIR})")
-    parser.add_argument("--seed", type=int, default=SEED,
-                        help=f"seed; the same seed gives byte-identical files (default {SEED})")
+    knob_argument(parser, "--kind", knob="KIND", choices=("all", *KINDS),
+                  help=f"which synthetic set to generate (KIND, default {KIND})")
+    knob_argument(parser, "--data-dir", knob="DATA_DIR",
+                  help=f"data folder; sets go to <data-dir>/synthetic/<kind> "
+                       f"(DATA_DIR, default {DATA_DIR})")
+    knob_argument(parser, "--seed", knob="SEED", type=int,
+                  help=f"seed; the same seed gives byte-identical files (SEED, default {SEED})")
     parser.add_argument("--force", action="store_true",
                         help="regenerate even if the set is complete (replaced atomically)")
-    parser.add_argument("--workers", type=int, default=WORKERS,
-                        help="processes to render with (default: 2 for large sets, else 1); "
+    knob_argument(parser, "--workers", knob="WORKERS", type=int,
+                  help="processes to render with (default: 2 for large sets, else 1); "
                              "the files do not depend on it")
     parser.add_argument("--all-idb2-per-class", type=int, default=None,
                         help="all_idb2: images per class (default 130)")
@@ -79,18 +81,21 @@ def size_options(kind: str, args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> None:
+    from leukocyte_cnn.base.knobs import resolve_settings
     from leukocyte_cnn.data.synthetic import COMPLETE, KINDS, generate, is_current, synthetic_root
 
-    kinds = KINDS if args.kind == "all" else (args.kind,)
+    s = resolve_settings(sys.modules[__name__], args, quick=False)
+    kinds = KINDS if s["KIND"] == "all" else (s["KIND"],)
+    seed = s["SEED"]
     start_all = time.perf_counter()
     for kind in kinds:
         options = size_options(kind, args)
-        root = synthetic_root(kind, args.data_dir, args.seed, **options)
-        if is_current(root, kind, args.seed, **options) and not args.force:
+        root = synthetic_root(kind, s["DATA_DIR"], seed, **options)
+        if is_current(root, kind, seed, **options) and not args.force:
             print(f"{kind}: {root} is complete (use --force to regenerate)", flush=True)
             continue
         start = time.perf_counter()
-        generate(kind, root, args.seed, workers=args.workers, replace=True, **options)
+        generate(kind, root, seed, workers=s["WORKERS"], replace=True, **options)
         n_files = sum(1 for p in root.rglob("*") if p.is_file() and p.name != COMPLETE)
         print(f"{kind}: wrote {n_files} files to {root} in {time.perf_counter() - start:.1f} s",
               flush=True)

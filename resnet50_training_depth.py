@@ -25,21 +25,32 @@ folder per (depth, seed) under ``<depth>/trial_NN/``.
 from __future__ import annotations
 
 import argparse
+import sys
 
+# --- data and split protocol (the dataset's own TRAIN/TEST split; a --split file brings its own)
+SPLIT_METHOD = "predefined"  # predefined: the owner's TRAIN/TEST; random: a leaky re-split
+VAL_FRACTION = 0.2        # validation share carved from TRAIN (by groups of copies)
+TEST_FRACTION = 0.2       # test share of SPLIT_METHOD random
+MIN_IMAGES = 5            # classes with fewer images are set aside
+MAX_IMAGES_PER_CLASS = None  # cap per class and role (None: all images)
 IMAGE_SIZE = (120, 160)   # (height, width): the Kaggle 240x320 images halved (ResNet50 >= 32 px)
-COLOR_MODE = "rgb"      # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
+COLOR_MODE = "rgb"        # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
+CACHE_MB = 512            # decoded images kept in memory per set; larger sets stream (speed)
+# --- architecture: ImageNet ResNet50, pooled, a new softmax head
 DEPTHS = ("frozen", "partial", "full")  # models 5, 6, 7 of the study
 UNFREEZE_FROM_STAGE = 5   # partial: stages >= this train (2-5; 5 = the last stage, conv5_*)
-OPTIMIZER = "adam"        # one optimizer for all depths
-LEARNING_RATES = {"frozen": 1e-3, "partial": 1e-4, "full": 1e-4}  # small steps when fine-tuning
+POOLING = "avg"           # pooling of the backbone's last map (study: global average)
 HEAD_DROPOUT = 0.0        # dropout before the new softmax head
 BN_MOMENTUM = 0.9         # trainable BatchNorm layers adapt on few updates (NOTES.md)
+# --- optimisation
+OPTIMIZER = "adam"        # one optimizer for all depths
+LEARNING_RATES = {"frozen": 1e-3, "partial": 1e-4, "full": 1e-4}  # small steps when fine-tuning
 BATCH_SIZE = 32           # images per step
 EPOCHS = 30               # upper bound; early stopping on validation loss
 PATIENCE = 5              # epochs without validation-loss improvement before stopping
+# --- evaluation
 SEEDS = 3                 # fresh trainings per depth (seed, seed+1, ...)
 CONVERGENCE_ACCURACY = 0.5  # a trial "converges" when val accuracy reaches this (2x chance)
-MAX_IMAGES_PER_CLASS = None  # cap per class and role (None: all images)
 # --quick: small images, a few images per class, one seed, two epochs
 QUICK = dict(IMAGE_SIZE=(48, 64), EPOCHS=2, PATIENCE=2, SEEDS=1, BATCH_SIZE=16,
              MAX_IMAGES_PER_CLASS=16)
@@ -47,11 +58,12 @@ QUICK = dict(IMAGE_SIZE=(48, 64), EPOCHS=2, PATIENCE=2, SEEDS=1, BATCH_SIZE=16,
 
 def parse_args(argv=None) -> argparse.Namespace:
     from leukocyte_cnn.base.devices import add_gpu_arguments
-    from leukocyte_cnn.runs.studies import study_parser
+    from leukocyte_cnn.base.knobs import knob_argument
+    from leukocyte_cnn.runs.trials import study_parser
 
-    parser = study_parser(__doc__, trials=SEEDS, trials_name="seeds", what="fresh trainings")
+    parser = study_parser(__doc__, trials=SEEDS, trials_knob="SEEDS", what="fresh trainings")
     parser.add_argument("--depths", default=None,
-                        help=f"comma-separated subset of {', '.join(DEPTHS)} (default: all)")
+                        help=f"comma-separated subset of {', '.join(DEPTHS)} (default: DEPTHS)")
     parser.add_argument("--weights", default=None,
                         help="'imagenet' (default: Keras' cached notop file, else one download "
                              "attempt) or the path of a weights file, e.g. resnet50_weights_tf_"
@@ -59,76 +71,82 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-random-init", action="store_true",
                         help="train from random weights when no ImageNet weights can be had "
                              "(tables then say 'random init'); without it the script stops")
-    parser.add_argument("--epochs", type=int, default=None, help=f"max epochs (default {EPOCHS})")
+    knob_argument(parser, "--epochs", knob="EPOCHS", type=int,
+                  help=f"max epochs (EPOCHS, default {EPOCHS})")
     add_gpu_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn.base.devices import setup_devices
+    from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.runs.experiment import RunOptions
 
-    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    from leukocyte_cnn.runs import studies
-    from leukocyte_cnn.runs.experiment import (script_settings, start_training_run, train_classifier_fold)
-    from leukocyte_cnn.models.networks import resnet50_model
-    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description, weights_load_errors)
-    from leukocyte_cnn.runs.cross_validation import parse_fold_list
+    run = RunOptions.from_args(args)
+    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
+    s = resolve_settings(sys.modules[__name__], args)
+    from leukocyte_cnn.models.applications import resnet50_model
+    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description,
+                                                 weights_load_errors)
+    from leukocyte_cnn.reporting.comparisons import report_trials, write_comparison
+    from leukocyte_cnn.runs.cross_validation import parse_fold_list, train_classifier_fold
+    from leukocyte_cnn.runs.experiment import start_run
+    from leukocyte_cnn.reporting.comparisons import Setting
+    from leukocyte_cnn.runs.trials import (limit_fold_per_class, parse_names, resolve_study_split,
+                                           run_trials)
 
-    settings = script_settings(__name__, args)
-    epochs = args.epochs or settings["EPOCHS"]
-    seeds = args.seeds or settings["SEEDS"]
-    depths = studies.parse_names(args.depths, list(DEPTHS), "--depths") or list(DEPTHS)
+    depths = parse_names(args.depths, list(s["DEPTHS"]), "--depths") or list(s["DEPTHS"])
     # Settle the weights first: no training starts without them (or an explicit opt-out).
     weights = resolve_imagenet_weights("ResNet50", args.weights or "imagenet",
                                        allow_random_init=args.allow_random_init)
     init = weights_description(weights)
-    split = studies.resolve_study_split(args)
+    split = resolve_study_split(run, s)
     class_names = split.class_names
-    run_dir = start_training_run(args, "resnet50_training_depth", knobs=settings, split=split,
-                                 title="ResNet50, training depth", class_names=class_names,
-                                 extra={"epochs": epochs, "init": init})
-    unfreeze_from = f"conv{UNFREEZE_FROM_STAGE}_block1_1_conv"
-    setups = [studies.Setting(depth, {"init": init, "learning_rate": LEARNING_RATES[depth],
-                                      "trained_from": {"frozen": "head only",
-                                                       "partial": f"stage {UNFREEZE_FROM_STAGE}",
-                                                       "full": "stage 1"}[depth]})
+    run_dir = start_run(run, "resnet50_training_depth", settings=s, split=split,
+                        title="ResNet50, training depth", class_names=class_names,
+                        extra={"init": init}, resumable=("SEEDS",))
+    stage = s["UNFREEZE_FROM_STAGE"]
+    setups = [Setting(depth, {"init": init, "learning_rate": s["LEARNING_RATES"][depth],
+                              "trained_from": {"frozen": "head only", "partial": f"stage {stage}",
+                                               "full": "stage 1"}[depth]})
               for depth in depths]
-    cap = settings["MAX_IMAGES_PER_CLASS"]
-    size = tuple(settings["IMAGE_SIZE"])
+    size = tuple(s["IMAGE_SIZE"])
 
     def build_model(depth):
         with weights_load_errors(weights, "ResNet50"):
             return resnet50_model(input_shape=(*size, 3), num_classes=len(class_names),
-                                  weights=weights, trainable=depth, unfreeze_from=unfreeze_from,
-                                  dropout=HEAD_DROPOUT, bn_momentum=BN_MOMENTUM)
+                                  weights=weights, trainable=depth,
+                                  unfreeze_from=f"conv{stage}_block1_1_conv",
+                                  pooling=s["POOLING"], dropout=s["HEAD_DROPOUT"],
+                                  bn_momentum=s["BN_MOMENTUM"])
 
     if weights is not None:
         build_model(depths[0])  # a weights file that does not fit fails here, before training
 
     def train_fold(setup, trial, fold):
         # Quick runs use fewer images per class and role: the same ones for every depth.
-        studies.limit_fold_per_class(fold, cap, args.seed)
+        limit_fold_per_class(fold, s["MAX_IMAGES_PER_CLASS"], run.seed)
         return train_classifier_fold(
-            fold, lambda: build_model(setup.name),
-            class_names=class_names, image_size=size, batch_size=settings["BATCH_SIZE"],
-            epochs=epochs, patience=settings["PATIENCE"], optimizer=OPTIMIZER,
-            learning_rate=setup.params["learning_rate"], xla=args.xla, color_mode=COLOR_MODE)
+            fold, lambda: build_model(setup.name), class_names=class_names, image_size=size,
+            batch_size=s["BATCH_SIZE"], epochs=s["EPOCHS"], patience=s["PATIENCE"],
+            optimizer=s["OPTIMIZER"], learning_rate=setup.params["learning_rate"],
+            xla=run.devices.xla, color_mode=s["COLOR_MODE"], cache_mb=s["CACHE_MB"])
 
-    folds = parse_fold_list(args.folds, split.folds)
-    studies.run_trials(split, run_dir, setups, range(seeds), args.seed, train_fold, folds=folds)
+    folds = parse_fold_list(run.folds, split.folds)
+    run_trials(split, run_dir, setups, range(s["SEEDS"]), run.seed, train_fold, folds=folds,
+               knobs=s)
 
-    numeric, shown = studies.report_trials(run_dir, setups, class_names, CONVERGENCE_ACCURACY)
+    numeric, shown = report_trials(run_dir, setups, class_names, s["CONVERGENCE_ACCURACY"])
     notes = [f"backbone weights: {init}" + (" -- NOT the study's ImageNet ResNet50; numbers "
                                              "say nothing about transfer learning"
                                              if weights is None else ""),
-             f"mean ± sample std [min, max] over {seeds} seed(s) per depth; "
-             f"{OPTIMIZER}, images {size[0]}x{size[1]}, batch {settings['BATCH_SIZE']}, "
-             f"at most {epochs} epochs with early stopping on validation loss",
+             f"mean ± sample std [min, max] over {s['SEEDS']} seed(s) per depth; "
+             f"{s['OPTIMIZER']}, images {size[0]}x{size[1]}, batch {s['BATCH_SIZE']}, "
+             f"at most {s['EPOCHS']} epochs with early stopping on validation loss",
              "partial: BatchNorm layers of the trained stages stay frozen (ImageNet statistics)"]
-    return studies.write_comparison(run_dir, numeric, shown,
-                                    title="ResNet50: test accuracy per training depth"
-                                    + (" (random init)" if weights is None else ""),
-                                    notes=notes)
+    return write_comparison(run_dir, numeric, shown,
+                            title="ResNet50: test accuracy per training depth"
+                            + (" (random init)" if weights is None else ""), notes=notes)
 
 
 if __name__ == "__main__":

@@ -36,15 +36,34 @@ import argparse
 import sys
 from pathlib import Path
 
-# network of the source model (--pretrain) and of the learning curve's from-scratch arm when
-# the checkpoint does not record its own; the same as resnext_from_scratch.py
-VARIANT = "resnext29"      # resnext29 (stages 3,3,3), resnext14 (1,1,2) or resnext50_32x4d (GPU)
+# --- data and split protocol of the target (stratified k-fold; a --split file brings its own)
+K = 5                      # folds of the target's stratified k-fold split (thesis: 5)
+VAL_FRACTION = 0.2         # validation share of each fold's non-test images (early stopping)
+MIN_IMAGES = 5             # target classes with fewer images are excluded
+EXCLUDE_CLASSES = ("thrombocyte",)  # set aside by name (not leukocytes)
 IMAGE_SIZE = 96            # input side in px; must equal the checkpoint's
-COLOR_MODE = "rgb"       # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
-CARDINALITY = None         # groups of every 3x3 conv; None: the variant's (8; 32 for resnext50)
-BOTTLENECK_WIDTH = None    # channels per group in the first stage; None: the variant's (4)
-WIDTH = None               # first-stage output channels, doubled per stage; None: variant's (64)
-STEM_FILTERS = None        # filters of the stem conv; None: the variant's (32; 64 for resnext50)
+COLOR_MODE = "rgb"         # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
+CACHE_MB = 512             # decoded images kept in memory per set; larger sets stream (speed)
+# --- the source task (--pretrain)
+SOURCE_DATASET = "synthetic_kaggle"  # pretraining data: a similar task, never the target data
+SOURCE_HELD_OUT_FOLDS = 5  # without an owner's TEST split: hold out 1 of this many folds
+SOURCE_MIN_IMAGES = 5      # source classes with fewer images are left out
+# --- class balancing of each target fold's training images (as linear_cnn_da.py)
+TARGET_PER_CLASS = 150     # images per class after balancing (thesis: 150)
+SHIFT_FRACTION = 0.0       # max random shift as a fraction of the image side (thesis: 0)
+ZOOM_FRACTION = 0.0        # max random zoom in/out (thesis: 0)
+STAIN_JITTER = 0.0         # max hue/saturation/brightness jitter (thesis: 0)
+BALANCED_IMAGE_SIZE = None  # (height, width) the balanced images are written at; None: own
+# --- architecture of the source model (--pretrain), and of the learning curve's from-scratch
+# arm when the checkpoint does not record its own: resnext_from_scratch.py's ResNeXt-29
+STAGE_DEPTHS = (3, 3, 3)   # bottleneck blocks per stage (depth 3 x 9 + 2 = 29)
+CARDINALITY = 8            # groups of every 3x3 convolution
+BOTTLENECK_WIDTH = 4       # channels per group in the first stage, doubled per stage
+WIDTH = 64                 # first-stage output channels, doubled per stage
+STEM_FILTERS = 32          # filters of the stem convolution
+SMALL_INPUT_STEM = True    # one 3x3 stride-1 stem conv (cell crops), not ImageNet's 7x7/2 + pool
+BN_MOMENTUM = 0.9          # not Keras' 0.99: moving statistics must converge on few updates
+# --- optimisation
 RETRAIN = "last_stage"     # part fine-tuned (thesis: retrainBlock): head, last_stage,
                            # last_two_stages or all
 OPTIMIZER = "adam"         # Adam for pretraining, fine-tuning and the from-scratch arm
@@ -53,96 +72,84 @@ FINE_TUNE_LEARNING_RATE = 1e-3  # fine-tuning (the new head starts from random w
 BATCH_SIZE = 32            # images per step
 EPOCHS = 100               # upper bound; early stopping ends most runs sooner
 PATIENCE = 15              # epochs without validation-loss improvement before stopping
-ROTATION_DEGREES = 359     # on-the-fly rotation range
-FLIPS = True               # on-the-fly horizontal and vertical flips
-K = 5                      # folds of the target's stratified k-fold split (thesis: 5)
 CURVE_EPOCH_IMAGES = 300   # learning curve: an epoch shows at least this many training images
                            # (a subset of N per class is repeated, each repeat another online
                            # view), so tiny sets get the updates of a balanced fold (150 a class)
-SOURCE_DATASET = "synthetic_kaggle"  # pretraining data: a similar task, never the target data
-SOURCE_HELD_OUT_FOLDS = 5  # without an owner's TEST split: hold out 1 of this many folds
-SOURCE_MIN_IMAGES = 5      # source classes with fewer images are left out
-PRETRAIN_CODE_VERSION = 2  # part of a source checkpoint's fingerprint; bump when pretraining changes
-# --quick: a narrow ResNeXt-14 at 48 px, few epochs, three target folds
-QUICK = dict(VARIANT="resnext14", IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
-             EPOCHS=6, PATIENCE=3, BATCH_SIZE=16, K=3)
+# --- augmentation (online, training batches only)
+ROTATION_DEGREES = 359     # rotation range
+FLIPS = True               # horizontal and vertical flips
+# --quick: a narrow ResNeXt-14 at 48 px, few epochs, three target folds on the linear CNN's
+# quick balanced folds
+QUICK = dict(STAGE_DEPTHS=(1, 1, 2), IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
+             EPOCHS=6, PATIENCE=3, BATCH_SIZE=16, K=3, TARGET_PER_CLASS=40,
+             BALANCED_IMAGE_SIZE=(64, 64))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    import resnext_from_scratch as scratch
-    from leukocyte_cnn.runs.experiment import add_common_arguments
     from leukocyte_cnn.base.devices import add_gpu_arguments
+    from leukocyte_cnn.base.knobs import knob_argument
+    from leukocyte_cnn.models.resnext import RETRAIN_CHOICES
+    from leukocyte_cnn.runs.experiment import add_common_arguments
+    from leukocyte_cnn.runs.resnext import add_resnext_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, default_dataset="synthetic_multiclass")
     parser.add_argument("--pretrain", action="store_true",
                         help="train and save the source model instead of fine-tuning")
-    parser.add_argument("--source-dataset", default=SOURCE_DATASET,
-                        help=f"--pretrain: dataset reader of the source data (default "
-                             f"{SOURCE_DATASET}), e.g. pbc, folder, kaggle, bloodmnist")
+    knob_argument(parser, "--source-dataset", knob="SOURCE_DATASET",
+                  help=f"--pretrain: dataset reader of the source data (SOURCE_DATASET, "
+                       f"default {SOURCE_DATASET}), e.g. pbc, folder, kaggle, bloodmnist")
     parser.add_argument("--source-data-root", default=None,
                         help="--pretrain: folder of the source dataset (not needed for "
                              "synthetic_* sets)")
     parser.add_argument("--checkpoint-name", default=None,
                         help="--pretrain: file name (without .keras) under "
-                             "<results-dir>/checkpoints (default: from source, variant, size "
+                             "<results-dir>/checkpoints (default: from source, depth, size "
                              "and seed)")
     parser.add_argument("--source-checkpoint", default=None,
                         help="the pretrained .keras model to fine-tune (required unless "
                              "--pretrain); its .json sidecar is read from beside it")
-    parser.add_argument("--retrain", choices=("head", "last_stage", "last_two_stages", "all"),
-                        default=None, help=f"part of the network fine-tuned (default {RETRAIN})")
-    parser.add_argument("--fine-tune-learning-rate", type=float, default=None,
-                        help=f"learning rate of fine-tuning (default {FINE_TUNE_LEARNING_RATE})")
-    parser.add_argument("--curve-epoch-images", type=int, default=None,
-                        help=f"learning curve: training images per epoch at least, by repeating "
-                             f"a small subset (default {CURVE_EPOCH_IMAGES}; 0: no repeats)")
+    knob_argument(parser, "--retrain", knob="RETRAIN", choices=RETRAIN_CHOICES,
+                  help=f"part of the network fine-tuned (RETRAIN, default {RETRAIN})")
+    knob_argument(parser, "--fine-tune-learning-rate", knob="FINE_TUNE_LEARNING_RATE",
+                  type=float, help=f"learning rate of fine-tuning (FINE_TUNE_LEARNING_RATE, "
+                                   f"default {FINE_TUNE_LEARNING_RATE})")
+    knob_argument(parser, "--curve-epoch-images", knob="CURVE_EPOCH_IMAGES", type=int,
+                  help=f"learning curve: training images per epoch at least, by repeating a "
+                       f"small subset (CURVE_EPOCH_IMAGES, default {CURVE_EPOCH_IMAGES}; 0: no "
+                       "repeats)")
     parser.add_argument("--train-sizes", default=None,
                         help="learning curve instead of one CV: training images per class, "
                              "e.g. 5,10,20,40, each trained from scratch and by transfer")
-    scratch.add_model_arguments(parser)
+    add_resnext_arguments(parser)
     add_gpu_arguments(parser)
     return parser.parse_args(argv)
-
-
-def transfer_settings(args: argparse.Namespace) -> dict:
-    """The knobs, shrunk by --quick and overridden by the options given."""
-    import resnext_from_scratch as scratch
-
-    settings = scratch.resolve_settings(sys.modules[__name__], args)
-    if args.retrain is not None:
-        settings["RETRAIN"] = args.retrain
-    if args.fine_tune_learning_rate is not None:
-        settings["FINE_TUNE_LEARNING_RATE"] = args.fine_tune_learning_rate
-    if args.curve_epoch_images is not None:
-        settings["CURVE_EPOCH_IMAGES"] = args.curve_epoch_images
-    return settings
 
 
 # --------------------------------------------------------------------------- pretraining
 
 
-def source_parts(args: argparse.Namespace, seed: int):
+def source_parts(source_dataset: str, source_data_root, seed: int, s):
     """The source data: (training rows, held-out rows, class names, dataset hash, method).
 
     Held out: the owner's TEST split (or first ``fold_k``) when the data ships one, else one
     stratified fold of ``SOURCE_HELD_OUT_FOLDS``, by group when images share patients or cells.
     """
     from leukocyte_cnn.data.datasets import dataset_hash, read_dataset
-    from leukocyte_cnn.splits.folds import (has_real_groups, joins_copies, make_split, predefined_variant)
+    from leukocyte_cnn.splits.plans import make_split
+    from leukocyte_cnn.splits.policy import has_real_groups, joins_copies, predefined_variant
 
-    table = read_dataset(args.source_dataset, args.source_data_root)
+    table = read_dataset(source_dataset, source_data_root)
     if predefined_variant(table) != "none":
         method = "predefined"
     else:
         method = "group_kfold" if has_real_groups(table) else "kfold"
-    if joins_copies("auto", method, args.source_dataset, table):  # Kaggle: copies held out together
-        from leukocyte_cnn.splits.leakage import near_duplicate_groups
+    if joins_copies("auto", method, source_dataset, table):  # Kaggle: copies held out together
+        from leukocyte_cnn.splits.copies import near_duplicate_groups
 
         table, _ = near_duplicate_groups(table)
-    rows = make_split(table, method, k=SOURCE_HELD_OUT_FOLDS, seed=seed, val_fraction=0.0,
-                      min_images=SOURCE_MIN_IMAGES,
-                      where=args.source_data_root or args.source_dataset)
+    rows = make_split(table, method, k=s["SOURCE_HELD_OUT_FOLDS"], seed=seed, val_fraction=0.0,
+                      min_images=s["SOURCE_MIN_IMAGES"], where=source_data_root or source_dataset)
     rows = rows[rows["fold"] == rows.loc[rows["fold"] >= 0, "fold"].min()]
     names = [name for _, name in sorted({(int(label), str(name)) for label, name in
                                          zip(rows["label"], rows["class_name"])})]
@@ -154,34 +161,43 @@ def source_parts(args: argparse.Namespace, seed: int):
     return train, held_out, names, dataset_hash(table), method
 
 
-def pretrain(args: argparse.Namespace, settings: dict) -> Path:
+# Knobs that decide the source model (part of its checkpoint's fingerprint); the others
+# (fine-tuning, the target's split and balancing, caching) never reach pretraining.
+_PRETRAINING_KNOBS = ("SOURCE_DATASET", "SOURCE_HELD_OUT_FOLDS", "SOURCE_MIN_IMAGES", "IMAGE_SIZE",
+                     "COLOR_MODE", "OPTIMIZER", "LEARNING_RATE", "BATCH_SIZE", "EPOCHS",
+                     "PATIENCE", "ROTATION_DEGREES", "FLIPS")
+
+
+def pretrain(run, s, args: argparse.Namespace) -> Path:
     """Train the source model with early stopping on its held-out part; save the checkpoint."""
     import keras
     import pandas as pd
 
-    import resnext_from_scratch as scratch
     from leukocyte_cnn.base.artifacts import canonical, fingerprint, short
     from leukocyte_cnn.base.errors import InputError
     from leukocyte_cnn.base.io import read_json
     from leukocyte_cnn.base.provenance import provenance
     from leukocyte_cnn.base.seeding import set_seed
+    from leukocyte_cnn.models.source_checkpoints import (PRETRAIN_CODE_VERSION,
+                                                         save_source_checkpoint, sidecar_path)
     from leukocyte_cnn.runs.cross_validation import Fold
-    from leukocyte_cnn.runs.transfer import save_source_checkpoint, sidecar_path
+    from leukocyte_cnn.runs.resnext import architecture, build_model, train_resnext_fold
 
-    arch = scratch.architecture(settings)
-    train, held_out, names, source_hash, method = source_parts(args, args.seed)
+    arch = architecture(s)
+    source = s["SOURCE_DATASET"]
+    train, held_out, names, source_hash, method = source_parts(source, args.source_data_root,
+                                                               run.seed, s)
     # The checkpoint's identity: source images, held-out rule, architecture, the knobs that
     # pretraining uses and the seed. Its name ends in their fingerprint, so other settings
     # train another checkpoint instead of silently reusing this one.
-    inputs = {"artifact": "source_checkpoint", "source_dataset": args.source_dataset,
+    inputs = {"artifact": "source_checkpoint", "source_dataset": source,
               "source_dataset_hash": source_hash, "held_out_method": method,
-              "architecture": arch, "seed": args.seed, "code": PRETRAIN_CODE_VERSION,
-              "knobs": {k: v for k, v in settings.items()
-                        if not k.startswith(("FINE_TUNE", "RETRAIN", "TRAIN_SIZES", "CURVE"))}}
+              "architecture": arch, "seed": run.seed, "code": PRETRAIN_CODE_VERSION,
+              "knobs": {name: s[name] for name in _PRETRAINING_KNOBS}}
     name = args.checkpoint_name or "_".join(
-        ["resnext", args.source_dataset, arch["variant"], f"{arch['image_size']}px",
-         f"seed{args.seed}"] + (["quick"] if args.quick else []) + [short(fingerprint(inputs))])
-    checkpoint = Path(args.results_dir) / "checkpoints" / f"{name}.keras"
+        ["resnext", source, arch["variant"], f"{arch['image_size']}px", f"seed{run.seed}"]
+        + (["quick"] if run.quick else []) + [short(fingerprint(inputs))])
+    checkpoint = Path(run.results_dir) / "checkpoints" / f"{name}.keras"
     if sidecar_path(checkpoint).exists():
         done = read_json(sidecar_path(checkpoint))
         if done.get("fingerprint") != fingerprint(inputs):
@@ -191,22 +207,23 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
         print(f"{checkpoint}: pretrained earlier from the same inputs (val accuracy "
               f"{done.get('val_accuracy', 0):.3f}), kept", flush=True)
         return checkpoint
-    print(f"pretraining {arch['variant']} on {args.source_dataset}: {len(train)} training, "
+    print(f"pretraining {arch['variant']} on {source}: {len(train)} training, "
           f"{len(held_out)} held-out images, classes {', '.join(names)}", flush=True)
     fold = Fold(fold=0, train=train, val=held_out, test=held_out,
-                directory=checkpoint.with_name(f"{name}_training"), seed=args.seed)
+                directory=checkpoint.with_name(f"{name}_training"), seed=run.seed)
     fold.directory.mkdir(parents=True, exist_ok=True)
-    set_seed(args.seed)
-    predictions = scratch.train_resnext_fold(
-        fold, lambda: scratch.build_model(arch, len(names)), class_names=names,
-        settings=settings, train_table=train, xla=args.xla)
+    set_seed(run.seed)
+    predictions = train_resnext_fold(fold, lambda: build_model(arch, len(names)),
+                                     class_names=names, settings=s, train_table=train,
+                                     xla=run.devices.xla)
     val_accuracy = float((predictions["pred"] == predictions["label"]).mean())
     model = keras.models.load_model(fold.directory / "model.keras", safe_mode=True)
     metadata = {"class_names": names, "architecture": arch,
-                "source_dataset": args.source_dataset, "source_data_root": args.source_data_root,
+                "source_dataset": source, "source_data_root": args.source_data_root,
                 "source_dataset_hash": source_hash, "held_out_method": method,
-                "n_train": len(train), "n_val": len(held_out), "seed": args.seed,
-                "val_accuracy": val_accuracy, "knobs": settings, "provenance": provenance(),
+                "n_train": len(train), "n_val": len(held_out), "seed": run.seed,
+                "val_accuracy": val_accuracy, "knobs": s.recorded(),
+                "overrides": s.overrides(), "provenance": provenance(),
                 "fingerprint": fingerprint(inputs), "fingerprint_inputs": canonical(inputs)}
     save_source_checkpoint(model, checkpoint, metadata=metadata,
                            images=pd.concat([train, held_out], ignore_index=True))
@@ -218,14 +235,15 @@ def pretrain(args: argparse.Namespace, settings: dict) -> Path:
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def checked_source_and_split(args: argparse.Namespace, settings: dict):
+def checked_source_and_split(run, s, checkpoint):
     """Check the checkpoint, load the target split, check they share no image: before training."""
-    import resnext_from_scratch as scratch
-    from leukocyte_cnn.runs.transfer import (check_source_checkpoint, check_source_disjoint, describe)
+    from leukocyte_cnn.models.source_checkpoints import (check_source_checkpoint,
+                                                         check_source_disjoint, describe)
+    from leukocyte_cnn.runs.resnext import resolve_resnext_split
 
-    size = int(settings["IMAGE_SIZE"])
-    source = check_source_checkpoint(args.source_checkpoint, (size, size))
-    split = scratch.resolve_resnext_split(args, settings["K"])
+    size = int(s["IMAGE_SIZE"])
+    source = check_source_checkpoint(checkpoint, (size, size))
+    split = resolve_resnext_split(run, s)
     kept = split.table[split.table["role"] != "excluded"]
     checked = check_source_disjoint(source, split.settings.get("dataset_hash"), kept)
     note = f"; none of the {checked} target images is among its source images" if checked else ""
@@ -242,98 +260,97 @@ def source_config(source) -> dict:
             **{key: source.metadata.get(key) for key in keep}}
 
 
-def fine_tune(args: argparse.Namespace, settings: dict):
+def fine_tune(run, s, args: argparse.Namespace):
     """Cross-validation of the fine-tuned source model on the balanced folds."""
-    import linear_cnn_da as da
-    import resnext_from_scratch as scratch
-    from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.base.devices import device_settings
-    from leukocyte_cnn.models.networks import trainable_param_count
+    from leukocyte_cnn.inputs.balancing import Balancing, balanced_fold_images
+    from leukocyte_cnn.models.parts import trainable_param_count
     from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
+    from leukocyte_cnn.runs.experiment import start_run
+    from leukocyte_cnn.runs.resnext import train_resnext_fold
 
-    source, split = checked_source_and_split(args, settings)
-    folds = parse_fold_list(args.folds, split.folds)
+    source, split = checked_source_and_split(run, s, args.source_checkpoint)
+    folds = parse_fold_list(run.folds, split.folds)
     n_classes = len(split.class_names)
-    probe = source.load_for(n_classes, settings["RETRAIN"])
+    balancing = Balancing.from_settings(s, run.seed, image_size=s["BALANCED_IMAGE_SIZE"])
+    probe = source.load_for(n_classes, s["RETRAIN"])
     trainable, total = trainable_param_count(probe), probe.count_params()
-    run_dir = start_run(args, "resnext_transfer", knobs=settings, split=split,
-                        title=f"ResNeXt transfer learning (RETRAIN={settings['RETRAIN']}: "
+    run_dir = start_run(run, "resnext_transfer", settings=s, split=split,
+                        title=f"ResNeXt transfer learning (RETRAIN={s['RETRAIN']}: "
                               f"{trainable:,} of {total:,} parameters)",
                         class_names=split.class_names,
                         extra={"source": source_config(source), "trainable_parameters": trainable,
-                               "parameters": total,
-                               "augmented_dir": str(da.augmented_root(
-                                   split, args.augmented_dir, args)),
-                               "balancing": da.balancing_settings(args),
-                               "target_per_class": da.target_per_class(args),
-                               **device_settings(args)})
+                               "parameters": total, "augmented_dir": args.augmented_dir})
 
     def train_fold(fold):
         fold.artifacts["source_checkpoint"] = {"path": str(source.path),
                                                "fingerprint": source.sha256}
-        return scratch.train_resnext_fold(
-            fold, lambda: source.load_for(n_classes, settings["RETRAIN"]),
-            class_names=split.class_names, settings=settings,
-            train_table=da.balanced_training_images(args, split, fold),
-            learning_rate=settings["FINE_TUNE_LEARNING_RATE"], xla=args.xla)
+        return train_resnext_fold(
+            fold, lambda: source.load_for(n_classes, s["RETRAIN"]),
+            class_names=split.class_names, settings=s,
+            train_table=balanced_fold_images(fold, split, args.augmented_dir, balancing),
+            learning_rate=s["FINE_TUNE_LEARNING_RATE"], xla=run.devices.xla)
 
-    run_folds(split, run_dir, folds, args.seed, train_fold)
+    run_folds(split, run_dir, folds, run.seed, train_fold, settings=s)
     return summarize_run(run_dir)
 
 
 # --------------------------------------------------------------------------- learning curve
 
 
-def learning_curve(args: argparse.Namespace, settings: dict):
+def learning_curve(run, s, args: argparse.Namespace):
     """Accuracy, macro-F1, ROC-AUC vs training images per class, from scratch and by transfer."""
-    import resnext_from_scratch as scratch
-    from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.base.devices import device_settings
+    from leukocyte_cnn.reporting.learning_curve import (MODES, curve_dir, learning_curve_table,
+                                                        write_learning_curve)
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
-    from leukocyte_cnn.runs.transfer import (MODES, curve_dir, learning_curve_table, parse_train_sizes, repeat_to_epoch, subsample_per_class, write_learning_curve)
+    from leukocyte_cnn.runs.experiment import start_run
+    from leukocyte_cnn.runs.learning_curve import (parse_train_sizes, repeat_to_epoch,
+                                                   subsample_per_class)
+    from leukocyte_cnn.runs.resnext import (architecture, architecture_of_record, build_model,
+                                            train_resnext_fold)
 
     sizes = parse_train_sizes(args.train_sizes)
-    source, split = checked_source_and_split(args, settings)
-    folds = parse_fold_list(args.folds, split.folds)
+    source, split = checked_source_and_split(run, s, args.source_checkpoint)
+    folds = parse_fold_list(run.folds, split.folds)
     n_classes = len(split.class_names)
     # the from-scratch arm gets the source model's own architecture, so only the weights differ
-    scratch_arch = dict(source.metadata.get("architecture") or scratch.architecture(settings),
-                        image_size=int(settings["IMAGE_SIZE"]))
-    run_dir = start_run(args, "resnext_learning_curve", knobs=settings, split=split,
+    recorded = source.metadata.get("architecture")
+    scratch_arch = dict(architecture_of_record(recorded) if recorded else architecture(s),
+                        image_size=int(s["IMAGE_SIZE"]))
+    run_dir = start_run(run, "resnext_learning_curve", settings=s, split=split,
                         title="ResNeXt learning curve: from scratch vs transfer",
                         class_names=split.class_names,
                         extra={"source": source_config(source), "train_sizes": sizes,
-                               "scratch_architecture": scratch_arch,
-                               **device_settings(args)})
+                               "scratch_architecture": scratch_arch})
     for size in sizes:
         for mode in MODES:
             print(f"learning curve: {size} training images per class, {mode}", flush=True)
 
             def train_fold(fold, size=size, mode=mode):
-                fold.train = subsample_per_class(fold.train, size, seed=args.seed, fold=fold.fold)
+                fold.train = subsample_per_class(fold.train, size, seed=run.seed, fold=fold.fold)
                 if mode == "transfer":
                     fold.artifacts["source_checkpoint"] = {"path": str(source.path),
                                                            "fingerprint": source.sha256}
-                    build = lambda: source.load_for(n_classes, settings["RETRAIN"])  # noqa: E731
-                    rate = settings["FINE_TUNE_LEARNING_RATE"]
+                    build = lambda: source.load_for(n_classes, s["RETRAIN"])  # noqa: E731
+                    rate = s["FINE_TUNE_LEARNING_RATE"]
                 else:
-                    build = lambda: scratch.build_model(scratch_arch, n_classes)  # noqa: E731
-                    rate = settings["LEARNING_RATE"]
-                return scratch.train_resnext_fold(fold, build, class_names=split.class_names,
-                                                  settings=settings, train_table=repeat_to_epoch(
-                                                      fold.train, settings["CURVE_EPOCH_IMAGES"]),
-                                                  learning_rate=rate, xla=args.xla)
+                    build = lambda: build_model(scratch_arch, n_classes)  # noqa: E731
+                    rate = s["LEARNING_RATE"]
+                return train_resnext_fold(fold, build, class_names=split.class_names,
+                                          settings=s, learning_rate=rate, xla=run.devices.xla,
+                                          train_table=repeat_to_epoch(fold.train,
+                                                                      s["CURVE_EPOCH_IMAGES"]))
 
-            run_folds(split, curve_dir(run_dir, size, mode), folds, args.seed, train_fold)
+            run_folds(split, curve_dir(run_dir, size, mode), folds, run.seed, train_fold,
+                      settings=s)
     table = learning_curve_table(run_dir, sizes, split.class_names)
     write_learning_curve(
         table, run_dir, title="ResNeXt learning curve: from scratch vs transfer",
         note=(f"Test folds of {split.csv_path.name}; per fold, the first N training images of "
               f"each class in a seeded order (nested subsets; validation and test images "
-              f"untouched), repeated to at least {settings['CURVE_EPOCH_IMAGES']} images per "
+              f"untouched), repeated to at least {s['CURVE_EPOCH_IMAGES']} images per "
               f"epoch, online flips and rotations, early stopping on the fold's validation "
-              f"images. Transfer: {source.path.name}, RETRAIN={settings['RETRAIN']}. "
+              f"images. Transfer: {source.path.name}, RETRAIN={s['RETRAIN']}. "
               "Mean ± sample std over folds."))
     print(f"learning curve written to {run_dir / 'learning_curve.md'}", flush=True)
     return table
@@ -341,14 +358,18 @@ def learning_curve(args: argparse.Namespace, settings: dict):
 
 def main(args: argparse.Namespace):
     from leukocyte_cnn.base.devices import setup_devices
+    from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.resnext import variant_knobs
 
-    setup_devices(args)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    settings = transfer_settings(args)
+    run = RunOptions.from_args(args)
+    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
+    s = resolve_settings(sys.modules[__name__], args, extra=variant_knobs(args))
     if args.pretrain:
-        return pretrain(args, settings)
+        return pretrain(run, s, args)
     if args.train_sizes:
-        return learning_curve(args, settings)
-    return fine_tune(args, settings)
+        return learning_curve(run, s, args)
+    return fine_tune(run, s, args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,22 +62,26 @@ def run_step(i: int, step: list[str]) -> None:
                  "fix it and run again: finished steps and folds are kept")
 
 
-def main(args: argparse.Namespace) -> None:
-    import cross_validation_splits as cvs
-    from leukocyte_cnn.base.errors import InputError
+def split_step(i: int, step: list[str]) -> str:
+    """Run a split command as its own process (its lines shown); return the split file."""
+    print(f"\n=== step {i}: python {' '.join(step)}", flush=True)
+    result = subprocess.run([sys.executable, *step, "--print-path"], stdout=subprocess.PIPE,
+                            text=True)
+    lines = result.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]), flush=True)
+    if result.returncode != 0 or not lines:
+        sys.exit(f"step {i} failed ({step[0]} exited {result.returncode}); "
+                 "fix it and run again: finished steps and folds are kept")
+    return lines[-1]
 
+
+def main(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     console = ["--quiet"] * args.quiet + ["--verbose"] * args.verbose
     for i, kind in enumerate(("all_idb2", "multiclass"), 1):
         run_step(i, ["generate_synthetic_data.py", "--kind", kind, "--seed", str(args.seed)])
-    splits = {}
-    for i, (name, step) in enumerate(split_steps(args.quick, args.seed).items(), 3):
-        # In this process, to learn the file it wrote (or found, made from the same inputs).
-        print(f"\n=== step {i}: python {' '.join(step)}", flush=True)
-        try:
-            splits[name] = str(cvs.main(cvs.parse_args(step[1:])))
-        except InputError as exc:
-            sys.exit(f"step {i} failed: {exc}")
+    splits = {name: split_step(i, step)
+              for i, (name, step) in enumerate(split_steps(args.quick, args.seed).items(), 3)}
     for i, step in enumerate(training_steps(args.quick, args.seed, args.results_dir,
                                             splits["binary"], splits["multiclass"], console), 5):
         run_step(i, step)

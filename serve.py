@@ -17,15 +17,18 @@ Research use only; the answers are not a medical diagnosis. API documentation: /
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 
 HOST = "127.0.0.1"        # loopback only; --host 0.0.0.0 exposes the service to the network
 PORT = 8000               # default TCP port
-MAX_UPLOAD_MB = 10        # largest accepted image file, in MiB (413 above)
-MAX_MEGAPIXELS = 40       # largest accepted width x height, in millions of pixels (413 above)
+MAX_UPLOAD_MB = 10.0        # largest accepted image file, in MiB (413 above)
+MAX_MEGAPIXELS = 40.0       # largest accepted width x height, in millions of pixels (413 above)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from leukocyte_cnn.base.knobs import knob_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=None,
                         help="run folder (results/<run>) whose checkpoint and settings.json to "
@@ -38,13 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--settings", default=None,
                         help="settings.json giving config.class_names and config.image_size "
                              "for --checkpoint")
-    parser.add_argument("--host", default=HOST,
-                        help=f"address to listen on (default {HOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=PORT, help=f"TCP port (default {PORT})")
-    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
-                        help=f"largest accepted file in MiB (default {MAX_UPLOAD_MB})")
-    parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
-                        help=f"largest accepted image in megapixels (default {MAX_MEGAPIXELS})")
+    knob_argument(parser, "--host", knob="HOST",
+                  help=f"address to listen on (HOST, default {HOST}: this machine only)")
+    knob_argument(parser, "--port", knob="PORT", type=int, help=f"TCP port (PORT, default {PORT})")
+    knob_argument(parser, "--max-upload-mb", knob="MAX_UPLOAD_MB", type=float,
+                  help=f"largest accepted file in MiB (MAX_UPLOAD_MB, default {MAX_UPLOAD_MB})")
+    knob_argument(parser, "--max-megapixels", knob="MAX_MEGAPIXELS", type=float,
+                  help=f"largest accepted image in megapixels (MAX_MEGAPIXELS, default "
+                       f"{MAX_MEGAPIXELS})")
     parser.add_argument("--no-access-log", action="store_true",
                         help="do not log one line per request")
     return parser.parse_args(argv)
@@ -55,19 +59,24 @@ def main(args: argparse.Namespace) -> None:
     import uvicorn
 
     from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.base.knobs import resolve_settings
     from leukocyte_cnn.service.app import DISCLAIMER, create_app, resolve_model
 
-    if not 0 < args.port < 65536:
-        raise InputError(f"--port {args.port}: not a TCP port (1-65535)")
-    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+    s = resolve_settings(sys.modules[__name__], args, quick=False)
+    host, port = s["HOST"], s["PORT"]
+    max_upload_mb, max_megapixels = s["MAX_UPLOAD_MB"], s["MAX_MEGAPIXELS"]
+
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port}: not a TCP port (1-65535)")
+    if max_upload_mb <= 0 or max_megapixels <= 0:
         raise InputError("--max-upload-mb/--max-megapixels: must be positive")
     classifier = resolve_model(args.run, args.fold, args.checkpoint, args.settings)
-    app = create_app(classifier, max_bytes=int(args.max_upload_mb * 1024 * 1024),
-                     max_pixels=int(args.max_megapixels * 1_000_000))
+    app = create_app(classifier, max_bytes=int(max_upload_mb * 1024 * 1024),
+                     max_pixels=int(max_megapixels * 1_000_000))
     print(f"serving {classifier.model_id} ({', '.join(classifier.class_names)}; input "
           f"{classifier.image_size[0]}x{classifier.image_size[1]}) on "
-          f"http://{args.host}:{args.port}  docs: /docs  | {DISCLAIMER}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=not args.no_access_log,
+          f"http://{host}:{port}  docs: /docs  | {DISCLAIMER}", flush=True)
+    uvicorn.run(app, host=host, port=port, access_log=not args.no_access_log,
                 log_level="info")
 
 

@@ -10,7 +10,7 @@ runs the grid instead::
 Each point (one combination of knob values) runs the script once, in its own Python process
 (Keras grows memory over repeated ``fit`` calls in one process; a crash loses one point),
 with the knobs set exactly as editing those UPPER_CASE lines would set them
-(``$LEUKOCYTE_KNOBS``, see ``leukocyte_cnn/knobs.py``), into its own run folder named by its
+(``$LEUKOCYTE_KNOBS``, see ``leukocyte_cnn/base/knobs.py``), into its own run folder named by its
 values: ``results/sweep_<script>_<dataset>[_quick]/LEARNING_RATE=0.001,BATCH_SIZE=8/``.
 Options after the sweep's own go to the script (``--quick``, ``--dataset``, ``--folds``, ...).
 
@@ -31,12 +31,13 @@ from pathlib import Path
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.cli import run_main
 
-RESULTS_DIR = Path("results")
+RESULTS_DIR = "results"       # where a sweep's folder goes unless --sweep-dir names one
 METRIC = "balanced_accuracy"  # the metric that sorts the table and picks the best point
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     """The sweep's options and the script's options (everything the sweep does not know)."""
+    from leukocyte_cnn.base.knobs import knob_argument
     from leukocyte_cnn.runs.sweeps import METRICS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
@@ -57,8 +58,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--sweep-dir", default=None,
                         help="folder of the sweep (default results/sweep_<script>_<dataset>"
                              "[_quick])")
-    parser.add_argument("--metric", choices=METRICS, default=METRIC,
-                        help=f"metric that sorts the table (default {METRIC})")
+    knob_argument(parser, "--metric", knob="METRIC", choices=METRICS,
+                  help=f"metric that sorts the table (METRIC, default {METRIC})")
     parser.add_argument("--list", action="store_true",
                         help="print the numbered points and their state, run nothing")
     args, script_args = parser.parse_known_args(argv)
@@ -80,16 +81,18 @@ def load_script(path: str):
     return module
 
 
-def default_sweep_dir(script: Path, script_options: argparse.Namespace) -> Path:
+def default_sweep_dir(script: Path, script_options: argparse.Namespace, results_dir: str
+                      ) -> Path:
     dataset = getattr(script_options, "dataset", None)
     quick = "_quick" if getattr(script_options, "quick", False) else ""
-    return RESULTS_DIR / f"sweep_{script.stem}{'_' + dataset if dataset else ''}{quick}"
+    return Path(results_dir) / f"sweep_{script.stem}{'_' + dataset if dataset else ''}{quick}"
 
 
 def main(args: argparse.Namespace, script_args: list[str]) -> int:
-    from leukocyte_cnn.base.knobs import script_knobs
+    from leukocyte_cnn.base.knobs import resolve_settings, script_knobs
     from leukocyte_cnn.runs.sweeps import (check_names_unique, collect_results, grid_points, open_sweep, parse_grid, point_is_done, point_name, run_point, select_points, write_report)
 
+    s = resolve_settings(sys.modules[__name__], args, quick=False)
     script_path = Path(args.script)
     module = load_script(args.script)
     grid = parse_grid(script_path.name, script_knobs(module), args.sets)
@@ -101,8 +104,8 @@ def main(args: argparse.Namespace, script_args: list[str]) -> int:
     points = grid_points(grid, args.random, args.draw_seed)
     check_names_unique(points)
     chosen = select_points(len(points), args.points, args.shard)
-    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else default_sweep_dir(script_path,
-                                                                              script_options)
+    sweep_dir = (Path(args.sweep_dir) if args.sweep_dir
+                 else default_sweep_dir(script_path, script_options, s["RESULTS_DIR"]))
     if args.list:
         for index, point in enumerate(points):
             state = "finished" if point_is_done(sweep_dir, point, script_args) else "to run"
@@ -126,7 +129,7 @@ def main(args: argparse.Namespace, script_args: list[str]) -> int:
             failed.append(index)
 
     table = collect_results(sweep_dir, points, script_args)
-    table = write_report(sweep_dir, table, list(grid), args.metric, script=script_path.name,
+    table = write_report(sweep_dir, table, list(grid), s["METRIC"], script=script_path.name,
                          script_args=script_args, n_points=len(points))
     print((sweep_dir / "sweep.md").read_text())
     if failed:

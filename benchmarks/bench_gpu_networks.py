@@ -1,6 +1,6 @@
 """Training speed of every network of the repository in float32, mixed_float16 and mixed_bfloat16.
 
-Every network of ``leukocyte_cnn/networks.py`` and ``resnext_network.py`` is trained on random
+Every network of ``leukocyte_cnn/models/`` (``networks.py``, ``resnext.py``) is trained on random
 batches held in memory, at the input size and batch size of the study that uses it (no input
 pipeline: this is what the accelerator can do). For each precision policy:
 
@@ -15,8 +15,8 @@ The study's full default run is then estimated as training images x epochs / (im
 (upper bound: early stopping usually ends sooner; no input pipeline, no validation passes).
 
 Pure Keras: it runs on any Keras 3 backend, so a GPU machine with CUDA and JAX but no
-TensorFlow can run it with ``KERAS_BACKEND=jax`` (copy ``benchmarks/``, ``leukocyte_cnn/`` and
-``resnext_network.py``; ``pip install keras jax[cuda12]``). TensorFlow is imported only when
+TensorFlow can run it with ``KERAS_BACKEND=jax`` (copy ``benchmarks/`` and ``leukocyte_cnn/``;
+``pip install keras jax[cuda12]``). TensorFlow is imported only when
 it is Keras' backend (device list, the CPU convolution fixes for ResNeXt).
 
 Run: ``.venv/bin/python benchmarks/bench_gpu_networks.py [--quick] [--only NAMES]``
@@ -33,7 +33,7 @@ import platform
 import time
 import warnings
 
-import common  # noqa: F401  (puts the repository on sys.path; imports no TensorFlow)
+import common  # puts the repository on sys.path; imports no TensorFlow
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 SECONDS_PER_CASE = 10.0    # timed training per network and policy, after the warm-up
@@ -127,32 +127,9 @@ def machine_line() -> str:
 
 def build(builder: str, shape: tuple[int, int, int], classes: int):
     """A fresh, uncompiled network as its study builds it (random weights)."""
-    from leukocyte_cnn.models import networks
-    import resnext_network
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "only n of 6 conv blocks fit" at small sizes
-        if builder == "linear_cnn":
-            return networks.linear_cnn(input_shape=shape, num_classes=classes,
-                                       binary_sigmoid=classes == 2)
-        if builder == "paper_cnn":
-            return networks.paper_cnn(input_shape=shape, num_classes=classes)
-        if builder == "elu_cnn":
-            return networks.elu_cnn(input_shape=shape, num_classes=classes)
-        if builder == "copenhagen_cnn":
-            return networks.copenhagen_cnn(input_shape=shape, num_classes=classes)
-        if builder == "copenhagen_fcn":
-            last_pool = 5 if shape[0] >= 120 else 2  # 5x5 fits 120x160 only
-            return networks.copenhagen_fcn(input_shape=shape, num_classes=classes,
-                                           last_pool=last_pool)
-        if builder == "unet":
-            return networks.unet(input_shape=shape)
-        if builder in ("resnext29", "resnext50_32x4d"):
-            return getattr(resnext_network, builder)(input_shape=shape, num_classes=classes)
-        if builder == "resnet50":
-            return networks.resnet50_model(input_shape=shape, num_classes=classes)
-        return networks.cnmc_model(backbone_name=builder, input_shape=shape,
-                                   num_classes=classes)
+        return common.study_network(builder, shape, classes)
 
 
 def random_batch(model, batch: int, classes: int, rng):

@@ -69,7 +69,6 @@ def child_stream(root: str) -> dict:
 
     from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.models.networks import elu_cnn
     from leukocyte_cnn.inputs.pipeline import dataset_from_table
 
     # The images: from the set root the reader would find the masks/{TRAIN,TEST} PNGs first.
@@ -79,7 +78,7 @@ def child_stream(root: str) -> dict:
     keras.utils.set_random_seed(SEED)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = elu_cnn(input_shape=(*IMAGE_SIZE, 3), num_classes=4, **SMALL_ELU)
+        model = common.study_network("elu_cnn", (*IMAGE_SIZE, 3), 4, **SMALL_ELU)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     train_ds = dataset_from_table(train, IMAGE_SIZE, BATCH_SIZE, shuffle=True, seed=SEED,
                                   augment=online_augmentation(seed=SEED))

@@ -1,13 +1,13 @@
 """Near-duplicate detection on planted copies: precision, recall and images per second.
 
 Renders distinct white cells of the four Kaggle classes with the repository's renderer
-(``leukocyte_cnn.data.synthetic.render_cell``: look-alike cells, same classes, same optics), and
-plants augmented copies of some of them the way the Kaggle blood-cell set made its TRAIN
+(``leukocyte_cnn.data.synthetic_render.render_cell``: look-alike cells, same classes, same optics),
+and plants augmented copies of some of them the way the Kaggle blood-cell set made its TRAIN
 folder: a turn by any angle with black corners, a shift, a shear and zoom, a mirror, a
 brightness/contrast change and JPEG re-encoding. Then runs the detection the audit runs
-(``leakage.fingerprint_images`` → ``candidate_pairs`` → ``verify_candidates``, which does
-not compare a pair whose images are already joined through verified pairs but reports it as
-joined) on one core and scores it against the planted pairs.
+(``perceptual_hash.fingerprint_images`` → ``candidate_pairs`` → ``copies.verify_candidates``,
+which does not compare a pair whose images are already joined through verified pairs but
+reports it as joined) on one core and scores it against the planted pairs.
 
 Targets (issue 14): recall of planted copy pairs >= 0.98, precision >= 0.99, and at least
 200 images/s per core for hashing plus verification (CPU time of this process, one worker
@@ -105,7 +105,8 @@ def jpeg(array: np.ndarray, path) -> None:
 
 def planted_set(cells: int, copied: int, copies: int, seed: int):
     """The images (paths), their class and their cell id, generated once per settings."""
-    from leukocyte_cnn.data.synthetic import SYNTHETIC_FORMAT_VERSION, render_cell
+    from leukocyte_cnn.data.synthetic import SYNTHETIC_FORMAT_VERSION
+    from leukocyte_cnn.data.synthetic_render import render_cell
 
     settings = {"cells": cells, "copied": copied, "copies": copies, "seed": seed,
                 "size": SIZE, "angle": MAX_ANGLE, "shift": MAX_SHIFT, "shear": MAX_SHEAR,
@@ -132,8 +133,10 @@ def planted_set(cells: int, copied: int, copies: int, seed: int):
 
 
 def main(args: argparse.Namespace) -> bool:
-    from leukocyte_cnn.splits import near_duplicates as nd
-    from leukocyte_cnn.splits.leakage import (DEFAULT_THRESHOLD, candidate_pairs, fingerprint_images, verify_candidates)
+    from leukocyte_cnn.splits.copies import verify_candidates
+    from leukocyte_cnn.splits.near_duplicate_screen import SCREEN_NEIGHBOURS
+    from leukocyte_cnn.splits.near_duplicate_verify import SIMILARITY_THRESHOLD
+    from leukocyte_cnn.splits.perceptual_hash import (DEFAULT_THRESHOLD, candidate_pairs, fingerprint_images)
 
     if args.quick:
         args.cells, args.copied_cells = 120, 40
@@ -150,14 +153,14 @@ def main(args: argparse.Namespace) -> bool:
     _, hashes, prints = fingerprint_images(paths, workers=1)
     cpu_read = time.process_time() - cpu
     screened = candidate_pairs(hashes, np.stack([f.signature for f in prints]),
-                               DEFAULT_THRESHOLD, nd.SCREEN_NEIGHBOURS)
-    verified = verify_candidates(screened, prints, join_at=nd.SIMILARITY_THRESHOLD)
+                               DEFAULT_THRESHOLD, SCREEN_NEIGHBOURS)
+    verified = verify_candidates(screened, prints, join_at=SIMILARITY_THRESHOLD)
     cpu_total = time.process_time() - cpu
     wall_total = time.perf_counter() - wall
 
     # As the audit reports them: pairs verified on pixels, plus pairs of copies of copies
     # (both images already joined through verified pairs), which are not compared.
-    compared = verified["similarity"] >= nd.SIMILARITY_THRESHOLD
+    compared = verified["similarity"] >= SIMILARITY_THRESHOLD
     found = verified[compared | verified["joined"]]
     true_pair = cell_of[found["i"]] == cell_of[found["j"]]
     group_sizes = np.bincount(cell_of)
@@ -174,16 +177,16 @@ def main(args: argparse.Namespace) -> bool:
     # Direct recall, outside the timing: every screened pair compared on pixels.
     direct = verify_candidates(screened, prints)
     direct_true = cell_of[direct["i"]] == cell_of[direct["j"]]
-    recall_direct = (direct_true & (direct["similarity"] >= nd.SIMILARITY_THRESHOLD)).sum() / max(
+    recall_direct = (direct_true & (direct["similarity"] >= SIMILARITY_THRESHOLD)).sum() / max(
         1, n_true)
     print(f"screen: {len(screened)} candidate pairs ({screened_true} of the {n_true} planted "
           f"pairs among them; hash threshold {DEFAULT_THRESHOLD} bits or "
-          f"{nd.SCREEN_NEIGHBOURS} ring-signature neighbours)")
-    print(f"verified: {int(compared.sum())} pairs at similarity >= {nd.SIMILARITY_THRESHOLD} and "
+          f"{SCREEN_NEIGHBOURS} ring-signature neighbours)")
+    print(f"verified: {int(compared.sum())} pairs at similarity >= {SIMILARITY_THRESHOLD} and "
           f"{int(verified['joined'].sum())} joined as copies of copies (not compared): "
           f"{int(true_pair.sum())} planted, {int((~true_pair).sum())} false "
           f"({int((classes[found['i']] != classes[found['j']]).sum())} across classes)")
-    missed = direct[direct_true & (direct["similarity"] < nd.SIMILARITY_THRESHOLD)]
+    missed = direct[direct_true & (direct["similarity"] < SIMILARITY_THRESHOLD)]
     if len(missed):
         print("planted pairs screened but not verified when compared, similarity: "
               + ", ".join(f"{s:.2f}" for s in np.sort(missed["similarity"])[:10]))

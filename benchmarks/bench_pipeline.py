@@ -142,13 +142,12 @@ def rate(make_iterable, n: int, repeats: int) -> tuple[float, float]:
 def small_cnn(kind: str, size, classes: int):
     import warnings
 
-    from leukocyte_cnn.models.networks import elu_cnn, linear_cnn
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # linear_cnn: fewer blocks fit 120x160 (expected)
         if kind == "elu":
-            return elu_cnn(input_shape=(*size, 3), num_classes=classes, **SMALL_ELU)
-        return linear_cnn(input_shape=(*size, 3), num_classes=classes, binary_sigmoid=False)
+            return common.study_network("elu_cnn", (*size, 3), classes, **SMALL_ELU)
+        return common.study_network("linear_cnn", (*size, 3), classes, binary_sigmoid=False)
 
 
 def epoch_seconds(kind: str, dataset, size, classes: int, epochs: int) -> tuple[float, float]:

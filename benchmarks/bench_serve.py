@@ -61,13 +61,12 @@ def untrained_run(folder: Path) -> Path:
     """A run folder with an untrained paper CNN: speed does not depend on the weights."""
     import keras
 
-    from leukocyte_cnn.models.networks import paper_cnn
 
     checkpoint = folder / "fold_00" / "model.keras"
     if not checkpoint.exists():
         keras.utils.set_random_seed(0)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        paper_cnn().save(checkpoint)
+        common.study_network("paper_cnn", (100, 100, 3), 2).save(checkpoint)
         (checkpoint.parent / "predictions.csv").write_text("fold,image\n")
         (folder / "settings.json").write_text(json.dumps(
             {"config": {"class_names": ["other", "lymphoblast"], "image_size": [100, 100]}}))

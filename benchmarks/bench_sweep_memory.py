@@ -110,7 +110,7 @@ def in_process_child(args) -> None:
     import importlib
     import itertools
 
-    from leukocyte_cnn.base.knobs import apply_overrides
+    from leukocyte_cnn.base import knobs
 
     module = importlib.import_module(Path(SCRIPT).stem)
     out_dir = common.OUT_DIR / "sweep_in_process"
@@ -118,7 +118,7 @@ def in_process_child(args) -> None:
     peaks = []
     for values in itertools.product(*GRID.values()):
         point = dict(zip(GRID, values))
-        apply_overrides(module, point)
+        knobs._pending[module.__name__] = point  # as $LEUKOCYTE_KNOBS sets them
         name = ",".join(f"{k}={v}" for k, v in point.items())
         module.main(module.parse_args([*script_options(args), "--results-dir", str(out_dir),
                                        "--run-name", name]))

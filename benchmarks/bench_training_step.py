@@ -79,18 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(builder: str, size: tuple[int, int], classes: int):
     """A fresh, uncompiled network as its training script builds it."""
-    from leukocyte_cnn.models.networks import elu_cnn, linear_cnn
-    from resnext_network import resnext29
-
     shape = (*size, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "only 4 of 6 conv blocks fit" at 64 px: expected
-        if builder == "linear_cnn":
-            return linear_cnn(input_shape=shape, num_classes=classes)
-        if builder == "elu_cnn":
-            return elu_cnn(input_shape=shape, num_classes=classes)
-        if builder == "resnext29":
-            return resnext29(input_shape=shape, num_classes=classes)
+        if builder in ("linear_cnn", "elu_cnn", "resnext29"):
+            return common.study_network(builder, shape, classes)
     raise ValueError(builder)
 
 

@@ -243,3 +243,71 @@ def run_child(script: Path, args: Sequence[str], timeout: float | None = None) -
 def verdict(name: str, ok: bool, measured: str, target: str) -> bool:
     print(f"{'PASS' if ok else 'FAIL'}  {name}: {measured} (target {target})", flush=True)
     return ok
+
+
+def script_block(script: str) -> dict:
+    """A script's knobs as its block writes them (no ``--quick``), e.g. ``elu_cnn_optimizers``:
+    the benchmarks build each network with the numbers its study trains."""
+    import importlib
+
+    from leukocyte_cnn.base.knobs import script_knobs
+
+    return script_knobs(importlib.import_module(script))
+
+
+def study_network(builder: str, shape: tuple[int, int, int], classes: int, **changes):
+    """A fresh, uncompiled network as its study script builds it, from the script's knob block
+    (``changes`` replace builder keywords, e.g. a smaller ELU CNN)."""
+    from leukocyte_cnn.models import applications, networks, resnext
+
+    if builder == "linear_cnn":
+        k = script_block("linear_cnn_binary_lpocv")
+        return networks.linear_cnn(**{"input_shape": shape, "num_classes": classes,
+                                      "filters": k["FILTERS"], "kernel_size": k["KERNEL_SIZE"],
+                                      "pool_size": k["POOL_SIZE"],
+                                      "dense_units": k["DENSE_UNITS"],
+                                      "binary_sigmoid": classes == 2, **changes})
+    if builder == "paper_cnn":
+        k = script_block("all_idb1_paper_cnn")
+        return networks.paper_cnn(**{"input_shape": shape, "num_classes": classes,
+                                     "filters": k["FILTERS"], "kernel_size": k["KERNEL_SIZE"],
+                                     "padding": k["PADDING"], "pool_size": k["POOL_SIZE"],
+                                     **changes})
+    if builder == "elu_cnn":
+        k = script_block("elu_cnn_optimizers")
+        return networks.elu_cnn(**{
+            "input_shape": shape, "num_classes": classes, "filters": k["FILTERS"],
+            "convs_per_block": k["CONVS_PER_BLOCK"], "kernel_size": k["KERNEL_SIZE"],
+            "pool_size": k["POOL_SIZE"], "dense_units": k["DENSE_UNITS"],
+            "dense_layers": k["DENSE_LAYERS"], "dropout": 0.0, "bn_momentum": k["BN_MOMENTUM"],
+            "head_pooling": k["HEAD_POOLING"], **changes})
+    if builder in ("copenhagen_cnn", "copenhagen_fcn"):
+        k = script_block("scaling_masks_cnn_fcn")
+        common = {"input_shape": shape, "num_classes": classes, "filters": k["FILTERS"],
+                  "first_pool": k["FIRST_POOL"]}
+        if builder == "copenhagen_cnn":
+            return networks.copenhagen_cnn(**{**common, **k["CNN"],
+                                              "dense_units": k["CNN_DENSE_UNITS"], **changes})
+        last_pool = 5 if shape[0] >= 120 else 2  # 5x5 fits 120x160 only
+        return networks.copenhagen_fcn(**{**common, **k["FCN"], "last_pool": last_pool,
+                                          "conv_units": k["FCN_CONV_UNITS"], **changes})
+    if builder == "unet":
+        k = script_block("unet_masks")
+        return networks.unet(**{"input_shape": shape, "start_filters": k["START_FILTERS"],
+                                "first_dropout": k["FIRST_DROPOUT"], "dropout": k["DROPOUT"],
+                                **changes})
+    if builder in resnext.VARIANT_ARCHITECTURES:
+        return resnext.build_variant(builder, shape[0], classes, bn_momentum=0.9)
+    if builder == "resnet50":
+        k = script_block("resnet50_training_depth")
+        return applications.resnet50_model(**{
+            "input_shape": shape, "num_classes": classes, "weights": None, "trainable": "full",
+            "unfreeze_from": f"conv{k['UNFREEZE_FROM_STAGE']}_block1_1_conv",
+            "pooling": k["POOLING"], "dropout": k["HEAD_DROPOUT"],
+            "bn_momentum": k["BN_MOMENTUM"], **changes})
+    k = script_block("cnmc_transfer")
+    return applications.cnmc_model(**{
+        "backbone_name": builder, "input_shape": shape, "num_classes": classes, "weights": None,
+        "backbone_trainable": k["BACKBONE_TRAINABLE"], "pooling": k["POOLING"],
+        "dense_units": k["DENSE_UNITS"], "dropouts": k["DROPOUTS"], "l2": k["L2"], "l1": k["L1"],
+        "bn_momentum": k["BN_MOMENTUM"], **changes})

@@ -38,3 +38,12 @@ def shared_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real dataset {name!r} not available at {path}")
     return path
+
+
+@pytest.fixture
+def kaggle_with_copies(tmp_path):
+    """A Kaggle-layout set with copies of cells in TRAIN and one rotated copy of a TRAIN cell
+    in TEST (``test_leakage.make_kaggle_with_copies``)."""
+    from test_leakage import make_kaggle_with_copies
+
+    return make_kaggle_with_copies(tmp_path)

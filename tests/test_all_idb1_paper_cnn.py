@@ -55,7 +55,7 @@ def smears(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fold0(smears):
     from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.splits.folds import make_split
+    from leukocyte_cnn.splits.plans import make_split
 
     table = read_dataset("all_idb1", smears)
     split = make_split(table, "kfold", k=5, seed=0, val_fraction=0.2)
@@ -149,7 +149,7 @@ def test_heldout_metrics_equal_hand_computed_values(tmp_path):
                                 "pred": (P_POS > 0.5).astype(int)})
     (tmp_path / "fold_00").mkdir()
     predictions.to_csv(tmp_path / "fold_00" / "predictions.csv", index=False)
-    row = script.heldout_metrics(tmp_path, ["no_blasts", "blasts"]).iloc[0]
+    row = script.heldout_metrics(tmp_path, ["no_blasts", "blasts"], positive_label=1).iloc[0]
     assert row["n_test"] == 10 and row["n_positive"] == 4
     for key, value in HAND.items():
         assert row[key] == pytest.approx(value), key
@@ -200,7 +200,8 @@ def test_quick_run_writes_checkpoint_plots_summary_and_keeps_test_untouched(
         assert column in epochs and epochs[column].notna().all(), column
 
     config = json.loads((run / "settings.json").read_text())["config"]
-    assert config["image_size"] == [32, 32] and config["class_names"] == ["no_blasts", "blasts"]
+    assert config["knobs"]["IMAGE_SIZE"] == 32 and config["class_names"] == ["no_blasts", "blasts"]
+    assert config["augmentation"]["image_size"] == [32, 32]
     split = pd.read_csv(config["split_file"])
     fold = split[split["fold"] == 0]
     manifest_path = Path(config["augmented_root"]) / "fold_00" / "manifest.csv"

@@ -18,8 +18,7 @@ import cross_validation_splits as cvs
 import linear_cnn_da as da
 from leukocyte_cnn.base import artifacts
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.splits.folds import load_split
-from test_leakage import kaggle_with_copies  # noqa: F401  (fixture: Kaggle layout with copies)
+from leukocyte_cnn.splits.split_files import load_split
 from test_scaleout import _tiny_dataset
 
 
@@ -56,9 +55,7 @@ def test_near_duplicates_off_leaves_the_default_split_untouched(kaggle_with_copi
                                                                  monkeypatch):
     """The README's `--near-duplicates off` comparison used to overwrite the grouped default
     split that every 4-class study loads."""
-    import argparse
-
-    from leukocyte_cnn.runs import studies
+    from leukocyte_cnn.runs import trials
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "data" / "splits"
@@ -68,9 +65,11 @@ def test_near_duplicates_off_leaves_the_default_split_untouched(kaggle_with_copi
     assert ungrouped != grouped and grouped.read_bytes() == before
     assert json.loads(grouped.with_suffix(".json").read_text())["near_duplicate_groups"]
     # The 4-class studies still load the grouped split by default.
-    args = argparse.Namespace(dataset="kaggle", data_root=str(kaggle_with_copies), split=None,
-                              seed=0, split_method="predefined", quick=False)
-    assert studies.resolve_study_split(args).csv_path.resolve() == grouped.resolve()
+    from leukocyte_cnn.runs.experiment import RunOptions
+
+    run = RunOptions(dataset="kaggle", data_root=str(kaggle_with_copies), seed=0)
+    protocol = {"SPLIT_METHOD": "predefined", "VAL_FRACTION": 0.2, "MIN_IMAGES": 5}
+    assert trials.resolve_study_split(run, protocol).csv_path.resolve() == grouped.resolve()
     # Asking again for either finds the same file (reused, not rewritten).
     assert cvs.main(split_args(kaggle_with_copies, out, "--near-duplicates", "off")) == ungrouped
 
@@ -110,22 +109,31 @@ def _fold(split, k=0):
                 directory=Path("unused"), seed=k)
 
 
+def balancing_of(argv, seed: int = 0):
+    """The balancing ``linear_cnn_da.py`` would do with this command line (its settings)."""
+    from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.inputs.balancing import Balancing
+
+    settings = resolve_settings(da, da.parse_args(argv))
+    return Balancing.from_settings(settings, seed, image_size=settings["IMAGE_SIZE"])
+
+
 def test_quick_then_full_balancing_gives_each_its_own_folds(multiclass_split, tmp_path):
     """`resnext_from_scratch.py --quick` then a full run used to train the full run on the
     quick run's 40-per-class 64 px images while settings.json said 150."""
     from leukocyte_cnn.data.images import load_rgb
+    from leukocyte_cnn.inputs.balancing import balanced_fold_images, open_balanced_root
 
     split, root = multiclass_split
     common = ["--dataset", "synthetic_multiclass", "--data-root", str(root)]
-    quick = da.parse_args(common + ["--quick", "--target", "40"])
-    full = da.parse_args(common + ["--target", "50"])
-    quick.augmented_dir = full.augmented_dir = str(tmp_path / "aug")
+    quick = balancing_of(common + ["--quick", "--target", "40"])
+    full = balancing_of(common + ["--target", "50"])
     fold_q, fold_f = _fold(split), _fold(split)
-    table_q = da.balanced_training_images(quick, split, fold_q)
-    table_f = da.balanced_training_images(full, split, fold_f)
+    table_q = balanced_fold_images(fold_q, split, tmp_path / "aug", quick)
+    table_f = balanced_fold_images(fold_f, split, tmp_path / "aug", full)
     assert set(table_q.groupby("class_name").size()) == {40}
     assert set(table_f.groupby("class_name").size()) == {50}
-    assert load_rgb(table_q["path"].iloc[0]).shape[:2] == da.QUICK_IMAGE_SIZE
+    assert load_rgb(table_q["path"].iloc[0]).shape[:2] == da.QUICK["IMAGE_SIZE"]
     assert load_rgb(table_f["path"].iloc[0]).shape[:2] == (96, 96)  # the images' own size
     root_q, root_f = (Path(f.artifacts["balanced_folds"]["path"]) for f in (fold_q, fold_f))
     assert root_q != root_f
@@ -133,20 +141,22 @@ def test_quick_then_full_balancing_gives_each_its_own_folds(multiclass_split, tm
     assert record["inputs"]["target_per_class"] == 50
     assert record["inputs"]["split_sha256"] == split.settings["split_sha256"]
     # Another seed is another folder too.
-    seed1 = da.parse_args(common + ["--target", "50", "--seed", "1"])
-    assert da.augmented_root(split, tmp_path / "aug", seed1) != root_f
+    seed1 = balancing_of(common + ["--target", "50"], seed=1)
+    assert open_balanced_root(tmp_path / "aug", split, **seed1.as_dict()) != root_f
 
 
 def test_editing_a_balancing_knob_makes_a_new_augmented_folder(multiclass_split, tmp_path,
                                                                monkeypatch):
+    from leukocyte_cnn.inputs.balancing import open_balanced_root
+
     split, root = multiclass_split
-    args = da.parse_args(["--dataset", "synthetic_multiclass", "--data-root", str(root),
-                          "--quick"])
-    before = da.augmented_root(split, tmp_path, args)
-    monkeypatch.setattr(da, "SHIFT_FRACTION", 0.1)
-    after = da.augmented_root(split, tmp_path, args)
+    argv = ["--dataset", "synthetic_multiclass", "--data-root", str(root), "--quick"]
+    before = open_balanced_root(tmp_path, split, **balancing_of(argv).as_dict())
+    monkeypatch.setattr(da, "SHIFT_FRACTION", 0.1)  # the line edited in the script
+    edited = balancing_of(argv)
+    after = open_balanced_root(tmp_path, split, **edited.as_dict())
     assert after != before and before.exists() and after.exists()
-    assert da.balancing_settings(args)["shifts"] == 0.1  # what the training scripts record
+    assert edited.shifts == 0.1
 
 
 # --------------------------------------------------------------------------- runs

@@ -101,14 +101,22 @@ def roles_by_patient(split_csv: Path) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- splits
 
+def run_and_settings(args):
+    """The script's RunOptions and resolved knobs for a parsed command line."""
+    from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.runs.experiment import RunOptions
+
+    return RunOptions.from_args(args), resolve_settings(cnmc_transfer, args)
+
+
 def test_folds_and_final_test_are_disjoint_by_patient(fake_cnmc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # default split files go to ./data/splits
-    args = split_args(tmp_path, fake_cnmc)
+    run, settings = run_and_settings(split_args(tmp_path, fake_cnmc))
     from leukocyte_cnn.data.datasets import read_dataset
 
     table = read_dataset("cnmc", fake_cnmc)
-    assert cnmc_transfer.split_mode(args, table) == "folds"
-    split = cnmc_transfer.cross_validation_split(args, "folds")
+    assert cnmc_transfer.split_mode(run, settings["SPLIT_BY"], table) == "folds"
+    split = cnmc_transfer.cross_validation_split(run, "folds", settings)
     rows = split.table
     assert split.folds == [0, 1, 2] and split.settings["variant"] == "source_folds"
     # fold k tests exactly the dataset's fold_k, and validation_data is in no fold
@@ -121,7 +129,7 @@ def test_folds_and_final_test_are_disjoint_by_patient(fake_cnmc, tmp_path, monke
     for fold in split.folds:  # every fold has train, val and test patients
         assert set(rows.loc[rows["fold"] == fold, "role"]) == {"train", "val", "test"}
 
-    final = cnmc_transfer.final_test_split(args)
+    final = cnmc_transfer.final_test_split(run, settings)
     assert re.search(r"_test-validation_[0-9a-f]{10}\.csv$", final.csv_path.name)
     assert final.csv_path != split.csv_path  # its own split file, not the fold file
     final_rows = final.table
@@ -138,8 +146,8 @@ def test_folds_and_final_test_are_disjoint_by_patient(fake_cnmc, tmp_path, monke
 
 def test_patient_kfold_is_disjoint_by_patient(fake_cnmc, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = split_args(tmp_path, fake_cnmc, "--split-by", "patient")
-    split = cnmc_transfer.cross_validation_split(args, "patient")
+    run, settings = run_and_settings(split_args(tmp_path, fake_cnmc, "--split-by", "patient"))
+    split = cnmc_transfer.cross_validation_split(run, "patient", settings)
     assert split.settings["method"] == "group_kfold" and split.settings["leaky"] is False
     roles = roles_by_patient(split.csv_path)
     assert roles.map(len).max() == 1
@@ -149,9 +157,11 @@ def test_patient_kfold_is_disjoint_by_patient(fake_cnmc, tmp_path, monkeypatch):
 
 def test_split_image_shorthand_and_mode_from_data(fake_cnmc, tmp_path):
     args = cnmc_transfer.parse_args(argv(tmp_path, fake_cnmc, "--split", "image"))
-    assert args.split_by == "image" and args.split is None
+    assert args.SPLIT_BY == "image" and args.split is None
+    assert run_and_settings(args)[1].overrides()["SPLIT_BY"]["by"] == "--split-by"
     table = pd.DataFrame({"source_split": ["", ""], "group": ["a", "a"]})
-    assert cnmc_transfer.split_mode(cnmc_transfer.parse_args([]), table) == "patient"
+    run, settings = run_and_settings(cnmc_transfer.parse_args([]))
+    assert cnmc_transfer.split_mode(run, settings["SPLIT_BY"], table) == "patient"
 
 
 def test_split_file_mixing_patients_must_say_leaky(fake_cnmc, tmp_path, monkeypatch,
@@ -159,7 +169,8 @@ def test_split_file_mixing_patients_must_say_leaky(fake_cnmc, tmp_path, monkeypa
     """A file split by image but not marked leaky (made by hand, or by an older version
     whose kfold ignored patients) is refused."""
     from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.splits.folds import make_split, write_split
+    from leukocyte_cnn.splits.plans import make_split
+    from leukocyte_cnn.splits.split_files import write_split
 
     monkeypatch.chdir(tmp_path)
     table = read_dataset("cnmc", fake_cnmc)
@@ -184,8 +195,8 @@ def test_missing_weights_stop_before_training_with_one_line(fake_cnmc, tmp_path,
     def must_not_train(*args, **kwargs):
         raise AssertionError("training started without weights")
 
-    monkeypatch.setattr("leukocyte_cnn.runs.experiment.train_classifier_fold", must_not_train)
-    monkeypatch.setattr("leukocyte_cnn.models.networks.cnmc_model", must_not_train)
+    monkeypatch.setattr("leukocyte_cnn.runs.cross_validation.train_classifier_fold", must_not_train)
+    monkeypatch.setattr("leukocyte_cnn.models.applications.cnmc_model", must_not_train)
     monkeypatch.setattr("sys.argv", ["cnmc_transfer.py", *argv(tmp_path, fake_cnmc)])
     with pytest.raises(SystemExit) as stop:
         run_main(lambda: cnmc_transfer.main(cnmc_transfer.parse_args()))
@@ -246,15 +257,16 @@ def test_weighted_f1_matches_scikit_learn_and_hand_value():
 
 @pytest.fixture
 def tiny_backbone(monkeypatch):
-    """``networks.cnmc_model`` as it is, on a one-conv stand-in for the keras.applications
+    """``applications.cnmc_model`` as it is, on a one-conv stand-in for the keras.applications
     backbone: the first training step of EfficientNetB3 takes minutes on 2 loaded CPU cores
     (graph tracing), far beyond a unit test; the real backbone runs in the slow test below."""
     import keras
 
-    from leukocyte_cnn.models import networks
+    from leukocyte_cnn.models import applications
 
     def stand_in(backbone_name, input_shape, weights, pooling, bn_momentum):
-        assert backbone_name in networks.CNMC_BACKBONES and pooling == "max" and weights is None
+        assert (backbone_name in applications.CNMC_BACKBONES and pooling == "max"
+                and weights is None)
         pixels = keras.Input(shape=tuple(input_shape), name="pixels")
         inner = keras.Input(shape=tuple(input_shape))
         x = keras.layers.Rescaling(1.0 / 255)(inner)
@@ -262,7 +274,7 @@ def tiny_backbone(monkeypatch):
         backbone = keras.Model(inner, keras.layers.GlobalMaxPooling2D()(x), name="backbone")
         return pixels, backbone, backbone(pixels)
 
-    monkeypatch.setattr(networks, "backbone_features", stand_in)
+    monkeypatch.setattr(applications, "backbone_features", stand_in)
 
 
 def test_folds_then_final_test_end_to_end(fake_cnmc, tmp_path, monkeypatch, no_download,

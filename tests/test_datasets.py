@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn.data import datasets
-from leukocyte_cnn.data.datasets import (COLUMNS, DATASET_NAMES, class_names, dataset_hash, read_all_idb1, read_all_idb2, read_bloodmnist, read_cnmc, read_csv_labels, read_dataset, read_folder, read_kaggle, read_pbc, read_zheng2018)
+from leukocyte_cnn.data.all_idb1_crops import crop_cells
+from leukocyte_cnn.data.bloodmnist import read_bloodmnist
+from leukocyte_cnn.data.datasets import DATASET_NAMES, class_names, dataset_hash, read_dataset
+from leukocyte_cnn.data.readers import (ZHENG_CLASSES, read_all_idb1, read_all_idb2, read_cnmc, read_csv_labels, read_folder, read_kaggle, read_pbc, read_zheng2018)
+from leukocyte_cnn.data.tables import COLUMNS
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.data.images import load_rgb
 
@@ -103,10 +106,10 @@ def test_zheng2018_both_datasets():
     one = read_zheng2018(root, dataset=1)
     assert_reader_table(one)
     assert len(one) == 300
-    assert one["class_name"].value_counts()[datasets.ZHENG_CLASSES].tolist() == [176, 53, 48, 22, 1]
+    assert one["class_name"].value_counts()[ZHENG_CLASSES].tolist() == [176, 53, 48, 22, 1]
     assert all(Path(m).is_file() and m.endswith(".png") for m in one["mask_path"])
     two = read_zheng2018(root, dataset=2)
-    assert two["class_name"].value_counts()[datasets.ZHENG_CLASSES].tolist() == [33, 37, 15, 12, 3]
+    assert two["class_name"].value_counts()[ZHENG_CLASSES].tolist() == [33, 37, 15, 12, 3]
     both = read_zheng2018(root, dataset="both")
     assert len(both) == 400 and both["group"].is_unique
     assert {k.split("/")[0] for k in both["image"]} == {"Dataset 1", "Dataset 2"}
@@ -246,7 +249,7 @@ def test_all_idb1_crops_balanced_far_and_deterministic(tmp_path):
         if row.source_image == "Im001_1.tif":  # far from every blast of its smear
             blasts = [(50, 100), (350, 200)]
             assert min(max(abs(row.x - x), abs(row.y - y)) for x, y in blasts) >= 64
-    again = datasets.crop_cells(read_all_idb1(folder), tmp_path / "crops2", size=64)
+    again = crop_cells(read_all_idb1(folder), tmp_path / "crops2", size=64)
     assert again.drop(columns="path").equals(crops.drop(columns="path"))
     assert all(Path(a).read_bytes() == Path(b).read_bytes()
                for a, b in zip(crops["path"], again["path"]))

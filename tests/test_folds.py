@@ -20,9 +20,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leukocyte_cnn.splits import folds
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.splits.folds import (apply_exclusion, assert_no_leakage, check_split, load_split, make_split, write_split)
+from leukocyte_cnn.base.io import read_json
+from leukocyte_cnn.splits import policy, split_files
+from leukocyte_cnn.splits.plans import apply_exclusion, make_split
+from leukocyte_cnn.splits.split_files import load_split, write_split
+from leukocyte_cnn.splits.split_table import SPLIT_COLUMNS, assert_no_leakage, check_split
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -276,11 +279,11 @@ def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path):
     for i in range(2):  # CSV, JSON
         assert first[i].read_bytes() == again[i].read_bytes()
     assert first[0].read_bytes() != other[0].read_bytes()
-    settings = folds.read_json(first[1])
+    settings = read_json(first[1])
     assert settings["n_folds"] == 39 and settings["excluded_classes"] == {"basophil": 4,
                                                                           "thrombocyte": 3}
     assert settings["leaky"] is False and "time" not in " ".join(settings)
-    assert list(pd.read_csv(first[0]).columns) == folds.SPLIT_COLUMNS
+    assert list(pd.read_csv(first[0]).columns) == SPLIT_COLUMNS
 
 
 def file_hash(table: pd.DataFrame) -> str:
@@ -305,7 +308,7 @@ def fake_dataset(tmp_path, monkeypatch):
         found = table[[Path(p).exists() for p in table["path"]]]
         return found.reset_index(drop=True)
 
-    monkeypatch.setattr(folds, "_dataset_api", lambda: (read_dataset, file_hash))
+    monkeypatch.setattr(split_files, "dataset_api", lambda: (read_dataset, file_hash))
     return root, table
 
 
@@ -391,7 +394,7 @@ def png_dataset(tmp_path, monkeypatch):
         Image.new("RGB", (4, 4), (200, 100, 50)).save(path)
     bad = table["image"].iloc[3]
     Path(table["path"].iloc[3]).write_bytes(b"")
-    monkeypatch.setattr(folds, "_dataset_api",
+    monkeypatch.setattr(split_files, "dataset_api",
                         lambda: (lambda name, root_arg=None, **o: table.copy(), file_hash))
     return table, bad
 
@@ -409,7 +412,7 @@ def test_script_stops_on_bad_file_and_skips_it_when_asked(png_dataset, tmp_path,
     text = capsys.readouterr().out
     assert "method: group_kfold" in text  # patients in the data: grouped by default
     assert "excluded: basophil 2" in text
-    settings = folds.read_json(out / "s.json")
+    settings = read_json(out / "s.json")
     assert [b["image"] for b in settings["skipped_bad_files"]] == [bad]
     assert settings["grouped"] is True and settings["method"] == "group_kfold"
     assert bad not in set(pd.read_csv(out / "s.csv")["image"])
@@ -452,11 +455,10 @@ def test_acceptance_all_idb2_gives_52_folds_in_seconds(tmp_path):
 def test_default_split_of_another_data_root_is_kept_and_a_fingerprinted_one_is_used(tmp_path):
     """Same dataset name, other images (e.g. a low-resolution copy): the script's default
     split must neither be reused for the wrong images nor overwritten."""
-    import argparse
 
     from PIL import Image
 
-    from leukocyte_cnn.runs.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import RunOptions, resolve_split
 
     def folder(name: str, shade: int) -> Path:
         root = tmp_path / name
@@ -468,21 +470,21 @@ def test_default_split_of_another_data_root_is_kept_and_a_fingerprinted_one_is_u
 
     first, second = folder("one", 10), folder("two", 200)
     Image.new("RGB", (9, 9)).save(second / "blast" / "extra.png")  # another dataset
-    args = argparse.Namespace(dataset="folder", data_root=str(first), split=None, seed=0)
-    split_a = resolve_split(args, method="kfold", data_dir=tmp_path, k=2)
+    run = RunOptions(dataset="folder", data_root=str(first), seed=0)
+    protocol = {"method": "kfold", "data_dir": tmp_path, "k": 2, "val_fraction": 0.2,
+                "min_images": 5}
+    split_a = resolve_split(run, **protocol)
     default = split_a.path
     before = default.read_bytes()
-    args.data_root = str(second)
-    split_b = resolve_split(args, method="kfold", data_dir=tmp_path, k=2)
+    split_b = resolve_split(run.with_changes(data_root=str(second)), **protocol)
     assert default.read_bytes() == before  # the first root's split is untouched
     assert split_b.path != default  # its own fingerprint: other images, other name
     assert split_b.path.stem.rsplit("_", 1)[0] == default.stem.rsplit("_", 1)[0]
     assert set(split_b.fold(0)["path"]).isdisjoint(set(split_a.fold(0)["path"]))
     assert "extra.png" in " ".join(split_b.fold(0)["path"])
     # Both resolve again to their own file, and reload cleanly.
-    assert resolve_split(args, method="kfold", data_dir=tmp_path, k=2).path == split_b.path
-    args.data_root = str(first)
-    assert resolve_split(args, method="kfold", data_dir=tmp_path, k=2).path == default
+    assert resolve_split(run.with_changes(data_root=str(second)), **protocol).path == split_b.path
+    assert resolve_split(run, **protocol).path == default
 
 
 # ----------------------------------------------------------------------------- group-safe splits
@@ -501,8 +503,8 @@ def test_kfold_and_lpo_split_grouped_tables_by_group(method, options, mixed):
     assert set(tests["group"]) == set(kept["group"])  # every patient tested once
     assert (kept[kept["role"] == "val"].groupby("fold").size() > 0).all()
     assert check_split(split, grouped=True) == []
-    assert folds.split_is_grouped(method, "auto", kept)
-    assert not folds.split_is_leaky(method, "auto", kept)
+    assert policy.split_is_grouped(method, "auto", kept)
+    assert not policy.split_is_leaky(method, "auto", kept)
 
 
 def test_lpo_leaves_out_p_groups_per_fold():
@@ -527,7 +529,7 @@ def test_images_without_groups_split_exactly_as_before(method, options):
     by_default = make_split(table, method, seed=2, **options)
     by_image = make_split(table, method, seed=2, groups=None, **options)
     pd.testing.assert_frame_equal(by_default, by_image)
-    assert not folds.split_is_leaky(method, None, kept_rows(by_image))
+    assert not policy.split_is_leaky(method, None, kept_rows(by_image))
 
 
 @pytest.mark.parametrize("method,options", [("kfold", dict(k=5)), ("lpo", dict(p=5)),
@@ -543,8 +545,8 @@ def test_image_level_split_of_grouped_data_leaks_and_is_marked_leaky(method, opt
         assert_no_leakage(split, grouped=True, complete=method != "random")
     settings = {"dataset": "x", "method": method, "dataset_hash": "h", "groups": None}
     write_split(split, settings, tmp_path, "s")
-    assert folds.read_json(tmp_path / "s.json")["leaky"] is True
-    assert folds.split_is_leaky(method, None, kept_rows(split))
+    assert read_json(tmp_path / "s.json")["leaky"] is True
+    assert policy.split_is_leaky(method, None, kept_rows(split))
 
 
 def test_a_split_that_puts_one_patient_on_two_sides_fails_the_check():
@@ -562,30 +564,30 @@ def test_a_split_that_puts_one_patient_on_two_sides_fails_the_check():
 
 def test_default_method_looks_at_groups_before_dataset_names():
     smears = make_table({"blast": 20, "other": 20}, per_group=4)  # ALL-IDB1 crops share smears
-    assert folds.default_method("all_idb1", smears)[0] == "group_kfold"
+    assert policy.default_method("all_idb1", smears)[0] == "group_kfold"
     cells = make_table({"blast": 20, "other": 20}, per_group=1)
-    assert folds.default_method("all_idb2", cells)[0] == "lpo"
+    assert policy.default_method("all_idb2", cells)[0] == "lpo"
     owner = cells.assign(source_split=["TEST" if i % 4 == 0 else "TRAIN"
                                        for i in range(len(cells))])
-    assert folds.default_method("kaggle", owner)[0] == "predefined"
-    assert folds.default_method("pbc", cells)[0] == "kfold"
+    assert policy.default_method("kaggle", owner)[0] == "predefined"
+    assert policy.default_method("pbc", cells)[0] == "kfold"
 
 
 def test_copies_are_joined_for_every_method_on_kaggle_only():
     cells = make_table({"a": 10, "b": 10}, per_group=1)
     for method in ("kfold", "lpo", "group_kfold", "predefined"):
-        assert folds.joins_copies("auto", method, "kaggle", cells)
-        assert folds.joins_copies("auto", method, "synthetic_kaggle", cells)
-        assert not folds.joins_copies("auto", method, "kaggle", cells, ignore_groups=True)
-        assert not folds.joins_copies("off", method, "kaggle", cells)
-    assert not folds.joins_copies("auto", "random", "kaggle", cells)
-    assert not folds.joins_copies("auto", "lpo", "all_idb2", cells)  # thesis split unchanged
-    assert folds.joins_copies("auto", "predefined", "bloodmnist", cells)
-    assert not folds.joins_copies("auto", "kfold", "kaggle", make_table(per_group=3))
-    assert folds.joins_copies("group", "lpo", "all_idb2", cells)
+        assert policy.joins_copies("auto", method, "kaggle", cells)
+        assert policy.joins_copies("auto", method, "synthetic_kaggle", cells)
+        assert not policy.joins_copies("auto", method, "kaggle", cells, ignore_groups=True)
+        assert not policy.joins_copies("off", method, "kaggle", cells)
+    assert not policy.joins_copies("auto", "random", "kaggle", cells)
+    assert not policy.joins_copies("auto", "lpo", "all_idb2", cells)  # thesis split unchanged
+    assert policy.joins_copies("auto", "predefined", "bloodmnist", cells)
+    assert not policy.joins_copies("auto", "kfold", "kaggle", make_table(per_group=3))
+    assert policy.joins_copies("group", "lpo", "all_idb2", cells)
     # Kaggle split by image (copies not joined) is leaky even though no group is repeated
-    assert folds.split_is_leaky("kfold", "auto", cells, copies_expected=True)
-    assert not folds.split_is_leaky("kfold", "auto", cells)
+    assert policy.split_is_leaky("kfold", "auto", cells, copies_expected=True)
+    assert not policy.split_is_leaky("kfold", "auto", cells)
 
 
 def test_ignore_groups_with_group_kfold_is_refused():
@@ -595,12 +597,11 @@ def test_ignore_groups_with_group_kfold_is_refused():
 
 def test_ignore_groups_and_reader_options_with_a_split_file_are_refused(tmp_path):
     """They shape the default split only; with --split they would do nothing: one line."""
-    import argparse
 
-    from leukocyte_cnn.runs.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import RunOptions, resolve_split
 
-    for extra in ({"ignore_groups": True, "reader_option": []},
-                  {"ignore_groups": False, "reader_option": ["crops=true"]}):
-        args = argparse.Namespace(split=str(tmp_path / "s.csv"), data_root=None, **extra)
+    for extra in ({"ignore_groups": True, "reader_options": ()},
+                  {"ignore_groups": False, "reader_options": ("crops=true",)}):
+        run = RunOptions(dataset="folder", split=str(tmp_path / "s.csv"), **extra)
         with pytest.raises(InputError, match=r"s\.csv: --(ignore-groups|reader-option) shape"):
-            resolve_split(args, method="kfold")
+            resolve_split(run, method="kfold", val_fraction=0.2, min_images=5)

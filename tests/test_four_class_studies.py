@@ -24,7 +24,7 @@ import unet_masks
 from leukocyte_cnn.inputs import masks as mask_lib
 from leukocyte_cnn.inputs import scaling
 from leukocyte_cnn.base.cli import run_main
-from leukocyte_cnn.splits.folds import load_split
+from leukocyte_cnn.splits.split_files import load_split
 
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 COLOURS = {"EOSINOPHIL": (200, 60, 60), "LYMPHOCYTE": (50, 50, 170),
@@ -173,7 +173,9 @@ def test_elu_study_builds_a_fresh_model_per_optimizer_and_beats_chance(
 
 
 def test_model_4_adds_dropout_after_each_dense_layer():
-    settings = {**elu.QUICK, "IMAGE_SIZE": (32, 32)}
+    from leukocyte_cnn.base.knobs import script_knobs
+
+    settings = {**script_knobs(elu), **elu.QUICK, "IMAGE_SIZE": (32, 32)}
     names = lambda model: [layer.name for layer in model.layers]  # noqa: E731
     assert elu.MODELS["sgd_dropout"] == ("sgd", True) and elu.DROPOUT == 0.3
     with_dropout = names(elu.build_elu_cnn(settings, 4, elu.DROPOUT))
@@ -290,13 +292,15 @@ def test_unet_learns_from_training_masks_only_and_scores_against_ground_truth(
     split_csv = next((workdir / "data" / "splits").glob("zheng2018_kfold*.csv"))
     _shrink(monkeypatch, unet_masks, IMAGE_SIZE=(24, 32), START_FILTERS=4, EPOCHS=1,
             PATIENCE=1, BATCH_SIZE=8, MAX_IMAGES_PER_CLASS=None)
-    seen, real_pairs = [], unet_masks.pair_dataset
+    from leukocyte_cnn.runs import unet_masks as unet_lib
+
+    seen, real_pairs = [], unet_lib.pair_dataset
 
     def spy(table, target_column, *args, **kwargs):
         seen.append((table.copy(), target_column, kwargs["shuffle"]))
         return real_pairs(table, target_column, *args, **kwargs)
 
-    monkeypatch.setattr(unet_masks, "pair_dataset", spy)
+    monkeypatch.setattr(unet_lib, "pair_dataset", spy)
     unet_masks.main(unet_masks.parse_args([
         "--dataset", "zheng2018", "--data-root", str(zheng_like), "--split", str(split_csv),
         "--folds", "0", "--quick"]))
@@ -310,11 +314,14 @@ def test_unet_learns_from_training_masks_only_and_scores_against_ground_truth(
 
     unet_args = unet_masks.parse_args(["--dataset", "zheng2018", "--data-root",
                                        str(zheng_like), "--split", str(split_csv), "--quick"])
-    from leukocyte_cnn.runs.experiment import script_settings
+    from leukocyte_cnn.base.knobs import resolve_settings
 
     split = load_split(split_csv)
-    root = unet_masks.mask_root_for(unet_args, split, 0,
-                                    script_settings(unet_masks, unet_args))
+    s = resolve_settings(unet_masks, unet_args)
+    unet = unet_lib.UNetSettings.from_knobs(s, otsu_min_votes=s["OTSU_MIN_VOTES"],
+                                            max_images_per_class=s["MAX_IMAGES_PER_CLASS"],
+                                            seed=0)
+    root = unet_lib.mask_root("data", split, 0, unet)
     assert mask_lib.mask_set_is_complete(root)
     record = json.loads((root / "fingerprint.json").read_text())
     assert record["inputs"]["split_sha256"] == split.settings["split_sha256"]

@@ -28,6 +28,7 @@ import pytest
 
 from leukocyte_cnn.base import devices as gpu
 from leukocyte_cnn.base.errors import InputError
+import reference_networks as ref
 from test_scaleout import _tiny_dataset  # two classes x 15 PNGs of 32x32
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -296,34 +297,30 @@ def test_a_failure_to_set_memory_growth_is_one_warning_line(monkeypatch):
 
 def _families():
     """One small instance per network family, as (name, builder) at tiny input sizes."""
-    from leukocyte_cnn.models import networks
-    from resnext_network import resnext14
-
     return [
-        ("linear_cnn", lambda: networks.linear_cnn(input_shape=(32, 32, 3))),
-        ("elu_cnn", lambda: networks.elu_cnn(input_shape=(32, 32, 3), filters=(4, 8, 8, 8, 8),
+        ("linear_cnn", lambda: ref.linear_cnn(input_shape=(32, 32, 3))),
+        ("elu_cnn", lambda: ref.elu_cnn(input_shape=(32, 32, 3), filters=(4, 8, 8, 8, 8),
                                              convs_per_block=1, dense_units=8)),
-        ("paper_cnn", lambda: networks.paper_cnn(input_shape=(24, 24, 3), filters=4)),
-        ("copenhagen_cnn", lambda: networks.copenhagen_cnn(input_shape=(48, 64, 3))),
-        ("copenhagen_fcn", lambda: networks.copenhagen_fcn(input_shape=(48, 64, 3),
-                                                           last_pool=2)),
-        ("unet", lambda: networks.unet(input_shape=(32, 32, 1), start_filters=4)),
-        ("resnext", lambda: resnext14(input_shape=(32, 32, 3), num_classes=3, cardinality=4,
-                                      first_stage_channels=16, stem_filters=8)),
-        ("cnmc_head", lambda: _cnmc_head(networks)),
-        ("resnet50", lambda: networks.resnet50_model(input_shape=(32, 32, 3), num_classes=3)),
-        ("efficientnetb3", lambda: networks.cnmc_model(input_shape=(32, 32, 3))),
+        ("paper_cnn", lambda: ref.paper_cnn(input_shape=(24, 24, 3), filters=4)),
+        ("copenhagen_cnn", lambda: ref.copenhagen_cnn(input_shape=(48, 64, 3))),
+        ("copenhagen_fcn", lambda: ref.copenhagen_fcn(input_shape=(48, 64, 3), last_pool=2)),
+        ("unet", lambda: ref.unet(input_shape=(32, 32, 1), start_filters=4)),
+        ("resnext", lambda: ref.resnext14(input_shape=(32, 32, 3), num_classes=3, cardinality=4,
+                                          first_stage_channels=16, stem_filters=8)),
+        ("cnmc_head", _cnmc_head),
+        ("resnet50", lambda: ref.resnet50_model(input_shape=(32, 32, 3), num_classes=3)),
+        ("efficientnetb3", lambda: ref.cnmc_model(input_shape=(32, 32, 3))),
     ]
 
 
-def _cnmc_head(networks):
+def _cnmc_head():
     """The C-NMC model's regularised head (cnmc_model) on 16 pooled features: its L1 activity
     penalty must not meet the float32 loss in float16."""
     import keras
 
     features = keras.Input((16,))
-    return keras.Model(features, networks.transfer_head(features, 2, dense_units=(8, 4),
-                                                        dropouts=(0.5, 0.1)))
+    return keras.Model(features, ref.transfer_head(features, 2, dense_units=(8, 4),
+                                                   dropouts=(0.5, 0.1)))
 
 
 SLOW_FAMILIES = {"resnet50", "efficientnetb3"}  # 25 M / 11 M parameters in emulated float16

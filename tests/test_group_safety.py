@@ -3,7 +3,7 @@
 Each training script runs in-process, in quick mode shrunk further (32 px, one epoch, one
 fold), on synthetic data whose images share groups: patients (``synthetic_cnmc``), smears
 (single-cell crops of ``synthetic_all_idb1``) and copies of one cell (``synthetic_kaggle``,
-joined into groups by ``leakage.near_duplicate_groups``). From every ``fold_XX/inputs.csv``
+joined into groups by ``copies.near_duplicate_groups``). From every ``fold_XX/inputs.csv``
 the run wrote, checked against its split file: no group sits in two of train, validation and
 test. With ``--ignore-groups`` the same run completes, splits by image (a group really does
 sit on two sides) and says LEAKY in ``settings.json``, in every Markdown table and in the
@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn.splits.folds import read_split_csv
+from leukocyte_cnn.splits.split_files import read_split_csv
 from leukocyte_cnn.base.io import read_json
 # The one-conv stand-in for EfficientNetB3 and the offline guard of the C-NMC tests.
 from test_cnmc_transfer import no_download, tiny_backbone  # noqa: F401
@@ -158,7 +158,7 @@ def copy_groups(data_dir: Path) -> dict:
     """image -> group of copies of the synthetic Kaggle set, found as the default split finds
     them: what an image-level split (--ignore-groups) leaves unjoined."""
     from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.splits.leakage import near_duplicate_groups
+    from leukocyte_cnn.splits.copies import near_duplicate_groups
 
     joined, _ = near_duplicate_groups(read_dataset("synthetic_kaggle", data_dir))
     return dict(zip(joined["image"], joined["group"]))

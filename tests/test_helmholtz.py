@@ -11,7 +11,8 @@ import linear_cnn_da
 import linear_cnn_multiclass_lpocv
 from leukocyte_cnn.inputs.balancing import read_augmented_fold
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.splits.folds import load_split
+from leukocyte_cnn.splits.split_files import load_split
+import reference_networks as ref
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,8 @@ SMALL = {"synthetic_all_idb2": {"size": 96}, "synthetic_multiclass": {"size": 96
 def make_split(data_root, out_dir, dataset, method="kfold", k=3, exclude=()):
     """A split file of a small synthetic set (96 px renders keep the suite fast)."""
     from leukocyte_cnn.data.datasets import class_names, dataset_hash, read_dataset
-    from leukocyte_cnn.splits.folds import make_split as split_table, write_split
+    from leukocyte_cnn.splits.plans import make_split as split_table
+    from leukocyte_cnn.splits.split_files import write_split
 
     options = {"synthetic_options": SMALL[dataset]}
     table = read_dataset(dataset, data_root, **options)
@@ -39,10 +41,7 @@ def make_split(data_root, out_dir, dataset, method="kfold", k=3, exclude=()):
 
 def test_small_cnn_learns_the_synthetic_binary_set(synthetic_root, tmp_path):
     """Issue 2's learnability check: a small CNN beats 85 % held-out accuracy at 64 px."""
-    import keras
-
-    from leukocyte_cnn.runs.experiment import make_optimizer
-    from leukocyte_cnn.models.networks import linear_cnn
+    from leukocyte_cnn.runs.cross_validation import make_optimizer
     from leukocyte_cnn.inputs.pipeline import make_dataset
     from leukocyte_cnn.base.seeding import set_seed
 
@@ -50,7 +49,7 @@ def test_small_cnn_learns_the_synthetic_binary_set(synthetic_root, tmp_path):
     fold = split.fold(0)
     train, test = fold[fold.role != "test"], fold[fold.role == "test"]
     set_seed(0)
-    model = linear_cnn(input_shape=(64, 64, 3), num_classes=2, filters=(16, 32, 32, 32),
+    model = ref.linear_cnn(input_shape=(64, 64, 3), num_classes=2, filters=(16, 32, 32, 32),
                        dense_units=32)
     model.compile(optimizer=make_optimizer("adam", 2e-3), loss="binary_crossentropy",
                   metrics=["accuracy"])
@@ -126,17 +125,14 @@ def test_binary_and_multiclass_scripts_end_to_end(synthetic_root, tmp_path):
 
 def test_present_exclusions_names_only_classes_of_the_dataset(monkeypatch):
     """A real multiclass set may have no thrombocytes: the default split must not name them."""
-    import argparse
-
     from leukocyte_cnn.data import datasets
-    from leukocyte_cnn.runs.experiment import present_exclusions
+    from leukocyte_cnn.runs.experiment import RunOptions, present_exclusions
 
     monkeypatch.setattr(datasets, "read_dataset", lambda name, root: name)
     monkeypatch.setattr(datasets, "class_names",
                         lambda table: {"with": ["lymphocyte", "thrombocyte"],
                                        "without": ["lymphocyte"]}[table])
-    args = lambda dataset, split=None: argparse.Namespace(dataset=dataset, data_root=None,
-                                                          split=split)
+    args = lambda dataset, split=None: RunOptions(dataset=dataset, split=split)  # noqa: E731
     wanted = ("thrombocyte", "megakaryocyte")
     assert present_exclusions(args("with"), wanted) == ("thrombocyte",)
     assert present_exclusions(args("without"), wanted) == ()

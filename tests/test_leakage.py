@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from conftest import REPO_ROOT, shared_dataset
 from leukocyte_cnn.base.cli import run_main
-from leukocyte_cnn.splits.leakage import (DEFAULT_THRESHOLD, audit, dihedral_hashes, hamming, image_distance, luma_with_padding_filled, near_pairs, wide_table)
+from leukocyte_cnn.splits.leakage import audit, wide_table
+from leukocyte_cnn.splits.perceptual_hash import (DEFAULT_THRESHOLD, dihedral_hashes, hamming, image_distance, luma_with_padding_filled, near_pairs)
 
 
 def cell(seed: int, size=(120, 96)) -> np.ndarray:
@@ -33,7 +34,7 @@ def cell(seed: int, size=(120, 96)) -> np.ndarray:
 def smear(seed: int, size=(120, 96), class_name: str = "neutrophil") -> np.ndarray:
     """A realistic single-cell image (red cells around one white cell) from the repository's
     renderer: distinct seeds are distinct cells that pixel verification must keep apart."""
-    from leukocyte_cnn.data.synthetic import render_cell
+    from leukocyte_cnn.data.synthetic_render import render_cell
 
     image, _ = render_cell(class_name, (size[1], size[0]), np.random.default_rng([7, seed]))
     return image
@@ -366,10 +367,10 @@ def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(t
 KAGGLE = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
 
 
-@pytest.fixture
-def kaggle_with_copies(tmp_path):
+def make_kaggle_with_copies(tmp_path):
     """A Kaggle-layout set whose TRAIN holds 3 copies (plain, mirrored, rotated 90°) of 5
-    cells per class, and whose TEST holds other cells plus one rotated copy of a TRAIN cell."""
+    cells per class, and whose TEST holds other cells plus one rotated copy of a TRAIN cell
+    (the ``kaggle_with_copies`` fixture of conftest.py)."""
     root = tmp_path / "kaggle"
     for label, name in enumerate(KAGGLE):
         train, test = (root / "dataset2-master/images" / s / name for s in ("TRAIN", "TEST"))
@@ -391,7 +392,7 @@ def kaggle_with_copies(tmp_path):
 
 def test_copies_are_grouped_within_the_owner_split_only(kaggle_with_copies):
     from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.splits.leakage import near_duplicate_groups
+    from leukocyte_cnn.splits.copies import near_duplicate_groups
 
     table = read_dataset("kaggle", kaggle_with_copies)
     grouped, stats = near_duplicate_groups(table, workers=1)
@@ -435,7 +436,7 @@ def test_only_verified_copies_are_joined_even_when_every_pair_is_screened(kaggle
     """At a 64-bit hash threshold every pair is a candidate (the old hash-only grouping chained
     whole classes together); pixel verification joins exactly each cell's three copies."""
     from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.splits.leakage import near_duplicate_groups
+    from leukocyte_cnn.splits.copies import near_duplicate_groups
 
     table = read_dataset("kaggle", kaggle_with_copies)
     grouped, stats = near_duplicate_groups(table, threshold=64, workers=1)
@@ -451,7 +452,7 @@ def test_chains_are_broken_at_their_weakest_links_not_dissolved(kaggle_with_copi
     made strongest first and a link that would overfill a group is broken, so each cell's
     copies (the strongest links) stay together and no group exceeds the cap."""
     from leukocyte_cnn.data.datasets import read_dataset
-    from leukocyte_cnn.splits.leakage import near_duplicate_groups
+    from leukocyte_cnn.splits.copies import near_duplicate_groups
 
     table = read_dataset("kaggle", kaggle_with_copies)
     grouped, stats = near_duplicate_groups(table, threshold=64, workers=1, similarity=-1.0,
@@ -523,7 +524,7 @@ def test_a_cross_class_copy_raises_the_false_positive_estimate(turned_copy):
 
 
 def test_false_positive_estimate_scales_cross_class_pairs_by_the_chance_to_cross():
-    from leukocyte_cnn.splits.near_duplicates import false_positive_estimate
+    from leukocyte_cnn.splits.near_duplicate_verify import false_positive_estimate
 
     # 4 balanced classes: a random false pair crosses classes with probability 3/4
     estimate = false_positive_estimate(["a"] * 100, ["a"] * 97 + ["b"] * 3,
@@ -534,7 +535,7 @@ def test_false_positive_estimate_scales_cross_class_pairs_by_the_chance_to_cross
 
 
 def test_contact_sheet_draws_one_panel_per_reported_pair_up_to_the_cap(turned_copy, tmp_path):
-    from leukocyte_cnn.splits.near_duplicates import contact_sheet
+    from leukocyte_cnn.reporting.contact_sheet import contact_sheet
 
     names = [f"n{k}.png" for k in range(6)]
     pairs = pd.DataFrame({"roles": ["train-test"] * 3 + ["train-val"] * 2,

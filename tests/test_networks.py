@@ -1,4 +1,4 @@
-"""Behaviour of the network builders (leukocyte_cnn.models.networks, resnext_network).
+"""Behaviour of the network builders (leukocyte_cnn.models.networks, leukocyte_cnn.models.resnext).
 
 Parameter counts are pinned to the numbers the sources report, with the arithmetic in
 comments, so a silent change of a layer shows up here. Nothing downloads weights (weights=None)
@@ -12,9 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-import resnext_network as rx
-from leukocyte_cnn.models import networks as nets
-from leukocyte_cnn.models.networks import trainable_param_count
+from leukocyte_cnn.models import resnext as rx
+from leukocyte_cnn.models import applications, parts
+from leukocyte_cnn.models.parts import trainable_param_count
+import reference_networks as ref
 
 
 def _pixels(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -29,7 +30,7 @@ def test_linear_cnn_binary_257_px_has_7177_parameters_and_64_features():
     # 257 -> conv 255 -> pool 127 -> 125/62 -> 60/30 -> 28/14 -> 12/6 -> 4/2: 2x2x16 = 64.
     # conv (3*3*in + 1) * out: 3->4: 112, 4->8: 296, 8->8: 584, 8->8: 584, 8->16: 1,168,
     # 16->16: 2,320 (= 5,064); dense 64->32: 2,080; output 32->1: 33.  Total 7,177.
-    model = nets.linear_cnn(input_shape=(257, 257, 3), num_classes=2)
+    model = ref.linear_cnn(input_shape=(257, 257, 3), num_classes=2)
     assert trainable_param_count(model) == 7177
     assert model.get_layer("flatten").output.shape[-1] == 64
     assert model.output.shape[-1] == 1
@@ -38,7 +39,7 @@ def test_linear_cnn_binary_257_px_has_7177_parameters_and_64_features():
 
 def test_linear_cnn_multiclass_has_softmax_head_and_hand_computed_count():
     # Same 7,144 parameters up to the 32-unit dense layer, then 32*5 + 5 = 165.
-    model = nets.linear_cnn(input_shape=(257, 257, 3), num_classes=5)
+    model = ref.linear_cnn(input_shape=(257, 257, 3), num_classes=5)
     assert trainable_param_count(model) == 7144 + 165
     probabilities = model.predict(_pixels((2, 257, 257, 3)), verbose=0)
     assert probabilities.shape == (2, 5)
@@ -47,12 +48,12 @@ def test_linear_cnn_multiclass_has_softmax_head_and_hand_computed_count():
 
 def test_linear_cnn_at_64_px_drops_the_blocks_that_do_not_fit(monkeypatch):
     # 64 -> 31 -> 14 -> 6 -> 2; a fifth block would need at least 4 px.
-    monkeypatch.setattr(nets, "_WARNED", set())  # a fresh process: warned once
+    monkeypatch.setattr(parts, "_WARNED", set())  # a fresh process: warned once
     with pytest.warns(UserWarning, match="only 4 of 6"):
-        model = nets.linear_cnn(input_shape=(64, 64, 3), num_classes=2)
+        model = ref.linear_cnn(input_shape=(64, 64, 3), num_classes=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per run, not once per fold
-        nets.linear_cnn(input_shape=(64, 64, 3), num_classes=2)
+        ref.linear_cnn(input_shape=(64, 64, 3), num_classes=2)
     assert model.get_layer("flatten").output.shape[-1] == 2 * 2 * 8
     assert [layer.name for layer in model.layers if layer.name.endswith("_conv")] == [
         f"block{i}_conv" for i in range(1, 5)]
@@ -60,8 +61,8 @@ def test_linear_cnn_at_64_px_drops_the_blocks_that_do_not_fit(monkeypatch):
 
 
 def test_input_scaling_is_the_first_layer_and_can_be_left_out():
-    scaled = nets.linear_cnn(input_shape=(64, 64, 3), num_classes=3, filters=(4, 8))
-    raw = nets.linear_cnn(input_shape=(64, 64, 3), num_classes=3, filters=(4, 8),
+    scaled = ref.linear_cnn(input_shape=(64, 64, 3), num_classes=3, filters=(4, 8))
+    raw = ref.linear_cnn(input_shape=(64, 64, 3), num_classes=3, filters=(4, 8),
                           input_scaling=None)
     assert isinstance(scaled.layers[1], keras.layers.Rescaling)
     assert not any(isinstance(layer, keras.layers.Rescaling) for layer in raw.layers)
@@ -74,7 +75,7 @@ def test_input_scaling_is_the_first_layer_and_can_be_left_out():
 def test_output_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = nets.linear_cnn(input_shape=(64, 64, 3), num_classes=3, filters=(4, 8))
+        model = ref.linear_cnn(input_shape=(64, 64, 3), num_classes=3, filters=(4, 8))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.get_layer("block1_conv").compute_dtype == "float16"
@@ -87,13 +88,13 @@ def test_output_stays_float32_under_mixed_precision():
 def test_paper_cnn_shape_and_count():
     # Padding keeps 100 px through both 5x5 convs; pool -> 50x50x30 = 75,000 features.
     # conv1 (5*5*3 + 1)*30 = 2,280; conv2 (5*5*30 + 1)*30 = 22,530; dense 75,000*2 + 2 = 150,002.
-    model = nets.paper_cnn(input_shape=(100, 100, 3), num_classes=2)
+    model = ref.paper_cnn(input_shape=(100, 100, 3), num_classes=2)
     assert model.output.shape == (None, 2)
     assert trainable_param_count(model) == 2280 + 22530 + 150002
 
 
 def test_elu_cnn_blocks_batchnorm_momentum_dropout_and_output_shape():
-    model = nets.elu_cnn(input_shape=(64, 64, 3), num_classes=4, dropout=0.3)
+    model = ref.elu_cnn(input_shape=(64, 64, 3), num_classes=4, dropout=0.3)
     assert model.predict(_pixels((2, 64, 64, 3)), verbose=0).shape == (2, 4)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [conv.filters for conv in convs] == [32] * 3 + [64] * 3 + [128] * 3 + [256] * 3 + [
@@ -102,10 +103,10 @@ def test_elu_cnn_blocks_batchnorm_momentum_dropout_and_output_shape():
     assert len(norms) == 15 and {norm.momentum for norm in norms} == {0.9}
     dropouts = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert dropouts == ["dense1_dropout", "dense2_dropout"]
-    plain = nets.elu_cnn(input_shape=(64, 64, 3), num_classes=4)
+    plain = ref.elu_cnn(input_shape=(64, 64, 3), num_classes=4)
     assert not any(isinstance(layer, keras.layers.Dropout) for layer in plain.layers)
     with pytest.raises(ValueError, match="at least 32x32"):
-        nets.elu_cnn(input_shape=(16, 16, 3))
+        ref.elu_cnn(input_shape=(16, 16, 3))
 
 
 # --------------------------------------------------------------------------- Copenhagen
@@ -113,18 +114,18 @@ def test_elu_cnn_blocks_batchnorm_momentum_dropout_and_output_shape():
 
 def test_copenhagen_cnn_and_fcn_match_the_reported_parameter_counts():
     # Arithmetic in copenhagen_cnn's docstring: all five convs need kernel 2 for 3,312,964.
-    cnn = nets.copenhagen_cnn(input_shape=(120, 160, 3), num_classes=4, kernel=2)
-    fcn = nets.copenhagen_fcn(input_shape=(120, 160, 3), num_classes=4, kernel=2)
+    cnn = ref.copenhagen_cnn(input_shape=(120, 160, 3), num_classes=4, kernel=2)
+    fcn = ref.copenhagen_fcn(input_shape=(120, 160, 3), num_classes=4, kernel=2)
     assert trainable_param_count(cnn) == 3_312_964
     assert trainable_param_count(fcn) == 2_853_892
     # The listing's literal kernel - 1 in conv5: 3,312,964 - 2,098,176 + (512 + 1) * 1024.
-    literal = nets.copenhagen_cnn(input_shape=(120, 160, 3), kernel=2, last_kernel=1)
+    literal = ref.copenhagen_cnn(input_shape=(120, 160, 3), kernel=2, last_kernel=1)
     assert trainable_param_count(literal) == 3_312_964 - 2_098_176 + 513 * 1024
 
 
 def test_copenhagen_networks_accept_standardised_input_without_rescaling():
-    fcn = nets.copenhagen_fcn(input_shape=(120, 160, 3), input_scaling=None)
-    cnn = nets.copenhagen_cnn(input_shape=(120, 160, 3), input_scaling=None)
+    fcn = ref.copenhagen_fcn(input_shape=(120, 160, 3), input_scaling=None)
+    cnn = ref.copenhagen_cnn(input_shape=(120, 160, 3), input_scaling=None)
     for model in (fcn, cnn):
         assert not any(isinstance(layer, keras.layers.Rescaling) for layer in model.layers)
     standardised = np.random.default_rng(1).normal(size=(2, 120, 160, 3)).astype("float32")
@@ -138,7 +139,7 @@ def test_copenhagen_networks_accept_standardised_input_without_rescaling():
 
 @pytest.mark.parametrize("height, width", [(120, 160), (64, 48)])
 def test_unet_mask_has_the_input_size(height, width):
-    model = nets.unet(input_shape=(height, width, 1), start_filters=4)
+    model = ref.unet(input_shape=(height, width, 1), start_filters=4)
     mask = model.predict(_pixels((1, height, width, 1)), verbose=0)
     assert mask.shape == (1, height, width, 1)
     assert mask.min() >= 0.0 and mask.max() <= 1.0
@@ -146,14 +147,14 @@ def test_unet_mask_has_the_input_size(height, width):
 
 def test_unet_refuses_sizes_not_divisible_by_8():
     with pytest.raises(ValueError, match="divisible by 8"):
-        nets.unet(input_shape=(100, 100, 1))
+        ref.unet(input_shape=(100, 100, 1))
 
 
 # --------------------------------------------------------------------------- transfer learning
 
 
 def test_cnmc_efficientnet_builds_offline_with_the_regularised_head():
-    model = nets.cnmc_model(backbone_name="EfficientNetB3", input_shape=(32, 32, 3),
+    model = ref.cnmc_model(backbone_name="EfficientNetB3", input_shape=(32, 32, 3),
                             num_classes=2, weights=None)
     assert model.output.shape == (None, 2)
     assert model.get_layer("backbone").trainable
@@ -169,7 +170,7 @@ def test_cnmc_efficientnet_builds_offline_with_the_regularised_head():
 
 
 def test_cnmc_inception_resnet_frozen_backbone_trains_only_the_head():
-    model = nets.cnmc_model(backbone_name="InceptionResNetV2", input_shape=(75, 75, 3),
+    model = ref.cnmc_model(backbone_name="InceptionResNetV2", input_shape=(75, 75, 3),
                             weights=None, backbone_trainable=False)
     assert model.get_layer("backbone").trainable_weights == []
     # head_bn gamma/beta 2*1536, then 1536*512+512, 512*256+256, 256*128+128, 128*64+64, 64*2+2
@@ -179,7 +180,7 @@ def test_cnmc_inception_resnet_frozen_backbone_trains_only_the_head():
 
 @pytest.fixture(scope="module")
 def resnet50_partial() -> keras.Model:
-    return nets.resnet50_model(input_shape=(32, 32, 3), num_classes=4, weights=None,
+    return ref.resnet50_model(input_shape=(32, 32, 3), num_classes=4, weights=None,
                                trainable="partial")
 
 
@@ -203,10 +204,10 @@ def test_resnet50_training_depths(resnet50_partial):
     assert "conv4_block6_3_conv" not in trainable
     assert not any(isinstance(backbone.get_layer(n), keras.layers.BatchNormalization)
                    for n in trainable)
-    nets.set_resnet50_trainable(backbone, "frozen", "conv5_block1_1_conv")
+    applications.set_resnet50_trainable(backbone, "frozen", "conv5_block1_1_conv")
     assert backbone.trainable_weights == []
     assert trainable_param_count(resnet50_partial) == 2048 * 4 + 4
-    nets.set_resnet50_trainable(backbone, "full", "conv5_block1_1_conv")
+    applications.set_resnet50_trainable(backbone, "full", "conv5_block1_1_conv")
     assert backbone.get_layer("conv1_conv").trainable  # re-enabled after the freeze
 
 
@@ -216,7 +217,7 @@ def test_resnet50_training_depths(resnet50_partial):
 def test_resnext50_32x4d_count_and_grouped_convolutions():
     # The reference ResNeXt-50 (32x4d) with a 1000-class head has 25,028,904 parameters;
     # BatchNorm moving statistics are not trainable and not part of it.
-    model = rx.resnext50_32x4d(input_shape=(224, 224, 3), num_classes=1000)
+    model = ref.resnext50_32x4d(input_shape=(224, 224, 3), num_classes=1000)
     assert trainable_param_count(model) == 25_028_904
     grouped = [layer for layer in model.layers
                if isinstance(layer, keras.layers.Conv2D) and layer.groups == 32]
@@ -233,7 +234,7 @@ def test_resnext50_32x4d_count_and_grouped_convolutions():
 @pytest.fixture()
 def small_resnext() -> keras.Model:
     keras.utils.set_random_seed(0)
-    return rx.resnext14(input_shape=(32, 32, 3), num_classes=3)
+    return ref.resnext14(input_shape=(32, 32, 3), num_classes=3)
 
 
 def test_replace_head_keeps_the_backbone_and_changes_the_class_count(small_resnext):

@@ -204,31 +204,35 @@ def test_dataset_from_table_follows_the_table(files):
 
 
 def test_training_scripts_augment_training_batches_only(monkeypatch, files):
-    """experiment.train_classifier_fold (every classifier script's fold) hands the augment
-    stack to the training dataset only; validation and test datasets are built without."""
+    """cross_validation.train_classifier_fold (every classifier script's fold body) hands the
+    augment stack to the training dataset only; validation and test datasets are built
+    without."""
     import types
 
     import keras
 
-    from leukocyte_cnn.runs import experiment
     from leukocyte_cnn.inputs import pipeline
     from leukocyte_cnn.runs import cross_validation as training
 
     calls = []
     monkeypatch.setattr(pipeline, "make_dataset",
                         lambda paths, labels, *a, **kw: calls.append((list(paths), kw)) or None)
-    monkeypatch.setattr(training, "fit_and_predict", lambda *a, **kw: kw)
+    monkeypatch.setattr(training, "fit", lambda *a, **kw: types.SimpleNamespace(
+        history={"loss": [1.0]}))
+    monkeypatch.setattr(training, "predict_table", lambda *a, **kw: None)
+    monkeypatch.setattr(training, "finish_fold", lambda *a, **kw: None)
     monkeypatch.setattr(training, "record_fold_inputs", lambda *a, **kw: None)  # no folder
     paths = list(files.values())
     table = pd.DataFrame({"path": paths, "label": [0, 1, 0, 1]})
     fold = types.SimpleNamespace(train=table.iloc[:2], val=table.iloc[2:3], test=table.iloc[3:],
-                                 seed=5)
+                                 seed=5, directory=None, fold=0)
     stack = online_augmentation(seed=1)
     model = keras.Sequential([keras.Input(SIZE + (3,)), keras.layers.Flatten(),
                               keras.layers.Dense(2, activation="softmax")])
-    experiment.train_classifier_fold(
+    training.train_classifier_fold(
         fold, lambda: model, class_names=["a", "b"], image_size=SIZE, batch_size=2, epochs=1,
-        patience=1, optimizer="adam", learning_rate=1e-3, augment=stack)
+        patience=1, optimizer="adam", learning_rate=1e-3, augment=stack, color_mode="rgb",
+        cache_mb=512)
     by_paths = {tuple(p): kw for p, kw in calls}
     assert by_paths[tuple(paths[:2])]["augment"] is stack
     assert by_paths[tuple(paths[:2])]["shuffle"] is True

@@ -355,16 +355,16 @@ def test_serve_refuses_a_checkpoint_with_the_wrong_class_count(checkpoint, tmp_p
 
 # ----------------------------------------------------------------------------- code audits
 
-SOURCES = sorted([*REPO_ROOT.glob("*.py"), *(REPO_ROOT / "leukocyte_cnn").glob("*.py")])
+SOURCES = sorted([*REPO_ROOT.glob("*.py"), *(REPO_ROOT / "leukocyte_cnn").rglob("*.py")])
 # A write goes through leukocyte_cnn.base.io (write_csv/json/text/npz, save_model, atomic_path;
 # the one module that writes directly, to its temporary names), reporting.save_figure or
 # images.save_rgb, where the target is the temporary `tmp`.
-ATOMIC_WRITER = REPO_ROOT / "leukocyte_cnn" / "io.py"
+ATOMIC_WRITER = REPO_ROOT / "leukocyte_cnn" / "base" / "io.py"
 # Direct writes that are atomic one level up: (file, function) -> why.
 WHOLE_FOLDER_ATOMIC = {
-    ("leukocyte_cnn/synthetic.py", "_smear_job"): "writes into generate()'s temporary folder, "
-                                                  "which is renamed into place whole",
-    ("leukocyte_cnn/synthetic.py", "_jobs_multiclass"): "same temporary folder",
+    ("leukocyte_cnn/data/synthetic.py", "_smear_job"): "writes into generate()'s temporary "
+                                                       "folder, which is renamed into place whole",
+    ("leukocyte_cnn/data/synthetic.py", "_jobs_multiclass"): "same temporary folder",
 }
 
 
@@ -379,6 +379,15 @@ def _enclosing_function(lines: list[str], index: int) -> str:
 _DIRECT_WRITES = re.compile(r"\.to_csv\(|\.savefig\(|\.save\(|np\.savez?(_compressed)?\(|"
                             r"json\.dump\(|\.write_text\(|\.write_bytes\(|\.to_json\(|"
                             r"\bopen\([^)]*['\"][wax]b?\+?['\"]")
+
+
+def test_the_audits_read_the_whole_package():
+    """The audits below grep SOURCES: every module of every subpackage must be among them."""
+    names = {p.relative_to(REPO_ROOT).as_posix() for p in SOURCES}
+    assert ATOMIC_WRITER.is_file()
+    assert {"leukocyte_cnn/base/io.py", "leukocyte_cnn/runs/cross_validation.py",
+            "leukocyte_cnn/data/synthetic.py"} <= names
+    assert len([n for n in names if n.startswith("leukocyte_cnn/")]) > 40
 
 
 def test_every_result_file_is_written_through_a_temporary_name():

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 import compare_runs
-from leukocyte_cnn.runs import studies
+from leukocyte_cnn.reporting import comparisons
+from leukocyte_cnn.runs import trials
 from leukocyte_cnn.reporting.summary import summarize_run
 from leukocyte_cnn.base.run_folder import prepare_run_dir
 
@@ -107,23 +108,23 @@ def test_study_table_gives_difference_to_best_with_a_paired_test(tmp_path):
     config = {"class_names": CLASSES, "seed": 0, "dataset": "synthetic_kaggle",
               "title": "ELU CNN optimizers", "split_method": "predefined", "n_folds": 1}
     prepare_run_dir(run, config)
-    settings = [studies.Setting("adam", {"optimizer": "adam"}),
-                studies.Setting("sgd", {"optimizer": "sgd"}),
-                studies.Setting("bad", {"optimizer": "bad"})]
+    settings = [comparisons.Setting("adam", {"optimizer": "adam"}),
+                comparisons.Setting("sgd", {"optimizer": "sgd"}),
+                comparisons.Setting("bad", {"optimizer": "bad"})]
     rng = np.random.default_rng(4)
     labels = np.arange(200) % 2
     quality = {"adam": 0.85, "sgd": 0.85, "bad": 0.6}
     for setting in settings:
         for trial in (0, 1):
-            where = studies.trial_dir(run, setting.name, trial)
+            where = trials.trial_dir(run, setting.name, trial)
             prepare_run_dir(where, {**config, "setting": setting.name, "trial": trial,
                                     "seed": trial})
             right = rng.random(200) < quality[setting.name]
             _fold(where, 0, labels, np.where(right == (labels == 1), 0.8, 0.2))
             (where / "fold_00" / "predictions.csv").write_text(
                 (where / "fold_00" / "predictions.csv").read_text().replace("im0_", "TEST/"))
-    numeric, shown = studies.report_trials(run, settings, CLASSES, 0.7)
-    studies.write_comparison(run, numeric, shown, title="Optimizers", quiet=True)
+    numeric, shown = comparisons.report_trials(run, settings, CLASSES, 0.7)
+    comparisons.write_comparison(run, numeric, shown, title="Optimizers", quiet=True)
 
     table = pd.read_csv(run / "comparison.csv").set_index("setting")
     best = table.index[table["best"]].tolist()

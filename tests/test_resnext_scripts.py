@@ -22,9 +22,11 @@ import pytest
 import resnext_from_scratch as scratch
 import resnext_transfer_learning as transfer
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.splits.folds import read_split_csv
+from leukocyte_cnn.splits.split_files import read_split_csv
 from leukocyte_cnn.data.images import save_rgb
-from leukocyte_cnn.runs.transfer import images_path, sidecar_path, subsample_per_class
+from leukocyte_cnn.models.source_checkpoints import images_path, sidecar_path
+from leukocyte_cnn.runs.learning_curve import subsample_per_class
+import reference_networks as ref
 
 TARGET_CLASSES = ("blast", "lymphocyte", "neutrophil")
 SOURCE_CLASSES = ("basophil", "eosinophil", "monocyte", "platelet")
@@ -100,7 +102,9 @@ def test_from_scratch_writes_the_run_folder_and_no_fold_sees_its_test_images(dat
     settings = json.loads((run_dir / "settings.json").read_text())["config"]
     assert settings["architecture"] == {"variant": "resnext14", "image_size": 32, "cardinality": 2,
                                         "bottleneck_width": 2, "first_stage_channels": 8,
-                                        "stem_filters": 8}
+                                        "stem_filters": 8, "stage_depths": [1, 1, 2],
+                                        "small_input_stem": True, "bn_momentum": 0.9}
+    assert settings["knobs"]["STAGE_DEPTHS"] == [1, 1, 2]  # QUICK's ResNeXt-14
     split_csv = Path(settings["split_file"])
     assert split_csv.name.startswith("folder_kfold_k2_seed0")
     for name in ("summary.csv", "summary.md", "per_fold.csv", "confusion_matrix.png",
@@ -160,10 +164,6 @@ def _copy_checkpoint(data, folder: Path, name: str = "copy") -> Path:
 
 
 def _bad_checkpoint(kind: str, data: dict, folder: Path) -> Path:
-    import keras
-
-    import resnext_network as rx
-
     folder.mkdir(parents=True, exist_ok=True)
     tiny = dict(cardinality=2, bottleneck_width=2, first_stage_channels=8, stem_filters=8)
     if kind == "missing":
@@ -174,15 +174,15 @@ def _bad_checkpoint(kind: str, data: dict, folder: Path) -> Path:
         return path
     if kind == "wrong_shape":
         path = folder / "at48.keras"
-        rx.resnext14(input_shape=(48, 48, 3), num_classes=4, **tiny).save(path)
+        ref.resnext14(input_shape=(48, 48, 3), num_classes=4, **tiny).save(path)
         return path
     if kind == "no_head":
         path = folder / "features.keras"
-        rx.resnext14(input_shape=(32, 32, 3), num_classes=4, include_top=False, **tiny).save(path)
+        ref.resnext14(input_shape=(32, 32, 3), num_classes=4, include_top=False, **tiny).save(path)
         return path
     if kind == "no_rescaling":
         path = folder / "prescaled.keras"
-        rx.resnext14(input_shape=(32, 32, 3), num_classes=4, input_scaling=None, **tiny).save(path)
+        ref.resnext14(input_shape=(32, 32, 3), num_classes=4, input_scaling=None, **tiny).save(path)
         return path
     path = _copy_checkpoint(data, folder)
     if kind == "standardised":
@@ -192,7 +192,7 @@ def _bad_checkpoint(kind: str, data: dict, folder: Path) -> Path:
     elif kind == "saw_target":
         listing = pd.read_csv(images_path(path))
         target_file = sorted((data["target"] / "blast").glob("*.png"))[3]
-        from leukocyte_cnn.runs.transfer import file_sha256
+        from leukocyte_cnn.base.io import file_sha256
         listing.loc[0, "sha256"] = file_sha256(target_file)
         listing.to_csv(images_path(path), index=False)
     return path
@@ -249,13 +249,15 @@ def test_learning_curve_run_trains_both_arms_on_the_same_training_subset(data, t
                                                                           monkeypatch):
     monkeypatch.chdir(tmp_path)
     fed_per_epoch = []
-    train_fold = scratch.train_resnext_fold
+    from leukocyte_cnn.runs import resnext as resnext_runs
+
+    train_fold = resnext_runs.train_resnext_fold
 
     def counting(fold, build, *, train_table, **kwargs):
         fed_per_epoch.append(len(train_table))
         return train_fold(fold, build, train_table=train_table, **kwargs)
 
-    monkeypatch.setattr(scratch, "train_resnext_fold", counting)
+    monkeypatch.setattr(resnext_runs, "train_resnext_fold", counting)
     table = transfer.main(transfer.parse_args(target_args(
         data, tmp_path / "results", "--source-checkpoint", str(data["checkpoint"]),
         "--train-sizes", "3", "--folds", "0", "--curve-epoch-images", "32")))
@@ -299,7 +301,7 @@ def _fake_curve_point(run_dir: Path, size: int, mode: str, correct_per_fold) -> 
 
 
 def test_learning_curve_table_has_one_row_per_size_and_mode_with_mean_and_std(tmp_path):
-    from leukocyte_cnn.runs.transfer import learning_curve_table, write_learning_curve
+    from leukocyte_cnn.reporting.learning_curve import learning_curve_table, write_learning_curve
 
     for size, mode, correct in [(5, "scratch", (2, 3)), (5, "transfer", (3, 3)),
                                 (10, "scratch", (3, 4)), (10, "transfer", (4, 4))]:
@@ -369,7 +371,7 @@ def test_a_curve_stopped_part_way_is_rebuilt_from_its_finished_sizes(tmp_path):
 def test_a_tiny_training_subset_is_repeated_whole_to_fill_an_epoch():
     """20 images are one step at batch 32; repeated to >= min_images every image appears
     equally often (class shares kept); a set already that large, or 0, is left alone."""
-    from leukocyte_cnn.runs.transfer import repeat_to_epoch
+    from leukocyte_cnn.runs.learning_curve import repeat_to_epoch
 
     rows = pd.DataFrame({"image": [f"i{k}" for k in range(10)], "label": [0] * 4 + [1] * 6})
     repeated = repeat_to_epoch(rows, 25)

@@ -1,4 +1,5 @@
-"""Scalers, Otsu masks, overlap scores and study tables (leukocyte_cnn.inputs.scaling/masks/studies).
+"""Scalers, Otsu masks, overlap scores and study tables (leukocyte_cnn.inputs.scaling/masks,
+reporting.comparisons, runs.trials).
 
 Every expected number is computed by hand (or by numpy over the whole array at once, which
 is what the streamed accumulation must reproduce). No training: the file runs in seconds.
@@ -14,7 +15,8 @@ from skimage.filters import threshold_otsu
 
 from leukocyte_cnn.inputs import masks
 from leukocyte_cnn.inputs import scaling
-from leukocyte_cnn.runs import studies
+from leukocyte_cnn.reporting import comparisons
+from leukocyte_cnn.runs import trials
 from leukocyte_cnn.base.errors import InputError
 
 
@@ -201,16 +203,16 @@ def test_otsu_mask_files_are_written_once_per_image(tmp_path):
 
 
 def test_spread_and_comparison_table_by_hand():
-    assert studies.spread([0.8, 0.9, 1.0]) == "0.900 ± 0.100 [0.800, 1.000]"
-    assert studies.spread([0.5]) == "0.500 (1 trial)"
-    assert studies.spread([]) == "n/a"
+    assert comparisons.spread([0.8, 0.9, 1.0]) == "0.900 ± 0.100 [0.800, 1.000]"
+    assert comparisons.spread([0.5]) == "0.500 (1 trial)"
+    assert comparisons.spread([]) == "n/a"
     per_trial = pd.DataFrame({
         "setting": ["a", "a", "a", "b"], "accuracy": [0.8, 0.9, 1.0, 0.25],
         "macro_f1": [0.7, 0.8, 0.9, 0.1], "best_epoch": [3, 5, 7, 1], "epochs_run": [8, 10, 12, 6],
         "converged": [True, True, False, False], "model_mb": [2.0, 2.0, 2.0, 1.0],
         "train_seconds": [10, 20, 30, 5]})
-    settings = [studies.Setting("a", {"lr": 1e-4}), studies.Setting("b", {"lr": 1e-3})]
-    numeric, shown = studies.comparison_table(per_trial, settings, 0.5)
+    settings = [comparisons.Setting("a", {"lr": 1e-4}), comparisons.Setting("b", {"lr": 1e-3})]
+    numeric, shown = comparisons.comparison_table(per_trial, settings, 0.5)
     a = numeric.set_index("setting").loc["a"]
     assert a["accuracy_mean"] == pytest.approx(0.9) and a["accuracy_std"] == pytest.approx(0.1)
     assert (a["accuracy_min"], a["accuracy_max"]) == (0.8, 1.0)
@@ -223,25 +225,25 @@ def test_spread_and_comparison_table_by_hand():
 def test_epoch_numbers_define_convergence_and_the_kept_epoch():
     log = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_loss": [1.2, 0.8, 0.9, 0.95],
                         "val_accuracy": [0.3, 0.45, 0.55, 0.5], "monitor": "val_loss"})
-    numbers = studies.epoch_numbers(log, 0.5)
+    numbers = comparisons.epoch_numbers(log, 0.5)
     assert numbers["best_epoch"] == 2  # lowest validation loss: the checkpoint kept
     assert numbers["epochs_run"] == 4
     assert numbers["converged"] is True and numbers["epochs_to_threshold"] == 3
     assert numbers["best_val_accuracy"] == pytest.approx(0.55)
-    assert studies.epoch_numbers(log, 0.6)["converged"] is False
+    assert comparisons.epoch_numbers(log, 0.6)["converged"] is False
 
 
 def test_limit_per_class_is_seeded_and_capped():
     table = pd.DataFrame({"image": [f"i{i:02d}" for i in range(30)],
                           "label": [i % 3 for i in range(30)]})
-    small = studies.limit_per_class(table, 4, seed=1)
+    small = trials.limit_per_class(table, 4, seed=1)
     assert small.groupby("label").size().tolist() == [4, 4, 4]
-    assert small.equals(studies.limit_per_class(table, 4, seed=1))
-    assert studies.limit_per_class(table, None, seed=1) is table
+    assert small.equals(trials.limit_per_class(table, 4, seed=1))
+    assert trials.limit_per_class(table, None, seed=1) is table
 
 
 def test_parse_names_refuses_unknown_settings():
-    assert studies.parse_names("adam, sgd", ["adam", "sgd"], "--optimizers") == ["adam", "sgd"]
-    assert studies.parse_names(None, ["adam"], "--optimizers") is None
+    assert trials.parse_names("adam, sgd", ["adam", "sgd"], "--optimizers") == ["adam", "sgd"]
+    assert trials.parse_names(None, ["adam"], "--optimizers") is None
     with pytest.raises(InputError, match="--optimizers nadam: choose from adam, sgd"):
-        studies.parse_names("nadam", ["adam", "sgd"], "--optimizers")
+        trials.parse_names("nadam", ["adam", "sgd"], "--optimizers")

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from leukocyte_cnn.base.errors import InputError
+import reference_networks as ref
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["other", "lymphoblast"]
@@ -55,14 +56,12 @@ def make_run(root: Path) -> Path:
     """A run folder with two finished folds; fold 1 has the lower validation loss."""
     import keras
 
-    from leukocyte_cnn.models.networks import paper_cnn
-
     run = root / "tiny_run"
     keras.utils.set_random_seed(0)
     for fold, val_loss in ((0, [0.9, 0.7]), (1, [0.8, 0.5])):
         folder = run / f"fold_{fold:02d}"
         folder.mkdir(parents=True)
-        model = paper_cnn(input_shape=(*SIZE, 3), num_classes=2, filters=4)
+        model = ref.paper_cnn(input_shape=(*SIZE, 3), num_classes=2, filters=4)
         model.save(folder / "model.keras")
         pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.9], "val_loss": val_loss}).to_csv(
             folder / "epochs.csv", index=False)
@@ -283,9 +282,7 @@ def test_settings_image_size_int_list_and_mismatch(run_dir, tmp_path):
     with pytest.raises(InputError, match="class_names"):
         load_classifier(checkpoint, settings)
     square = tmp_path / "square.keras"
-    from leukocyte_cnn.models.networks import paper_cnn
-
-    paper_cnn(input_shape=(20, 20, 3), filters=2).save(square)
+    ref.paper_cnn(input_shape=(20, 20, 3), filters=2).save(square)
     settings.write_text(json.dumps({"config": {"class_names": CLASSES, "image_size": 20}}))
     assert load_classifier(square, settings).image_size == (20, 20)
 

@@ -30,8 +30,8 @@ FAKE_SCRIPT = '''
 import argparse
 from pathlib import Path
 
-LEARNING_RATE = 0.001  # read directly below, as the real scripts read most knobs
-BATCH_SIZE = 8         # read through script_settings (QUICK changes it)
+LEARNING_RATE = 0.001  # every knob is read through the resolved settings
+BATCH_SIZE = 8         # QUICK changes it
 FLIPS = True
 OPTIMIZER = "adam"
 FILTERS = (4, 8)
@@ -54,13 +54,14 @@ def main(args):
     # provenance() then skips their versions
     import numpy as np
     import pandas as pd
-    from leukocyte_cnn.runs.experiment import script_settings
     from leukocyte_cnn.base.io import write_csv
+    from leukocyte_cnn.base.knobs import resolve_settings
     from leukocyte_cnn.base.run_folder import prepare_run_dir
 
-    settings = script_settings(__name__, args)
+    settings = resolve_settings(sys.modules[__name__], args)
     run_dir = prepare_run_dir(Path(args.results_dir) / args.run_name,
-                              {"knobs": settings, "class_names": ["a", "b"]})
+                              {"knobs": settings.recorded(), "class_names": ["a", "b"]},
+                              overrides=settings.overrides())
     with open(Path(args.results_dir) / "calls.log", "a") as log:
         log.write(run_dir.name + "\\n")
     if settings["BATCH_SIZE"] == args.fail_if_batch:
@@ -68,7 +69,7 @@ def main(args):
     n = 40
     labels = np.arange(n) % 2
     # wrong on a number of images that grows with the learning rate and the batch size
-    wrong = int(round(LEARNING_RATE * 1000)) + settings["BATCH_SIZE"] // 4
+    wrong = int(round(settings["LEARNING_RATE"] * 1000)) + settings["BATCH_SIZE"] // 4
     prob_b = np.where(labels == 1, 0.9, 0.1)
     prob_b[:wrong] = 1 - prob_b[:wrong]
     table = pd.DataFrame({"fold": 0, "image": [f"im{i:02d}" for i in range(n)],
@@ -131,31 +132,31 @@ def test_values_are_parsed_as_the_type_of_the_knob_default():
             knob_overrides.parse_text(name, text, default)
 
 
-def test_environment_overrides_change_the_module_and_are_removed_from_the_environment(
-        monkeypatch):
+def test_environment_overrides_are_checked_taken_once_and_leave_the_module_alone(monkeypatch):
     import types
 
-    monkeypatch.setattr(knob_overrides, "_applied", {})  # this process's runs stay unmarked
     module = types.ModuleType("demo")
     module.__file__ = "demo.py"
     module.LEARNING_RATE, module.BATCH_SIZE = 0.1, 5
+    monkeypatch.setattr(knob_overrides, "_pending", {})
     monkeypatch.setenv(knob_overrides.ENV_VAR, json.dumps({"LEARNING_RATE": 1}))
-    assert knob_overrides.apply_environment_overrides(module) == {"LEARNING_RATE": 1.0}
-    assert module.LEARNING_RATE == 1.0 and module.BATCH_SIZE == 5
+    assert knob_overrides.take_environment_overrides(module) == {"LEARNING_RATE": 1.0}
+    assert module.LEARNING_RATE == 0.1  # the script's block is not edited: the settings are
+    assert knob_overrides.resolve_settings(module)["LEARNING_RATE"] == 1.0
     assert knob_overrides.ENV_VAR not in os.environ  # a child process must not re-apply it
     monkeypatch.setenv(knob_overrides.ENV_VAR, json.dumps({"EPOCHS": 3}))
     with pytest.raises(InputError, match="demo.py: unknown knob EPOCHS; its knobs: "
                                          "BATCH_SIZE, LEARNING_RATE"):
-        knob_overrides.apply_environment_overrides(module)
+        knob_overrides.take_environment_overrides(module)
     monkeypatch.setenv(knob_overrides.ENV_VAR, json.dumps({"BATCH_SIZE": "big"}))
     with pytest.raises(InputError, match="BATCH_SIZE"):
-        knob_overrides.apply_environment_overrides(module)
+        knob_overrides.take_environment_overrides(module)
 
 
 def test_an_override_does_what_an_inline_edit_does_and_is_recorded(fake, tmp_path):
-    """The script reads LEARNING_RATE as a global and BATCH_SIZE through script_settings
-    (where QUICK would otherwise win): both change, settings.json shows the values, and its
-    provenance says which knobs were set from outside."""
+    """LEARNING_RATE and BATCH_SIZE (which QUICK would otherwise set) set from outside do what
+    editing their lines does: settings.json shows the values, and its overrides say what set
+    them."""
     edited = tmp_path / "edited_experiment.py"
     edited.write_text(FAKE_SCRIPT.replace("LEARNING_RATE = 0.001", "LEARNING_RATE = 0.003")
                       .replace("QUICK = dict(BATCH_SIZE=4)", "QUICK = dict(BATCH_SIZE=12)"))
@@ -171,10 +172,12 @@ def test_an_override_does_what_an_inline_edit_does_and_is_recorded(fake, tmp_pat
                  for n in ("edit", "env"))
     assert env["config"]["knobs"]["LEARNING_RATE"] == 0.003
     assert env["config"]["knobs"]["BATCH_SIZE"] == 12
-    assert {k: v for k, v in env["config"]["knobs"].items() if k != "QUICK"} == \
-        {k: v for k, v in edit["config"]["knobs"].items() if k != "QUICK"}
-    assert env["provenance"]["knob_overrides"] == {"BATCH_SIZE": 12, "LEARNING_RATE": 0.003}
-    assert "knob_overrides" not in edit["provenance"]
+    assert "QUICK" not in env["config"]["knobs"]  # the quick profile is not a knob
+    assert env["config"]["knobs"] == edit["config"]["knobs"]
+    assert env["overrides"] == {
+        "BATCH_SIZE": {"value": 12, "default": 8, "by": "$LEUKOCYTE_KNOBS"},
+        "LEARNING_RATE": {"value": 0.003, "default": 0.001, "by": "$LEUKOCYTE_KNOBS"}}
+    assert edit["overrides"] == {"BATCH_SIZE": {"value": 12, "default": 8, "by": "--quick"}}
     read = lambda n: (tmp_path / "r" / n / "fold_00" / "predictions.csv").read_bytes()
     assert read("env") == read("edit")
 
@@ -185,7 +188,7 @@ def test_a_script_refuses_an_unknown_knob_in_one_line(fake, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: fake_experiment.py: unknown knob EPOCH; its knobs: BATCH_SIZE, FILTERS, FLIPS, "
-        "LEARNING_RATE, OPTIMIZER, QUICK"]
+        "LEARNING_RATE, OPTIMIZER"]
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -198,7 +201,7 @@ def test_unknown_knob_or_bad_value_is_one_line_and_exit_2(fake, tmp_path, capsys
     assert code == 2
     assert err.strip().splitlines() == [
         "error: --set EPOCH=1,2: fake_experiment.py has no knob EPOCH; its knobs: BATCH_SIZE, "
-        "FILTERS, FLIPS, LEARNING_RATE, OPTIMIZER, QUICK"]
+        "FILTERS, FLIPS, LEARNING_RATE, OPTIMIZER"]
     code, _, err = run_sweep([str(fake), "--set", "BATCH_SIZE=8,big", "--sweep-dir",
                               str(out_dir)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1

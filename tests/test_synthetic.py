@@ -15,7 +15,8 @@ from PIL import Image
 
 import generate_synthetic_data
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.data.synthetic import (CELL_CLASSES, CLASS_NAMES, COMPLETE, KINDS, ensure_synthetic, generate, render_cell, render_smear, synthetic_root)
+from leukocyte_cnn.data.synthetic import CLASS_NAMES, COMPLETE, KINDS, ensure_synthetic, generate, synthetic_root
+from leukocyte_cnn.data.synthetic_render import CELL_CLASSES, render_cell, render_smear
 
 SMALL = {
     "all_idb2": {"n_blast": 4, "n_other": 5, "size": 64},

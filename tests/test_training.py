@@ -7,7 +7,7 @@ import pytest
 
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.reporting.summary import markdown_table, summarize_run
-from leukocyte_cnn.base.knobs import knobs
+from leukocyte_cnn.base.knobs import script_knobs
 from leukocyte_cnn.base.run_folder import prepare_run_dir
 from leukocyte_cnn.base.run_folder import fold_dir, load_predictions
 from leukocyte_cnn.runs.cross_validation import parse_fold_list
@@ -27,16 +27,19 @@ def test_run_folder_refuses_other_settings(tmp_path):
     run = tmp_path / "run"
     prepare_run_dir(run, {"seed": 0, "knobs": {"EPOCHS": 5}})
     prepare_run_dir(run, {"seed": 0, "knobs": {"EPOCHS": 5}})  # same config: resume is fine
-    with pytest.raises(InputError, match="different settings \\(knobs\\)"):
+    with pytest.raises(InputError, match="different settings \\(knob EPOCHS\\)"):
         prepare_run_dir(run, {"seed": 0, "knobs": {"EPOCHS": 6}})
+    prepare_run_dir(run, {"seed": 0, "knobs": {"EPOCHS": 5, "SEEDS": 4}},
+                    resumable=("SEEDS",))  # more trials extend a study: recorded, not refused
+    assert json.loads((run / "settings.json").read_text())["config"]["knobs"]["SEEDS"] == 4
     settings = json.loads((run / "settings.json").read_text())
     assert settings["provenance"]["git"]["commit"]
     assert settings["provenance"]["versions"]["python"]
 
 
-def test_knobs_collects_upper_case_values_only():
-    assert knobs({"EPOCHS": 3, "lower": 1, "FN": print, "SIZE": (64, 64)}) == {
-        "EPOCHS": 3, "SIZE": (64, 64)}
+def test_knobs_are_the_public_upper_case_values_but_the_quick_profile():
+    assert script_knobs({"EPOCHS": 3, "lower": 1, "FN": print, "SIZE": (64, 64), "_PRIVATE": 2,
+                         "QUICK": {"EPOCHS": 1}}) == {"EPOCHS": 3, "SIZE": (64, 64)}
 
 
 def _write_fold(run, fold, labels, p_positive):

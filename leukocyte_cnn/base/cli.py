@@ -14,13 +14,14 @@ from leukocyte_cnn.base.errors import InputError
 def run_main(main: Callable[[], object]) -> None:
     """Run ``main()``; turn an :class:`InputError` into ``error: <message>`` and exit code 2.
 
-    First applies knob overrides from ``$LEUKOCYTE_KNOBS`` to the script (``__main__``), so
-    ``main()`` runs as if those UPPER_CASE lines had been edited (``leukocyte_cnn.base.knobs``).
+    First takes ``$LEUKOCYTE_KNOBS`` for the script (``__main__``), checked against its knobs,
+    so an unknown knob or a wrong type stops the script in one line before anything runs;
+    ``knobs.resolve_settings`` then applies it (``leukocyte_cnn.base.knobs``).
     """
     try:
-        from leukocyte_cnn.base.knobs import apply_environment_overrides
+        from leukocyte_cnn.base.knobs import take_environment_overrides
 
-        apply_environment_overrides(sys.modules["__main__"])
+        take_environment_overrides(sys.modules["__main__"])
         main()
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,6 +42,29 @@ BATCH_MEANING = "global: each step takes BATCH_SIZE images, split evenly over th
 XLA_GPU_DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceRequest:
+    """The device switches a run asks for (the options of :func:`add_gpu_arguments`)."""
+
+    mixed_precision: bool = False
+    xla: bool = False
+    deterministic: bool | None = None  # None: on unless xla
+    gpus: str | None = None
+    cpu_replicas: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DeviceRequest":
+        """The request of a script's parsed options (defaults where it has no such option)."""
+        return cls(mixed_precision=bool(getattr(args, "mixed_precision", False)),
+                   xla=bool(getattr(args, "xla", False)),
+                   deterministic=getattr(args, "deterministic", None),
+                   gpus=getattr(args, "gpus", None),
+                   cpu_replicas=int(getattr(args, "cpu_replicas", 0) or 0))
+
+    def as_tuple(self) -> tuple:
+        return (self.mixed_precision, self.xla, self.deterministic, self.gpus, self.cpu_replicas)
+
+
 @dataclasses.dataclass
 class DeviceSetup:
     """What :func:`configure_devices` set up (one per process; see :func:`current_setup`)."""
@@ -205,20 +228,15 @@ def configure_devices(mixed_precision: bool = False, xla: bool = False, *,
     return _CURRENT
 
 
-def setup_devices(args: argparse.Namespace) -> DeviceSetup:
-    """:func:`configure_devices` from the options of :func:`add_gpu_arguments`.
+def setup_devices(request: DeviceRequest) -> DeviceSetup:
+    """:func:`configure_devices` for a :class:`DeviceRequest` (a script's
+    ``DeviceRequest.from_args(args)``).
 
     Call it first in a script's ``main()``, before anything touches TensorFlow.
     """
-    mixed, xla, deterministic, gpus, cpu_replicas = _request_of(args)
-    return configure_devices(mixed, xla, deterministic=deterministic, gpus=gpus,
-                             cpu_replicas=cpu_replicas)
-
-
-def _request_of(args: argparse.Namespace) -> tuple:
-    return (bool(getattr(args, "mixed_precision", False)), bool(getattr(args, "xla", False)),
-            getattr(args, "deterministic", None), getattr(args, "gpus", None),
-            int(getattr(args, "cpu_replicas", 0) or 0))
+    return configure_devices(request.mixed_precision, request.xla,
+                             deterministic=request.deterministic, gpus=request.gpus,
+                             cpu_replicas=request.cpu_replicas)
 
 
 def current_setup() -> DeviceSetup | None:
@@ -226,12 +244,12 @@ def current_setup() -> DeviceSetup | None:
     return _CURRENT
 
 
-def device_settings(args: argparse.Namespace | None = None) -> dict[str, Any]:
+def device_settings(request: DeviceRequest | None = None) -> dict[str, Any]:
     """``mixed_precision``, ``xla``, ``deterministic`` and ``replicas`` as they took effect,
-    for a run's ``settings.json`` (sets the devices up from ``args`` unless that is done)."""
+    for a run's ``settings.json`` (sets the devices up for ``request`` unless that is done)."""
     setup = _CURRENT
-    if args is not None and (setup is None or setup.request != _request_of(args)):
-        setup = setup_devices(args)
+    if request is not None and (setup is None or setup.request != request.as_tuple()):
+        setup = setup_devices(request)
     if setup is None:
         setup = configure_devices()
     return setup.settings()

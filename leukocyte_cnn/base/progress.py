@@ -448,17 +448,18 @@ def split_in_words(settings: dict) -> str:
     return ", ".join(words)
 
 
-def run_header(args, split, class_names: Sequence[str]) -> str:
-    """The first lines of a training run: data, split (LEAKY or not), folds, device."""
+def run_header(split, class_names: Sequence[str], *, dataset: str, data_root: str | None,
+               folds: str | None) -> str:
+    """The first lines of a training run: data, split (LEAKY or not), folds, device.
+    ``folds`` is the ``--folds`` choice (``None``: all)."""
     settings = split.settings
-    root = getattr(args, "data_root", None) or settings.get("data_root")
+    root = data_root or settings.get("data_root")
     n_images = settings.get("n_images")
-    data = (f"data: {settings.get('dataset', getattr(args, 'dataset', '?'))}"
+    data = (f"data: {settings.get('dataset', dataset)}"
             + (f" ({n_images:,} images" if n_images else " (")
             + f"{'; ' if n_images else ''}classes {', '.join(map(str, class_names))})"
             + (f" from {root}" if root else ""))
-    chosen = getattr(args, "folds", None)
-    folds = (f"folds: {chosen} of {len(split.folds)}" if chosen
-             else f"folds: all {len(split.folds)}")
+    chosen = (f"folds: {folds} of {len(split.folds)}" if folds
+              else f"folds: all {len(split.folds)}")
     return "\n".join([data, f"split: {split.csv_path} ({split_in_words(settings)})",
-                      folds + "; the time estimate follows the first epoch", device_line()])
+                      chosen + "; the time estimate follows the first epoch", device_line()])

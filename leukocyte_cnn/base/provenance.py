@@ -1,10 +1,7 @@
-"""Run folders: the settings, code version and machine behind every number.
+"""The code version, libraries and machine behind every number (a run's ``provenance``).
 
-``results/<run>/settings.json`` has two parts. ``config`` is what determines the numbers
-(hyperparameters, arguments, split file and its dataset hash, seed): resuming a run with a
-different config is refused. ``provenance`` says where and with what it ran (git commit,
-library versions, machine, time); each fold also records its own provenance, so folds that
-ran on different machines stay traceable after ``summarize_results.py`` merges them.
+Each run's ``settings.json`` and each fold's ``timing.json`` record it, so folds that ran on
+different machines stay traceable after ``summarize_results.py`` merges them.
 """
 from __future__ import annotations
 
@@ -55,13 +52,10 @@ def library_versions() -> dict:
 
 
 def provenance() -> dict:
-    """Where and with what this process runs: code version, libraries, machine, time, and
-    which knobs were set from outside the script (``$LEUKOCYTE_KNOBS``, e.g. by sweep.py)."""
-    from leukocyte_cnn.base.knobs import applied_overrides
-
-    overrides = applied_overrides()
+    """Where and with what this process runs: code version, libraries, machine, time and the
+    command line (which knobs were set from outside a script is in ``settings.json``'s
+    ``overrides``, see ``knobs.Settings.overrides``)."""
     return {
-        **({"knob_overrides": overrides} if overrides else {}),
         "git": git_commit(),
         "versions": library_versions(),
         "machine": {"host": platform.node(), "platform": platform.platform(),

@@ -22,25 +22,58 @@ from leukocyte_cnn.base.io import ensure_writable_dir, read_json, write_csv, wri
 from leukocyte_cnn.base.provenance import provenance
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, config: dict) -> Path:
-    """Create (or re-open for resume) a run folder and write its ``settings.json``.
+def prepare_run_dir(run_dir: str | os.PathLike, config: dict,
+                    overrides: dict | None = None, resumable: tuple[str, ...] = ()) -> Path:
+    """Create (or re-open for resume) a run folder and write its ``settings.json``:
+    ``config`` (what determines the numbers, the knobs as they run among it), ``overrides``
+    (which knobs differ from the script's block and what set them; not compared on resume:
+    the same values set another way are the same run) and ``provenance``.
 
     A folder that already holds a run with a different ``config`` is refused with one line,
-    so two experiments never mix their folds in one summary.
+    so two experiments never mix their folds in one summary. Knobs named in ``resumable``
+    (e.g. a study's number of seeds: more trials extend the same study) may differ; the file
+    then records their new values.
     """
     run_dir = ensure_writable_dir(run_dir)
     settings_path = run_dir / "settings.json"
     config = json.loads(json.dumps(config, default=str, sort_keys=True))
+    record = {"config": config, "overrides": overrides or {}, "provenance": provenance()}
+    record = json.loads(json.dumps(record, default=str, sort_keys=True))
     if settings_path.exists():
-        previous = read_json(settings_path).get("config")
-        if previous != config:
-            changed = sorted(k for k in set(previous or {}) | set(config)
-                             if (previous or {}).get(k) != config.get(k))
+        previous_record = read_json(settings_path)
+        previous = previous_record.get("config") or {}
+        if _without(previous, resumable) != _without(config, resumable):
             raise InputError(f"{run_dir}: holds a run with different settings "
-                             f"({', '.join(changed[:5])}); use another --run-name or delete it")
+                             f"({', '.join(_changed(previous, config)[:5])}); use another "
+                             "--run-name or delete it")
+        if previous != config:  # only resumable knobs changed: record what runs now
+            write_json(settings_path, {**previous_record, "config": config,
+                                       "overrides": record["overrides"]})
         return run_dir
-    write_json(settings_path, {"config": config, "provenance": provenance()})
+    write_json(settings_path, record)
     return run_dir
+
+
+def _without(config: dict, knobs: tuple[str, ...]) -> dict:
+    if not knobs or not isinstance(config.get("knobs"), dict):
+        return config
+    return {**config, "knobs": {k: v for k, v in config["knobs"].items() if k not in knobs}}
+
+
+def _changed(previous: dict, config: dict) -> list[str]:
+    """Names of the config entries that differ; inside ``knobs``, the knobs themselves."""
+    changed = []
+    for key in sorted(set(previous) | set(config)):
+        if previous.get(key) == config.get(key):
+            continue
+        if key == "knobs" and isinstance(previous.get(key), dict) and isinstance(config.get(key),
+                                                                                  dict):
+            old, new = previous[key], config[key]
+            changed += [f"knob {name}" for name in sorted(set(old) | set(new))
+                        if old.get(name) != new.get(name)]
+        else:
+            changed.append(key)
+    return changed
 
 
 def read_settings(run_dir: str | os.PathLike) -> dict:

@@ -12,6 +12,7 @@ with other settings lie in another folder and are never reused by mistake.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,32 @@ from leukocyte_cnn.base.io import write_csv
 
 MANIFEST = "manifest.csv"
 BALANCING_CODE_VERSION = 1  # bump when the same settings would write other images
+
+
+@dataclasses.dataclass(frozen=True)
+class Balancing:
+    """How a fold's training images are balanced: images per class, seed, the size written
+    (``None``: each image's own) and the jitter of shifts, zoom and stain."""
+
+    target_per_class: int
+    seed: int
+    image_size: tuple[int, int] | None
+    shifts: float
+    zoom: float
+    stain: float
+
+    @classmethod
+    def from_settings(cls, settings, seed: int, image_size) -> "Balancing":
+        """From a script's balancing knobs (``TARGET_PER_CLASS``, ``SHIFT_FRACTION``,
+        ``ZOOM_FRACTION``, ``STAIN_JITTER``), the run's seed and the size written (the
+        script's own knob: ``None`` keeps each image's size)."""
+        return cls(target_per_class=int(settings["TARGET_PER_CLASS"]), seed=int(seed),
+                   image_size=tuple(image_size) if image_size is not None else None,
+                   shifts=settings["SHIFT_FRACTION"], zoom=settings["ZOOM_FRACTION"],
+                   stain=settings["STAIN_JITTER"])
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def balancing_inputs(split, *, target_per_class: int, seed: int,
@@ -152,3 +179,16 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def balanced_fold_images(fold, split, out_dir: str | os.PathLike,
+                         balancing: Balancing) -> pd.DataFrame:
+    """The fold's class-balanced training table for a script that trains on balanced folds:
+    the folder of ``split`` balanced with ``balancing`` under ``out_dir`` (what
+    ``linear_cnn_da.py`` writes with the same knobs, made here when missing), recorded in
+    ``fold.artifacts`` and so in the fold's ``timing.json``."""
+    from leukocyte_cnn.base.artifacts import record_of
+
+    root = open_balanced_root(out_dir, split, **balancing.as_dict())
+    fold.artifacts["balanced_folds"] = record_of(root)
+    return balanced_training_table(fold.train, fold.fold, root, **balancing.as_dict())

@@ -1,14 +1,18 @@
-"""Metrics from per-image test probabilities.
+"""Point metrics from per-image test probabilities: the one place they are computed.
 
-Every number in a summary table is computed here from the pooled ``predictions.csv`` rows of a
-run, with scikit-learn doing the arithmetic. Probabilities are always an (N, C) array with one
-column per class, also for binary models (column 1 = positive class), so that precision, recall
-and ROC-AUC are computed from the positive-class probability against integer labels.
+Probabilities are always an (N, C) array with one column per class, also for binary models
+(column 1 = positive class); predictions are its arg-max. Accuracy, balanced accuracy and the
+F1 scores come from one ``np.bincount`` confusion matrix, with scikit-learn's definitions
+(macro averages over the classes present in the labels, 0 where a ratio is undefined) and
+bit for bit its numbers; they are a few numpy operations each because the bootstrap in
+``leukocyte_cnn.reporting.stats`` calls them thousands of times (:data:`METRICS`). ROC-AUC
+has two arithmetic paths, see :func:`roc_auc` and :func:`rank_roc_auc`. Also here: the
+per-fold table of a predictions file and the mean ± std of per-fold values.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,21 +37,136 @@ def probabilities_from_output(output: np.ndarray) -> np.ndarray:
     return output
 
 
-def roc_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """ROC-AUC: positive-class probability for two classes, one-vs-rest macro otherwise.
+# --------------------------------------------------------------------------- confusion matrix
 
-    Classes absent from ``y_true`` cannot have an AUC and are left out of the macro average;
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts ``[true class, predicted class]`` of integer labels in ``range(n_classes)``."""
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes)
+
+
+def class_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1 and support (true count) of a confusion matrix.
+
+    A ratio with a zero denominator is 0 (scikit-learn's ``zero_division=0``). F1 is
+    2 tp / (predicted + true), scikit-learn's formula, so the numbers are the same bits.
+    """
+    tp = np.diag(cm).astype(float)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denominator = predicted + support  # 2 tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return precision, recall, f1, support
+
+
+def balanced_accuracy_of(cm: np.ndarray) -> float:
+    """Mean recall over the classes present in the labels (scikit-learn's definition)."""
+    support = cm.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
+def macro_f1_of(cm: np.ndarray) -> float:
+    """Mean F1 over the classes present in the labels: a class nobody has is no evidence."""
+    _, _, f1, support = class_scores(cm)
+    return float(f1[support > 0].mean())
+
+
+def weighted_f1_of(cm: np.ndarray) -> float:
+    """F1 averaged with the classes' true counts as weights."""
+    _, _, f1, support = class_scores(cm)
+    return float((f1 * support).sum() / support.sum())
+
+
+# --------------------------------------------------------------------------- metrics of (y, prob)
+
+
+def _confusion_of(y: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    return confusion_matrix(y, prob.argmax(axis=1), prob.shape[1])
+
+
+def accuracy(y: np.ndarray, prob: np.ndarray) -> float:
+    """Share of images whose arg-max is the label; NaN without images."""
+    return float(np.mean(prob.argmax(axis=1) == y)) if len(y) else math.nan
+
+
+def balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
+    """:func:`balanced_accuracy_of` the predictions; NaN without images."""
+    return balanced_accuracy_of(_confusion_of(y, prob)) if len(y) else math.nan
+
+
+def macro_f1(y: np.ndarray, prob: np.ndarray) -> float:
+    """:func:`macro_f1_of` the predictions; NaN without images."""
+    return macro_f1_of(_confusion_of(y, prob)) if len(y) else math.nan
+
+
+def weighted_f1(y: np.ndarray, prob: np.ndarray) -> float:
+    """:func:`weighted_f1_of` the predictions; NaN without images."""
+    return weighted_f1_of(_confusion_of(y, prob)) if len(y) else math.nan
+
+
+def midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their mean rank (``scipy.stats.rankdata``, faster)."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse]
+
+
+def _rank_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUC with midranks for ties; NaN without both kinds of images."""
+    n1 = int(positive.sum())
+    n0 = len(positive) - n1
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    ranks = midranks(score)
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def _auc_over_classes(y: np.ndarray, prob: np.ndarray,
+                      binary_auc: Callable[[np.ndarray, np.ndarray], float]) -> float:
+    """Positive-class AUC for two classes, else one-vs-rest macro over the classes present.
+
+    Classes absent from ``y`` cannot have an AUC and are left out of the macro average;
     NaN when fewer than two classes are present (a single leave-P-out fold, for example).
+    """
+    present = np.unique(y)
+    if len(present) < 2:
+        return math.nan
+    if prob.shape[1] == 2:
+        return float(binary_auc(y == 1, prob[:, 1]))
+    return float(np.mean([binary_auc(y == c, prob[:, c]) for c in present]))
+
+
+def roc_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """ROC-AUC as reported in summaries: positive-class probability for two classes,
+    one-vs-rest macro over the classes present otherwise; NaN with fewer than two classes.
+
+    scikit-learn's trapezoids do the arithmetic. :func:`rank_roc_auc` gives the same number up
+    to the last bit or two (about one set of predictions in four differs there), so reported
+    numbers keep scikit-learn's arithmetic and stay what earlier runs wrote.
     """
     y_true = np.asarray(y_true)
     prob = np.asarray(prob, dtype=np.float64)
-    present = np.unique(y_true)
-    if len(present) < 2:
-        return float("nan")
-    if prob.shape[1] == 2:
-        return float(skm.roc_auc_score(y_true, prob[:, 1]))
-    aucs = [skm.roc_auc_score(y_true == c, prob[:, c]) for c in present]
-    return float(np.mean(aucs))
+    return _auc_over_classes(y_true, prob, skm.roc_auc_score)
+
+
+def rank_roc_auc(y: np.ndarray, prob: np.ndarray) -> float:
+    """:func:`roc_auc` from Mann-Whitney midranks: exact and fast, for the bootstrap."""
+    return _auc_over_classes(y, prob, _rank_auc)
+
+
+# The metrics a bootstrap resamples, by name: functions of integer labels and (N, C) float
+# probabilities (arrays, not lists), fast enough to call thousands of times.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1,
+    "weighted_f1": weighted_f1, "roc_auc": rank_roc_auc}
+
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "roc_auc")
+
+
+# --------------------------------------------------------------------------- tables
 
 
 def classification_metrics(y_true: Sequence[int], prob: np.ndarray,
@@ -59,37 +178,24 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray,
     """
     y_true = np.asarray(y_true, dtype=int)
     prob = np.asarray(prob, dtype=np.float64)
-    labels = list(range(len(class_names)))
-    y_pred = prob.argmax(axis=1)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    result = {
+    if not len(y_true):
+        raise ValueError("classification_metrics: no images to score")
+    cm = confusion_matrix(y_true, prob.argmax(axis=1), len(class_names))
+    precision, recall, f1, support = class_scores(cm)
+    return {
         "n": int(len(y_true)),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=sorted(set(y_true)),
-                                       average="macro", zero_division=0)),
-        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted",
-                                          zero_division=0)),
+        "accuracy": accuracy(y_true, prob),
+        "balanced_accuracy": balanced_accuracy_of(cm),
+        "macro_f1": macro_f1_of(cm),
+        "weighted_f1": weighted_f1_of(cm),
         "roc_auc": roc_auc(y_true, prob),
-        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": cm.tolist(),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]),
                    "f1": float(f1[i]), "support": int(support[i])}
             for i, name in enumerate(class_names)
         },
     }
-    return result
-
-
-def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true`` (scikit-learn's definition)."""
-    if len(y_true) == 0:
-        return float("nan")
-    return float(skm.balanced_accuracy_score(y_true, y_pred))
-
-
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "roc_auc")
 
 
 def predictions_metrics(predictions: pd.DataFrame, class_names: Sequence[str]) -> dict:

@@ -19,9 +19,8 @@ every comparison a paired test on the same test images.
   mean difference with a t interval, paired t-test (``scipy.stats.ttest_rel``) and Wilcoxon's
   signed-rank test.
 
-The fast metric functions here agree with ``leukocyte_cnn.reporting.metrics`` (scikit-learn) on the
-same predictions (``tests/test_stats.py`` checks it); they exist because a bootstrap computes
-each metric thousands of times.
+The metrics resampled here, by name, are :data:`leukocyte_cnn.reporting.metrics.METRICS`; the
+point metrics and their fast array versions live in ``leukocyte_cnn.reporting.metrics``.
 """
 from __future__ import annotations
 
@@ -32,86 +31,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from leukocyte_cnn.reporting.metrics import METRICS, midranks
+
 N_BOOTSTRAP = 1000   # bootstrap replicates (95 % percentile bounds move by ~0.003 between seeds)
 LEVEL = 0.95         # confidence level of every interval
 SEED = 0             # bootstrap seed: the same predictions always give the same interval
-
-
-# --------------------------------------------------------------------------- fast metrics
-
-
-def _confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(
-        n_classes, n_classes)
-
-
-def accuracy(y: np.ndarray, prob: np.ndarray) -> float:
-    return float(np.mean(prob.argmax(axis=1) == y)) if len(y) else math.nan
-
-
-def balanced_accuracy(y: np.ndarray, prob: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y`` (scikit-learn's definition)."""
-    if not len(y):
-        return math.nan
-    cm = _confusion(y, prob.argmax(axis=1), prob.shape[1])
-    support = cm.sum(axis=1)
-    present = support > 0
-    return float(np.mean(np.diag(cm)[present] / support[present]))
-
-
-def _f1_per_class(y: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cm = _confusion(y, prob.argmax(axis=1), prob.shape[1])
-    tp = np.diag(cm).astype(float)
-    denominator = cm.sum(axis=0) + cm.sum(axis=1)  # predicted + true = 2tp + fp + fn
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return f1, cm.sum(axis=1)
-
-
-def macro_f1(y: np.ndarray, prob: np.ndarray) -> float:
-    """Mean F1 over the classes present in ``y`` (as ``metrics.classification_metrics``)."""
-    if not len(y):
-        return math.nan
-    f1, support = _f1_per_class(y, prob)
-    return float(f1[support > 0].mean())
-
-
-def weighted_f1(y: np.ndarray, prob: np.ndarray) -> float:
-    if not len(y):
-        return math.nan
-    f1, support = _f1_per_class(y, prob)
-    return float((f1 * support).sum() / support.sum())
-
-
-def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUC with midranks for ties; NaN without both kinds of images."""
-    n1 = int(positive.sum())
-    n0 = len(positive) - n1
-    if n1 == 0 or n0 == 0:
-        return math.nan
-    ranks = _midranks(score)
-    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def roc_auc(y: np.ndarray, prob: np.ndarray) -> float:
-    """Positive-class AUC for two classes, else one-vs-rest macro over the classes present."""
-    present = np.unique(y)
-    if len(present) < 2:
-        return math.nan
-    if prob.shape[1] == 2:
-        return _binary_auc(y == 1, prob[:, 1])
-    return float(np.mean([_binary_auc(y == c, prob[:, c]) for c in present]))
-
-
-def _midranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing their mean rank (``scipy.stats.rankdata``, faster)."""
-    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
-
-
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1,
-    "weighted_f1": weighted_f1, "roc_auc": roc_auc}
 
 
 # --------------------------------------------------------------------------- resampling
@@ -275,9 +199,9 @@ def delong_test(positive, score_a, score_b, level: float = LEVEL) -> dict:
     if m < 2 or n < 2:
         raise ValueError("delong_test: needs at least two positive and two negative images")
     x, y = scores[:, positive], scores[:, ~positive]
-    tx = np.array([_midranks(row) for row in x])
-    ty = np.array([_midranks(row) for row in y])
-    tz = np.array([_midranks(row) for row in np.hstack([x, y])])
+    tx = np.array([midranks(row) for row in x])
+    ty = np.array([midranks(row) for row in y])
+    tz = np.array([midranks(row) for row in np.hstack([x, y])])
     aucs = (tz[:, :m].sum(axis=1) / m - (m + 1) / 2) / n
     v01 = (tz[:, :m] - tx) / n        # structural components of the positives
     v10 = 1.0 - (tz[:, m:] - ty) / m  # and of the negatives

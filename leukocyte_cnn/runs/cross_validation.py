@@ -18,6 +18,7 @@ import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import save_model, write_csv, write_json
+from leukocyte_cnn.base.knobs import Settings
 from leukocyte_cnn.reporting.metrics import (predictions_metrics, prob_columns,
                                              probabilities_from_output)
 from leukocyte_cnn.base.provenance import provenance
@@ -72,21 +73,39 @@ def parse_fold_list(text: str | None, available: Sequence[int]) -> list[int]:
     return sorted(set(chosen))
 
 
+def first_folds(folds: Sequence[int], max_folds: int | None, chosen: str | None
+                ) -> list[int]:
+    """The first ``max_folds`` of ``folds`` (a script's ``MAX_FOLDS`` knob, e.g. 3 under
+    ``--quick``), unless the folds were chosen with ``--folds`` (``chosen``)."""
+    if chosen or not max_folds:
+        return list(folds)
+    return list(folds)[:max_folds]
+
+
 def run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int,
-              train_fold: Callable[[Fold], pd.DataFrame], *, quiet: bool = False) -> list[int]:
+              train_fold: Callable[[Fold], pd.DataFrame], *, quiet: bool = False,
+              settings: Settings | None = None) -> list[int]:
     """Train every fold in ``folds`` that is not finished yet; return the folds trained now.
 
     ``train_fold`` builds a fresh model, trains it on ``fold.train``, stops early on
-    ``fold.val`` and returns the predictions of ``fold.test`` (see :func:`fit_and_predict`).
-    One line per fold says where the run is; :func:`fit` adds one per epoch with the ETA of
-    the fold and of the run (:mod:`leukocyte_cnn.base.progress`, silent under ``--quiet``).
+    ``fold.val`` and returns the predictions of ``fold.test`` (usually through
+    :func:`train_classifier_fold`, the fold body). One line per fold says where the run is;
+    :func:`fit` adds one per epoch with the ETA of the fold and of the run
+    (:mod:`leukocyte_cnn.base.progress`, silent under ``--quiet``). With the run's
+    ``settings``, a knob set from outside the script that no fold read is named in one line
+    at the end (it reached nothing in this run).
     """
     from leukocyte_cnn.base import progress
+    from leukocyte_cnn.base.knobs import unused_lines
 
     todo = [k for k in folds if not fold_is_done(run_dir, k)]
     done = f" ({len(folds) - len(todo)} finished earlier)" if len(todo) < len(folds) else ""
     with progress.tracking(len(todo), f"{len(todo)} fold(s){done}"):
-        return _run_folds(split, run_dir, folds, seed, train_fold, quiet=quiet)
+        trained = _run_folds(split, run_dir, folds, seed, train_fold, quiet=quiet)
+    if trained and settings is not None:
+        for line in unused_lines(settings):
+            print(line, flush=True)
+    return trained
 
 
 def _run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: int,
@@ -277,22 +296,6 @@ def finish_fold(fold: Fold, predictions: pd.DataFrame, class_names: Sequence[str
     return predictions
 
 
-def fit_and_predict(fold: Fold, model, *, train_ds, val_ds, test_ds,
-                    class_names: Sequence[str], epochs: int, patience: int,
-                    extra_callbacks: Sequence = (), verbose: int = 0) -> pd.DataFrame:
-    """The usual fold body: :func:`fit`, then :func:`predict_table`, then :func:`finish_fold`."""
-    start = time.perf_counter()
-    history = fit(model, train_ds, val_ds, epochs=epochs, patience=patience,
-                  fold_directory=fold.directory, extra_callbacks=extra_callbacks,
-                  verbose=verbose)
-    trained = time.perf_counter()
-    predictions = predict_table(model, test_ds, fold.test, class_names, fold.fold)
-    timings = {"train_seconds": trained - start,
-               "predict_seconds": time.perf_counter() - trained,
-               "epochs_run": len(history.history.get("loss", []))}
-    return finish_fold(fold, predictions, class_names, timings)
-
-
 def record_fold_inputs(fold: Fold, train: pd.DataFrame | None = None) -> Path:
     """:func:`write_fold_inputs` for a fold: ``train`` replaces ``fold.train`` when the fold
     trains on other images (class-balanced, offline-augmented); validation and test images
@@ -301,3 +304,94 @@ def record_fold_inputs(fold: Fold, train: pd.DataFrame | None = None) -> Path:
                              fold.val, fold.test)
 
 
+def make_optimizer(name: str, learning_rate: float, **options):
+    """A fresh Keras optimizer by name (``adam``, ``rmsprop``, ``sgd``, ``adamax``, …).
+
+    ``options`` go to the optimizer's constructor (e.g. ``momentum=0.9`` for SGD).
+    """
+    import keras
+
+    try:
+        return keras.optimizers.get({"class_name": name,
+                                     "config": {"learning_rate": learning_rate, **options}})
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"optimizer {name!r} with {options or 'default options'}: "
+                         f"not accepted by Keras ({exc})") from None
+
+
+def memory_cache(n_images: int, image_size: tuple[int, int], limit_mb: float) -> str | None:
+    """``"memory"`` when a set's decoded images fit ``limit_mb`` (a script's ``CACHE_MB``
+    knob), else ``None``: stream from disk.
+
+    The pipeline caches after decoding and resizing, before shuffling and augmentation, so
+    caching changes speed only: epochs after the first skip the decode. Large sets (the full
+    Kaggle or C-NMC data at high resolution) stream, keeping memory bounded.
+    """
+    height, width = image_size
+    return "memory" if n_images * height * width * 3 <= limit_mb * 2**20 else None
+
+
+def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Sequence[str],
+                          image_size: tuple[int, int], batch_size: int, epochs: int,
+                          patience: int, optimizer: str, learning_rate: float, color_mode: str,
+                          cache_mb: float, augment=None, train_table: pd.DataFrame | None = None,
+                          binary: bool = False, xla: bool = False, verbose: int = 0,
+                          optimizer_options: dict | None = None, mask_column: str | None = None,
+                          extra_metrics: Sequence = (), timings: dict | None = None
+                          ) -> pd.DataFrame:
+    """The body of one fold: train a fresh classifier, keep its best checkpoint, predict the
+    test images once and write the fold's files (the last one marks it finished).
+
+    ``build_model()`` returns an uncompiled model taking [0, 255] pixels. ``augment`` (a Keras
+    layer stack) touches training batches only. ``train_table`` replaces the fold's training
+    rows (e.g. the class-balanced augmented images of that fold); validation and test rows
+    always come from the split; ``fold_XX/inputs.csv`` lists what was fed, before training.
+    ``optimizer_options`` go to the optimizer (e.g. SGD's ``momentum``). ``mask_column`` names
+    a column of the tables holding one mask file per image; the pipeline then blanks every
+    image's background (training, validation and test alike) before resizing. ``color_mode``
+    (``rgb`` or ``grayscale``) is applied by the pipeline to every image; sets whose decoded
+    images fit ``cache_mb`` are cached in memory. ``extra_metrics`` are followed per epoch
+    (``epochs.csv``); the checkpoint is then saved compiled with built-in metrics only, so
+    ``keras.models.load_model(safe_mode=True)`` opens it anywhere. ``timings`` join the fold's
+    ``timing.json``. ``batch_size`` is the global batch: under several replicas
+    (:func:`devices.model_scope`) each step's ``batch_size`` images are split over them.
+    """
+    from leukocyte_cnn.base.devices import (check_global_batch, compile_kwargs, model_scope,
+                                            require_xla)
+    from leukocyte_cnn.inputs.pipeline import make_dataset
+
+    train = fold.train if train_table is None else train_table
+    record_fold_inputs(fold, train)  # fold_XX/inputs.csv: what this fold feeds, before training
+    label_mode = "binary" if binary else "int"
+    loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+
+    def dataset(table, training: bool):
+        return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
+                            image_size, batch_size, shuffle=training,
+                            augment=augment if training else None, seed=fold.seed,
+                            label_mode=label_mode,
+                            cache=memory_cache(len(table), image_size, cache_mb),
+                            masks=table[mask_column].tolist() if mask_column else None,
+                            color_mode=color_mode)
+
+    check_global_batch(batch_size)
+    with model_scope():  # several replicas: weights, optimizer state and metrics mirrored
+        model = build_model()
+        model.compile(optimizer=make_optimizer(optimizer, learning_rate,
+                                               **(optimizer_options or {})),
+                      loss=loss, metrics=["accuracy", *extra_metrics], **compile_kwargs(xla))
+    require_xla(model, xla)
+    start = time.perf_counter()
+    history = fit(model, dataset(train, True),
+                  dataset(fold.val, False) if len(fold.val) else None, epochs=epochs,
+                  patience=patience, fold_directory=fold.directory, verbose=verbose)
+    if extra_metrics:  # the checkpoint's compile state names built-in metrics only
+        with model_scope():
+            model.compile(optimizer=model.optimizer, loss=loss, metrics=["accuracy"])
+        save_model(model, fold.directory / CHECKPOINT)
+    trained = time.perf_counter()
+    predictions = predict_table(model, dataset(fold.test, False), fold.test, class_names,
+                                fold.fold)
+    return finish_fold(fold, predictions, class_names, {
+        "train_seconds": trained - start, "predict_seconds": time.perf_counter() - trained,
+        "epochs_run": len(history.history.get("loss", [])), **(timings or {})})

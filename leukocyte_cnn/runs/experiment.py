@@ -1,19 +1,25 @@
 """What every training script does the same way: common options, the split, the run folder.
 
-A script adds its own knobs and model; this module gives it the dataset/split/run-folder
-plumbing so that all scripts read split files and write run folders identically.
+A script declares its knobs and its model; this module turns its command line into
+:class:`RunOptions` once (the script then hands the library those and its resolved
+``knobs.Settings``, never its ``argparse`` namespace), makes or finds its default split
+(:mod:`leukocyte_cnn.splits.request`) and opens its run folder, so that all scripts read split
+files and write run folders identically.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Sequence
 
+from leukocyte_cnn.base.devices import DeviceRequest, device_settings
 from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.base.knobs import Settings
 from leukocyte_cnn.base.run_folder import prepare_run_dir
+from leukocyte_cnn.splits.request import SplitRequest, make_split_file, parse_reader_options
 
 DATA_DIR = Path("data")
 RESULTS_DIR = Path("results")
@@ -60,136 +66,147 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_dataset: st
     return parser
 
 
-def split_arguments(args: argparse.Namespace, *, method: str, data_dir: Path = DATA_DIR,
-                    **split_options) -> list[str]:
-    """The ``cross_validation_splits.py`` command line for this script's default split."""
-    argv = ["--dataset", args.dataset, "--method", method, "--seed", str(args.seed),
-            "--out-dir", str(data_dir / "splits")]
-    if args.data_root:
-        argv += ["--data-root", str(args.data_root)]
-    if getattr(args, "ignore_groups", False):
-        argv.append("--ignore-groups")
-    for option in getattr(args, "reader_option", None) or []:
-        argv += ["--reader-option", option]
-    flags = {"k": "--k", "p": "--p", "min_images": "--min-images",
-             "val_fraction": "--val-fraction", "test_fraction": "--test-fraction",
-             "zheng_dataset": "--zheng-dataset", "test_sources": "--test-sources"}
-    for key, value in split_options.items():
-        if value is None:
-            continue
-        if key == "exclude_classes":
-            for name in value:
-                argv += ["--exclude", name]
-        elif key in flags:
-            argv += [flags[key], str(value)]
-        else:
-            raise TypeError(f"unknown split option {key!r}")
-    return argv
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What a script's command line says about one run besides its knobs: data, split, run
+    folder, folds, seed, quick mode, console and devices (:func:`add_common_arguments` and
+    ``devices.add_gpu_arguments``)."""
+
+    dataset: str
+    data_root: str | None = None
+    split: str | None = None
+    ignore_groups: bool = False
+    reader_options: tuple[str, ...] = ()
+    zheng_dataset: str | None = None
+    run_name: str | None = None
+    results_dir: str = str(RESULTS_DIR)
+    folds: str | None = None
+    seed: int = 0
+    quick: bool = False
+    quiet: bool = False
+    devices: DeviceRequest = DeviceRequest()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunOptions":
+        return cls(dataset=args.dataset, data_root=args.data_root, split=args.split,
+                   ignore_groups=bool(getattr(args, "ignore_groups", False)),
+                   reader_options=tuple(getattr(args, "reader_option", None) or ()),
+                   zheng_dataset=getattr(args, "zheng_dataset", None),
+                   run_name=args.run_name, results_dir=args.results_dir,
+                   folds=getattr(args, "folds", None), seed=args.seed, quick=bool(args.quick),
+                   quiet=bool(getattr(args, "quiet", False)),
+                   devices=DeviceRequest.from_args(args))
+
+    def with_changes(self, **changes) -> "RunOptions":
+        return dataclasses.replace(self, **changes)
+
+    def parsed_reader_options(self) -> dict:
+        """The reader options of the default split (``--reader-option``, ``--zheng-dataset``)."""
+        return parse_reader_options(self.reader_options, self.zheng_dataset)
+
+    def run_dir(self, script: str) -> Path:
+        """``<results-dir>/<run-name>``, by default ``<script>_<dataset>[_quick]``."""
+        name = self.run_name or "_".join([script, self.dataset] + (["quick"] if self.quick
+                                                                    else []))
+        return Path(self.results_dir) / name
 
 
-def resolve_split(args: argparse.Namespace, *, method: str, data_dir: Path = DATA_DIR,
-                  **split_options):
+def split_request(run: RunOptions, *, method: str | None, val_fraction: float,
+                  min_images: int, data_dir: Path = DATA_DIR, **options) -> SplitRequest:
+    """The :class:`SplitRequest` of a script's default split: the run's data, seed and
+    ``--ignore-groups``/``--reader-option``, the script's protocol (``method`` and its knobs:
+    ``k``, ``p``, ``test_fraction``, ``exclude``, ``test_sources``, ...)."""
+    if "exclude" in options:
+        options["exclude"] = tuple(options["exclude"])
+    return SplitRequest(dataset=run.dataset, data_root=run.data_root, method=method,
+                        seed=run.seed, val_fraction=val_fraction, min_images=min_images,
+                        reader_options=run.parsed_reader_options(),
+                        ignore_groups=run.ignore_groups, out_dir=str(data_dir / "splits"),
+                        **options)
+
+
+def resolve_split(run: RunOptions, *, method: str | None, val_fraction: float,
+                  min_images: int, data_dir: Path = DATA_DIR, **options):
     """Load ``--split``, or this script's default split, writing it first if it is absent.
 
     The default split is exactly what ``cross_validation_splits.py`` writes with the same
-    options: the same code runs, and the file name ends in the fingerprint of the images and
-    every split setting, so a split made with other settings or from other images (another
-    data root under the same dataset name) lies under another name and is never reused or
-    overwritten by mistake; later scripts and other machines read identical folds.
+    options (:func:`splits.request.make_split_file`): the file name ends in the fingerprint of
+    the images and every split setting, so a split made with other settings or from other
+    images (another data root under the same dataset name) lies under another name and is
+    never reused or overwritten by mistake; later scripts and other machines read identical
+    folds.
     """
-    import cross_validation_splits as cvs
-    from leukocyte_cnn.splits.folds import load_split
+    from leukocyte_cnn.splits.split_files import load_split
 
-    if args.split:
-        refuse_split_options(args)
-        return load_split(args.split, data_root=args.data_root)
-    cvs_args = cvs.parse_args(split_arguments(args, method=method, data_dir=data_dir,
-                                              **split_options))
-    return load_split(cvs.main(cvs_args), data_root=args.data_root)
+    if run.split:
+        refuse_split_options(run)
+        return load_split(run.split, data_root=run.data_root)
+    request = split_request(run, method=method, val_fraction=val_fraction,
+                            min_images=min_images, data_dir=data_dir, **options)
+    return load_split(make_split_file(request), data_root=run.data_root)
 
 
-def refuse_split_options(args: argparse.Namespace) -> None:
+def resolve_protocol_split(run: RunOptions, settings: Settings, **options):
+    """:func:`resolve_split` with a script's split-protocol knobs: ``SPLIT_METHOD`` with ``K``
+    (``kfold``, ``group_kfold``) or ``LEAVE_OUT`` (``lpo``), ``VAL_FRACTION``, ``MIN_IMAGES``
+    and, when the script has it, ``EXCLUDE_CLASSES`` (those present in the data). Only the
+    knobs the method uses are read, so the others show as unused in a run that sets them; with
+    ``--split`` none is (the file records its own protocol)."""
+    if run.split:
+        return resolve_split(run, method=None, val_fraction=0.0, min_images=0)
+    method = settings["SPLIT_METHOD"]
+    if method in ("kfold", "group_kfold"):
+        options["k"] = settings["K"]
+    elif method == "lpo":
+        options["p"] = settings["LEAVE_OUT"]
+    if "EXCLUDE_CLASSES" in settings:
+        options["exclude"] = present_exclusions(run, settings["EXCLUDE_CLASSES"])
+    return resolve_split(run, method=method, val_fraction=settings["VAL_FRACTION"],
+                         min_images=settings["MIN_IMAGES"], **options)
+
+
+def refuse_split_options(run: RunOptions) -> None:
     """``--ignore-groups``/``--reader-option`` shape the default split; a ``--split`` file
     already records its own: one line instead of a switch that does nothing."""
-    given = [flag for flag, value in (("--ignore-groups", getattr(args, "ignore_groups", False)),
-                                      ("--reader-option", getattr(args, "reader_option", None)))
-             if value]
+    given = [flag for flag, value in (("--ignore-groups", run.ignore_groups),
+                                      ("--reader-option", run.reader_options)) if value]
     if given:
-        raise InputError(f"--split {args.split}: {' and '.join(given)} shape(s) the default "
+        raise InputError(f"--split {run.split}: {' and '.join(given)} shape(s) the default "
                          "split only; the split file records its own (make it with "
                          "cross_validation_splits.py)")
 
 
-def present_exclusions(args: argparse.Namespace, exclude_classes: Sequence[str]
-                       ) -> tuple[str, ...]:
-    """The names in ``exclude_classes`` that are classes of ``--dataset`` (in their order).
+def present_exclusions(run: RunOptions, exclude_classes: Sequence[str]) -> tuple[str, ...]:
+    """The names in ``exclude_classes`` that are classes of the run's dataset (in order).
 
     For a script's default split: a class set aside by name (e.g. ``thrombocyte``) may be
-    absent from a real dataset, and naming it would put a pointless ``--exclude`` into the
+    absent from a real dataset, and naming it would put a pointless exclusion into the
     split's options and file name. Returns ``()`` with ``--split``: a given split file already
     records its exclusions, and the dataset is not read.
     """
-    if args.split:
+    if run.split:
         return ()
     from leukocyte_cnn.data.datasets import class_names, read_dataset
 
-    present = set(class_names(read_dataset(args.dataset, args.data_root,
-                                           **dataset_reader_options(args))))
+    present = set(class_names(read_dataset(run.dataset, run.data_root,
+                                           **run.parsed_reader_options())))
     return tuple(c for c in exclude_classes if c in present)
 
 
-def dataset_reader_options(args: argparse.Namespace) -> dict:
-    """The reader options the default split is made with (``--reader-option``,
-    ``--zheng-dataset``), as ``cross_validation_splits.reader_options`` parses them."""
-    import cross_validation_splits as cvs
-
-    return cvs.reader_options(argparse.Namespace(
-        zheng_dataset=getattr(args, "zheng_dataset", None),
-        reader_option=getattr(args, "reader_option", None) or []))
-
-
-def run_dir_for(args: argparse.Namespace, script: str) -> Path:
-    name = args.run_name or "_".join([script, args.dataset] + (["quick"] if args.quick else []))
-    return Path(args.results_dir) / name
-
-
-def script_settings(script: str | ModuleType, args: argparse.Namespace) -> dict:
-    """A script's hyperparameters: its UPPER_CASE module constants (:func:`runinfo.knobs`),
-    updated with the script's ``QUICK`` dict under ``--quick``, then with the knobs set from
-    outside (``$LEUKOCYTE_KNOBS``, :mod:`leukocyte_cnn.base.knobs`), which beat ``QUICK``.
-
-    ``script`` is the script's module or its ``__name__``. The result is what ``start_run``
-    records as ``knobs``; command-line overrides stay the script's business.
-    """
-    from leukocyte_cnn.base.knobs import overrides_of
-    from leukocyte_cnn.base.knobs import knobs
-
-    module = sys.modules[script] if isinstance(script, str) else script
-    settings = knobs(module)
-    if args.quick:
-        settings.update(module.QUICK)
-    settings.update(overrides_of(module))
-    return settings
-
-
-def start_training_run(args: argparse.Namespace, script: str, *, knobs: dict, split, title: str,
-                       class_names: Sequence[str], extra: dict | None = None) -> Path:
-    """:func:`start_run` with the device switches recorded after ``extra`` as they took effect
-    (:func:`gpu.device_settings`: precision policy, XLA, determinism, replicas). The devices
-    are normally set up already, first thing in ``main()`` (:func:`gpu.setup_devices`)."""
-    from leukocyte_cnn.base.devices import device_settings
-
-    return start_run(args, script, knobs=knobs, split=split, title=title,
-                     class_names=class_names, extra={**(extra or {}), **device_settings(args)})
-
-
-def start_run(args: argparse.Namespace, script: str, *, knobs: dict, split, title: str,
-              class_names: Sequence[str], extra: dict | None = None) -> Path:
-    """Create the run folder with the settings that determine its numbers."""
+def start_run(run: RunOptions, script: str, *, settings: Settings, split, title: str,
+              class_names: Sequence[str], extra: dict | None = None,
+              resumable: Sequence[str] = ()) -> Path:
+    """Create the run folder with what determines its numbers: the split file, the knobs as
+    they run (``settings``; ``overrides`` says which were changed and by what), ``extra``
+    (derived facts such as the model's input size or parameter count) and the device switches
+    as they took effect (:func:`devices.device_settings`: precision policy, XLA, determinism,
+    replicas; the devices are normally set up first thing in ``main()``). Knobs named in
+    ``resumable`` may change when the run is resumed (a study's number of seeds)."""
     from leukocyte_cnn.base.io import file_sha256
+    from leukocyte_cnn.base.progress import run_header, set_console
 
-    config = {"script": script, "title": title, "dataset": args.dataset,
-              "data_root": args.data_root, "split_file": str(split.csv_path),
+    config = {"script": script, "title": title, "dataset": run.dataset,
+              "data_root": run.data_root, "split_file": str(split.csv_path),
               "split_sha256": file_sha256(split.csv_path),
               "split_fingerprint": (split.settings.get("fingerprint") or {}).get("fingerprint"),
               "dataset_hash": split.settings.get("dataset_hash"),
@@ -197,14 +214,18 @@ def start_run(args: argparse.Namespace, script: str, *, knobs: dict, split, titl
               "leaky": bool(split.settings.get("leaky", False)),
               "excluded_classes": split.settings.get("excluded_classes", []),
               "n_folds": len(split.folds), "class_names": list(class_names),
-              "seed": args.seed, "quick": bool(args.quick), "knobs": knobs, **(extra or {})}
-    run_dir = prepare_run_dir(run_dir_for(args, script), config)
-    from leukocyte_cnn.base.progress import run_header, set_console
-
-    set_console(quiet=getattr(args, "quiet", False))
+              "seed": run.seed, "quick": bool(run.quick), "knobs": settings.recorded(),
+              **(extra or {}), **device_settings(run.devices)}
+    run_dir = prepare_run_dir(run.run_dir(script), config, overrides=settings.overrides(),
+                              resumable=tuple(resumable))
+    set_console(quiet=run.quiet)
     print(f"run folder {run_dir} ({title})", flush=True)
-    if not getattr(args, "quiet", False):
-        print(run_header(args, split, class_names), flush=True)
+    if not run.quiet:
+        print(run_header(split, class_names, dataset=run.dataset, data_root=run.data_root,
+                         folds=run.folds), flush=True)
+        for name, change in settings.overrides().items():
+            print(f"knob {name} = {json.dumps(change['value'])} (by {change['by']}; script: "
+                  f"{json.dumps(change['default'])})", flush=True)
     return run_dir
 
 
@@ -215,79 +236,3 @@ def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
     return path
 
 
-def make_optimizer(name: str, learning_rate: float, **options):
-    """A fresh Keras optimizer by name (``adam``, ``rmsprop``, ``sgd``, ``adamax``, …).
-
-    ``options`` go to the optimizer's constructor (e.g. ``momentum=0.9`` for SGD).
-    """
-    import keras
-
-    try:
-        return keras.optimizers.get({"class_name": name,
-                                     "config": {"learning_rate": learning_rate, **options}})
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"optimizer {name!r} with {options or 'default options'}: "
-                         f"not accepted by Keras ({exc})") from None
-
-
-MEMORY_CACHE_LIMIT = 512 * 2**20  # bytes of decoded, resized uint8 images kept in RAM per set
-
-
-def memory_cache(n_images: int, image_size: tuple[int, int]) -> str | None:
-    """``"memory"`` when a set's decoded images fit the cache limit, else stream from disk.
-
-    The pipeline caches after decoding and resizing, before shuffling and augmentation, so
-    caching changes speed only: epochs after the first skip the decode. Large sets (the full
-    Kaggle or C-NMC data at high resolution) stream, keeping memory bounded.
-    """
-    height, width = image_size
-    return "memory" if n_images * height * width * 3 <= MEMORY_CACHE_LIMIT else None
-
-
-def train_classifier_fold(fold, build_model, *, class_names: Sequence[str],
-                          image_size: tuple[int, int], batch_size: int, epochs: int,
-                          patience: int, optimizer: str, learning_rate: float, augment=None,
-                          train_table=None, binary: bool = False, xla: bool = False,
-                          verbose: int = 0, optimizer_options: dict | None = None,
-                          mask_column: str | None = None, color_mode: str = "rgb"):
-    """Train a fresh classifier on one fold and write its outputs (see training.fit_and_predict).
-
-    ``build_model()`` returns an uncompiled model taking [0, 255] pixels. ``augment`` (a Keras
-    layer stack) touches training batches only. ``train_table`` replaces the fold's training
-    rows (e.g. the class-balanced augmented images of that fold); validation and test rows
-    always come from the split. ``optimizer_options`` go to the optimizer (e.g. SGD's
-    ``momentum``). ``mask_column`` names a column of the tables holding one mask file per
-    image; the pipeline then blanks every image's background (training, validation and test
-    alike) before resizing. ``color_mode`` (a script's ``COLOR_MODE`` knob: ``rgb`` or
-    ``grayscale``) is applied by the pipeline to every image. ``batch_size`` is the global
-    batch: under several replicas (:func:`gpu.model_scope`) each step's ``batch_size`` images
-    are split over them.
-    """
-    from leukocyte_cnn.base.devices import (check_global_batch, compile_kwargs, model_scope, require_xla)
-    from leukocyte_cnn.inputs.pipeline import make_dataset
-    from leukocyte_cnn.runs.cross_validation import fit_and_predict, record_fold_inputs
-
-    train = fold.train if train_table is None else train_table
-    record_fold_inputs(fold, train)  # fold_XX/inputs.csv: what this fold feeds, before training
-    label_mode = "binary" if binary else "int"
-
-    def dataset(table, training: bool):
-        return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
-                            image_size, batch_size, shuffle=training,
-                            augment=augment if training else None, seed=fold.seed,
-                            label_mode=label_mode, cache=memory_cache(len(table), image_size),
-                            masks=table[mask_column].tolist() if mask_column else None,
-                            color_mode=color_mode)
-
-    check_global_batch(batch_size)
-    with model_scope():  # several replicas: weights, optimizer state and metrics mirrored
-        model = build_model()
-        model.compile(optimizer=make_optimizer(optimizer, learning_rate,
-                                               **(optimizer_options or {})),
-                      loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                      metrics=["accuracy"], **compile_kwargs(xla))
-    require_xla(model, xla)
-    return fit_and_predict(fold, model, train_ds=dataset(train, True),
-                           val_ds=dataset(fold.val, False) if len(fold.val) else None,
-                           test_ds=dataset(fold.test, False), class_names=class_names,
-                           epochs=epochs, patience=patience, verbose=verbose)

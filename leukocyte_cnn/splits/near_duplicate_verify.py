@@ -1,30 +1,24 @@
-"""Copies of one cell on pixels: a rotation-invariant screen and a pixel-level verification.
+"""Near-duplicate verification: whether a screened pair is a copy, on aligned pixels.
 
-Augmented datasets (the Kaggle blood-cell TRAIN folder above all) hold copies of one source
-cell rotated by arbitrary angles (black corners), shifted, sheared, flipped, with their
-brightness changed and re-encoded. A 64-bit perceptual hash cannot tell those copies from
-look-alike cells (on the full Kaggle set both lie at 6-10 bits), so copies are found in two
-stages:
+This module holds the second stage of the copy detector: the alignment of image B onto image
+A from their :class:`~leukocyte_cnn.splits.near_duplicate_screen.Fingerprint` s
+(:func:`ring_senses`, shift search, affine refinement), :func:`verify` and its
+:class:`Verification`, :func:`verify_pairs` over many pairs with a :class:`WorkingCache`,
+the :class:`UnionFind` that joins verified copies, and :func:`false_positive_estimate`, the
+calibration from pairs that cross classes.
 
-1. **Screen** (cheap, loose): a pair is a candidate when its dihedral pHashes are within the
-   hash threshold (:mod:`leukocyte_cnn.splits.leakage`), or when one image is among the
-   ``SCREEN_NEIGHBOURS`` nearest of the other by a rotation- and flip-invariant signature:
-   the image's luma sampled on rings around its nucleus (the centroid of the darkest blob),
-   summarised by the magnitudes of the low angular Fourier harmonics of each ring. Turning
-   an image about that point only shifts each ring's samples, which leaves those magnitudes
-   unchanged; a mirror reverses them, which does too.
-2. **Verify** (on pixels): the rotation between the two images is read from the circular
-   cross-correlation of their ring samples (both mirror senses, many pairs in one FFT); B is
-   turned by it about its nucleus onto A's (or, where that matches poorly, shifted by an
-   FFT cross-correlation) and the alignment is refined as an affine map with a gain and bias
-   (the Kaggle copies are sheared too) by Gauss-Newton steps (inverse-compositional
-   Lucas-Kanade) on the blurred luma at half of 64 pixels on the short side. A copy's luma
-   NCC climbs towards 1 with each step, two different cells' stays low, so a pair stops at
-   the first step whose NCC falls short of a gate rising from REJECT_BELOW to HALF_GATE.
-   Rotation fill is left out: near-black regions touching the border are masked in both
-   images. The similarity is the normalised cross-correlation (NCC) of the aligned pixels
-   over the part both images show at 64 pixels (refined there too when the half-resolution
-   map falls short); a pair is a copy when it reaches ``SIMILARITY_THRESHOLD``.
+The rotation between the two images is read from the circular cross-correlation of their
+ring samples (both mirror senses, many pairs in one FFT); B is turned by it about its nucleus
+onto A's (or, where that matches poorly, shifted by an FFT cross-correlation) and the
+alignment is refined as an affine map with a gain and bias (the Kaggle copies are sheared
+too) by Gauss-Newton steps (inverse-compositional Lucas-Kanade) on the blurred luma at half
+of 64 pixels on the short side. A copy's luma NCC climbs towards 1 with each step, two
+different cells' stays low, so a pair stops at the first step whose NCC falls short of a gate
+rising from REJECT_BELOW to HALF_GATE. Rotation fill is left out: near-black regions touching
+the border are masked in both images. The similarity is the normalised cross-correlation
+(NCC) of the aligned pixels over the part both images show at 64 pixels (refined there too
+when the half-resolution map falls short); a pair is a copy when it reaches
+``SIMILARITY_THRESHOLD``.
 
 The similarity is the NCC of the aligned *detail* (luma minus its blur at DETAIL_SIGMA):
 after an affine fit the smooth luma of two different cells often correlates at 0.9 or more,
@@ -51,22 +45,12 @@ import functools
 from collections import OrderedDict
 
 import numpy as np
-from PIL import Image
 import scipy.fft
-from scipy import ndimage
 from scipy.linalg import lapack
 
-WORK_SIDE = 64             # pixels on the short side of the image that is verified
-PADDING_LEVEL = 24         # pixels darker than this in every channel may be augmentation fill
-RINGS = 16                 # rings of the polar signature
-ANGLES = 64                # samples per ring (5.6° apart; the rotation is refined after)
-RING_REACH = 0.42          # outermost ring, as a share of the short side
-HARMONICS = 6              # angular harmonics 1..HARMONICS per ring in the signature
-NUCLEUS_SHARE = 15         # percent of darkest (green) pixels that locate the nucleus
-NUCLEUS_REACH = 0.2        # radius (share of the short side) of the dark-pixel centroid
-NUCLEUS_STEPS = 3          # mean-shift steps from the darkest peak to the nucleus centroid
-RADIAL_BLUR = 1.0          # rings: the signature's harmonics are blurred across rings by this
-SCREEN_NEIGHBOURS = 4      # each image's nearest images by signature are candidates
+from leukocyte_cnn.splits.near_duplicate_screen import ANGLES, Fingerprint
+from leukocyte_cnn.splits.pixel_ops import PAD, Bilinear, blur_within, padded
+
 SIMILARITY_THRESHOLD = 0.9  # detail NCC after alignment at or above which a pair is a copy
 RING_GATE = 0.75           # ring-sample NCC below which a pair is no copy (no pixel work)
 SENSE_MARGIN = 0.05        # the other mirror sense is tried when its rings match this nearly
@@ -79,247 +63,6 @@ DETAIL_SIGMA = 3.0         # pixels: detail = luma minus its blur at this scale
 LK_STEPS = (4, 2)          # Gauss-Newton steps at half and at full working resolution
 # (real Kaggle copies need all 4 at half resolution: their NCC after 0-4 steps is at least
 # 0.60, 0.72, 0.80, 0.86, 0.93, above the rising gates 0.55, 0.625, 0.70, 0.775, 0.85)
-PAD = 2                    # zero border of the sampled arrays (no bounds checks per point)
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_MIRROR = (ANGLES // 2 - np.arange(ANGLES)) % ANGLES  # ring sample order of the mirrored image
-
-
-# ----------------------------------------------------------------------------- per image
-
-def padding_mask(rgb: np.ndarray) -> np.ndarray:
-    """Near-black regions touching the border: the fill of rotations and shifts.
-
-    Left out only when they cover less than half the image (cells segmented on a black
-    background, as in C-NMC, keep their background).
-    """
-    rgb = np.asarray(rgb)
-    if rgb.ndim == 3:  # channel by channel: 10x faster than rgb.max(axis=2)
-        dark = (rgb[..., 0] < PADDING_LEVEL) & (rgb[..., 1] < PADDING_LEVEL) & (
-            rgb[..., 2] < PADDING_LEVEL)
-    else:
-        dark = rgb < PADDING_LEVEL
-    if not (dark[0].any() or dark[-1].any() or dark[:, 0].any() or dark[:, -1].any()):
-        return np.zeros_like(dark)  # nothing dark touches the border
-    labels, count = ndimage.label(dark)
-    touching = np.zeros(count + 1, dtype=bool)
-    touching[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
-    touching[0] = False
-    padding = touching[labels]
-    return padding if padding.mean() < 0.5 else np.zeros_like(padding)
-
-
-@dataclasses.dataclass
-class Fingerprint:
-    """What verification needs of one image, at WORK_SIDE pixels on its short side."""
-
-    luma: np.ndarray       # float16 (h, w): blurred luma, zero mean and unit sd over `valid`
-    valid: np.ndarray      # bool (h, w): pixels of the picture (not rotation fill)
-    centre: tuple          # (row, col) of the nucleus: the origin of the rings
-    rings: np.ndarray      # float32 (RINGS, ANGLES): luma sampled on rings around `centre`
-    signature: np.ndarray  # float32: rotation/flip-invariant summary of `rings`, unit length
-
-
-def working_image(rgb: "np.ndarray | Image.Image") -> np.ndarray:
-    """The RGB image (an array, or a Pillow RGB image) box-averaged to WORK_SIDE pixels on
-    its short side (float32)."""
-    if isinstance(rgb, Image.Image):
-        image = rgb
-        w, h = image.size
-    else:
-        h, w = rgb.shape[:2]
-        image = Image.fromarray(np.ascontiguousarray(rgb))
-    scale = WORK_SIDE / min(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.BOX)
-    return np.asarray(image, dtype=np.float32)
-
-
-def fingerprint(rgb: np.ndarray) -> Fingerprint:
-    """The verification data of one decoded image (``uint8`` H×W×3 or H×W)."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    small = working_image(rgb[..., :3])
-    return fingerprint_of_working_image(small, padding_mask(small))
-
-
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """``ndimage.gaussian_filter(image, sigma)`` (float32; edges mirrored, as its default
-    "reflect" mode) as two matrix products, ``rows @ image @ columns.T``: at 64 px these cost
-    a quarter of ``ndimage.correlate1d``'s passes at sigma 3 and half at sigma 1, and
-    ``image`` may hold a stack of images (..., h, w)."""
-    sigma = float(sigma)
-    return _blur_matrix(image.shape[-2], sigma) @ image @ _blur_matrix(image.shape[-1], sigma).T
-
-
-@functools.lru_cache(maxsize=64)
-def _blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """The (n, n) float32 matrix of ``ndimage.correlate1d(x, kernel)`` along one axis: the
-    filter applied to each unit vector."""
-    return ndimage.correlate1d(np.eye(n), _gaussian_kernel(sigma), axis=0).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def _gaussian_kernel(sigma: float) -> np.ndarray:
-    offsets = np.arange(-int(4.0 * sigma + 0.5), int(4.0 * sigma + 0.5) + 1)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def _blur_within(image: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
-    """Normalised convolution: a blur of the picture that never mixes in rotation fill."""
-    if valid.all():
-        return _blur(image, sigma)
-    weight = valid.astype(np.float32)
-    picture, weights = _blur(np.stack([image * weight, weight]), sigma)  # one product each side
-    return picture / np.maximum(weights, 1e-3)
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_erosion(mask, border_value=1)`` (4-neighbour cross), by slicing."""
-    out = mask.copy()
-    out[1:] &= mask[:-1]
-    out[:-1] &= mask[1:]
-    out[:, 1:] &= mask[:, :-1]
-    out[:, :-1] &= mask[:, 1:]
-    return out
-
-
-def fingerprint_of_working_image(small: np.ndarray, padding: np.ndarray,
-                                 luma: np.ndarray | None = None) -> Fingerprint:
-    """:func:`fingerprint` from :func:`working_image` and its :func:`padding_mask` (callers
-    that hash the same small image compute them once; ``luma``: ``small @ _LUMA``, if they
-    have it too)."""
-    valid = ~padding
-    if valid.sum() < 16:
-        valid[:] = True
-    luma = _blur_within(small @ _LUMA if luma is None else luma, valid, 1.0)
-    valid = _erode(valid)
-    if valid.sum() < 16:
-        valid[:] = True
-    values = luma[valid]
-    luma = np.where(valid, (luma - values.mean()) / (values.std() + 1e-6), 0.0).astype(np.float32)
-    centre = _nucleus_centre(small[..., 1], valid)
-    rings = _rings(luma, centre)
-    return Fingerprint(luma=luma.astype(np.float16), valid=valid, centre=centre, rings=rings,
-                       signature=_signature(rings))
-
-
-def _nucleus_centre(green: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
-    """The centre of the darkest blob (the nucleus) in green light.
-
-    The peak of the blurred share of dark pixels finds the nucleus (a peak, not a mean, stays
-    on it when platelets or a cut neighbour are dark too); the centre is then the centroid of
-    the dark pixels within NUCLEUS_REACH of it, moved there a few times (mean shift). A lobed
-    nucleus (monocytes, band cells) has several peaks, and which lobe wins changes with the
-    turn; the centroid of the whole nucleus does not (planted copies: the centre lands within
-    1.2 px of its true place at 64 px, against up to 11 px at the peak).
-    """
-    values = green[valid]
-    ranks = [int(0.01 * (len(values) - 1)), int(NUCLEUS_SHARE / 100 * (len(values) - 1))]
-    low, high = np.partition(values, ranks)[ranks].tolist()
-    weight = np.maximum(np.minimum((high - green) / max(high - low, 1e-3), 1.0), 0.0) * valid
-    # the peak at half resolution (2x2 blocks summed; the mean shift refines it)
-    h, w = weight.shape[0] // 2 * 2, weight.shape[1] // 2 * 2
-    coarse = (weight[0:h:2, 0:w:2] + weight[1:h:2, 0:w:2] + weight[0:h:2, 1:w:2]
-              + weight[1:h:2, 1:w:2])
-    y, x = divmod(int(np.argmax(_blur(coarse, WORK_SIDE / 42))), coarse.shape[1])
-    y, x = 2 * y + 0.5, 2 * x + 0.5
-    h, w = weight.shape
-    radius = NUCLEUS_REACH * min(h, w)
-    cy, cx = float(y), float(x)
-    count = _count(max(h, w))
-    for _ in range(NUCLEUS_STEPS):
-        top, left = max(0, int(cy - radius)), max(0, int(cx - radius))
-        window = weight[top:int(cy + radius) + 2, left:int(cx + radius) + 2]
-        rows = count[top:top + window.shape[0]]
-        cols = count[left:left + window.shape[1]]
-        window = window * (((rows - cy) ** 2)[:, None] + ((cols - cx) ** 2)[None, :]
-                           <= radius ** 2)
-        by_row = window.sum(axis=1)
-        total = float(by_row.sum())
-        if total <= 0:
-            break
-        cy = float(by_row @ rows) / total
-        cx = float(window.sum(axis=0) @ cols) / total
-    return cy, cx
-
-
-@functools.lru_cache(maxsize=16)
-def _count(n: int) -> np.ndarray:
-    """0, 1, ..., n - 1 as float32 (pixel indices)."""
-    return np.arange(n, dtype=np.float32)
-
-
-_RADII = np.linspace(1.5, RING_REACH * WORK_SIDE, RINGS)[:, None]
-_PHI = np.arange(ANGLES)[None, :] * 2 * np.pi / ANGLES
-
-
-_CIRCLES = np.stack([(_RADII * np.sin(_PHI)).ravel(),
-                     (_RADII * np.cos(_PHI)).ravel()]).astype(np.float32)
-
-
-def _rings(luma: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
-    """``luma`` sampled (bilinear, 0 outside) on RINGS circles of ANGLES points."""
-    points = _CIRCLES + np.array([[centre[0] + PAD], [centre[1] + PAD]], dtype=np.float32)
-    return _sample(_padded(luma, 0.0), points).reshape(RINGS, ANGLES)
-
-
-def _signature(rings: np.ndarray) -> np.ndarray:
-    """Magnitudes of the angular harmonics 1..HARMONICS of each ring (rings blurred across
-    radii by RADIAL_BLUR, so a zoom that moves structure by a ring changes little), unit
-    length. The rings' means are left out: they move with brightness and contrast and with
-    the luma normalisation over the part of the picture a shifted copy keeps, and with them
-    in, the ring-signature neighbours missed 16 of 360 planted copy pairs (0 without)."""
-    # the radial blur (edges: nearest ring) and the harmonics' DFT are linear: two products
-    parts = _RADIAL_BLUR @ rings @ _HARMONIC_BASIS  # (RINGS, 2 HARMONICS): cosines, sines
-    vector = np.hypot(parts[:, :HARMONICS], parts[:, HARMONICS:]).ravel()
-    return (vector / (np.linalg.norm(vector) + 1e-9)).astype(np.float32)
-
-
-# ``ndimage.correlate1d(rings, kernel, axis=0, mode="nearest")`` as a matrix, and the real and
-# imaginary parts of ``np.fft.rfft(rings, axis=1)[:, 1:HARMONICS + 1]`` (up to sign) as one
-_RADIAL_BLUR = ndimage.correlate1d(np.eye(RINGS), _gaussian_kernel(RADIAL_BLUR), axis=0,
-                                   mode="nearest")
-_HARMONIC_BASIS = np.concatenate([np.cos(2 * np.pi * np.arange(ANGLES)[:, None]
-                                         * np.arange(1, HARMONICS + 1)[None, :] / ANGLES),
-                                  np.sin(2 * np.pi * np.arange(ANGLES)[:, None]
-                                         * np.arange(1, HARMONICS + 1)[None, :] / ANGLES)], axis=1)
-
-
-# ----------------------------------------------------------------------------- screen
-
-def signature_neighbours(signatures: np.ndarray, k: int = SCREEN_NEIGHBOURS,
-                         allowed: np.ndarray | None = None,
-                         block_rows: int = 1024) -> np.ndarray:
-    """Pairs ``(i, j)``, ``i < j``, where one image is among the ``k`` nearest of the other.
-
-    ``allowed`` (one value per image, optional) restricts pairs to images with equal values
-    (e.g. one owner split). Distances in blocks of rows: memory ``block_rows × n`` floats.
-    """
-    signatures = np.asarray(signatures, dtype=np.float32)
-    n = len(signatures)
-    if n < 2 or k <= 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    norms = (signatures ** 2).sum(axis=1)
-    found = []
-    for start in range(0, n, block_rows):
-        stop = min(n, start + block_rows)
-        dist = norms[start:stop, None] + norms[None, :] - 2 * signatures[start:stop] @ signatures.T
-        dist[np.arange(stop - start), np.arange(start, stop)] = np.inf
-        if allowed is not None:
-            dist[allowed[start:stop, None] != allowed[None, :]] = np.inf
-        kk = min(k, n - 1)
-        nearest = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
-        rows = np.repeat(np.arange(start, stop), kk)
-        cols = nearest.ravel()
-        keep = np.isfinite(dist[rows - start, cols])
-        found.append(np.stack([rows[keep], cols[keep]], axis=1))
-    pairs = np.concatenate(found)
-    pairs = np.sort(pairs, axis=1)
-    return np.unique(pairs, axis=0)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -339,12 +82,12 @@ class _Level:
         self.values = luma[valid]
         if with_detail:
             detail = _detail(luma, valid)
-            self.detail = _Bilinear(_padded(np.where(valid, detail, np.nan), np.nan))
+            self.detail = Bilinear(padded(np.where(valid, detail, np.nan), np.nan))
             self.details = detail[valid]
 
     @functools.cached_property
-    def stack(self) -> "_Bilinear":
-        return _Bilinear(_padded(np.where(self.valid, self.luma, np.nan), np.nan))
+    def stack(self) -> "Bilinear":
+        return Bilinear(padded(np.where(self.valid, self.luma, np.nan), np.nan))
 
     @functools.cached_property
     def jacobian(self) -> np.ndarray:
@@ -363,7 +106,7 @@ def _detail(luma: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Band-pass luma: the image minus its blur at DETAIL_SIGMA (normalised convolution over
     the picture). Smooth shapes of different cells can be bent onto each other; their fine
     structure cannot, so the similarity is measured on this."""
-    return ((luma - _blur_within(luma, valid, DETAIL_SIGMA)) * valid).astype(np.float32)
+    return ((luma - blur_within(luma, valid, DETAIL_SIGMA)) * valid).astype(np.float32)
 
 
 class _Working:
@@ -439,59 +182,6 @@ def _ncc(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.dot(x, y) / den) if den > 0 else -1.0
 
 
-def _sample(stack: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``stack`` (h, w) at ``points`` (2, n: rows, columns).
-
-    ``stack`` is a :func:`_padded` one: points beyond its border are moved onto it. Where B
-    has no picture its pixels are NaN, so a sample that touches one is NaN: one array says
-    both what B shows and where. A hand-written gather: ``ndimage.map_coordinates`` costs
-    more at this size, and every numpy call counts here.
-    """
-    h, w = stack.shape
-    frac, whole = np.modf(np.maximum(np.minimum(points, _limit(h, w)), 0.0))
-    index = (whole[0] * w + whole[1]).astype(np.intp)
-    corners = np.take(stack, index + np.array([[0], [1], [w], [w + 1]]))  # (4, n)
-    top = corners[0] + (corners[1] - corners[0]) * frac[1]
-    bottom = corners[2] + (corners[3] - corners[2]) * frac[1]
-    return top + (bottom - top) * frac[0]
-
-
-class _Bilinear:
-    """A :func:`_padded` image ready for many :func:`_sample` calls: each cell's bilinear
-    coefficients (value, step along the row, step down, twist), so a sample gathers one
-    column of 4 instead of 4 corners. Same values as :func:`_sample` up to rounding, NaN
-    where any corner is NaN."""
-
-    def __init__(self, stack: np.ndarray):
-        h, w = stack.shape
-        top_left, top_right = stack[:-1, :-1], stack[:-1, 1:]
-        bottom_left, bottom_right = stack[1:, :-1], stack[1:, 1:]
-        coefficients = np.full((4, h, w), np.nan, dtype=np.float32)
-        coefficients[0, :-1, :-1] = top_left
-        np.subtract(top_right, top_left, out=coefficients[1, :-1, :-1])
-        np.subtract(bottom_left, top_left, out=coefficients[2, :-1, :-1])
-        coefficients[3, :-1, :-1] = bottom_right - bottom_left - coefficients[1, :-1, :-1]
-        self.coefficients = coefficients.reshape(4, h * w)
-        self.strides, self.limit = np.array([w, 1], dtype=np.float32), _limit(h, w)
-
-    def __call__(self, points: np.ndarray) -> np.ndarray:
-        """Bilinear samples at ``points`` (2, n: rows, columns; float32), as :func:`_sample`.
-        ``points`` is overwritten (callers pass a fresh product); the arithmetic runs in
-        place, in the order of ``value + right * x + (down + twist * x) * y``."""
-        where = np.maximum(np.minimum(points, self.limit, out=points), 0.0, out=points)
-        whole = np.floor(where)
-        frac = np.subtract(where, whole, out=where)  # float32 throughout, as the points
-        index = (self.strides @ whole).astype(np.intp)  # row * width + column (exact)
-        value, right, down, twist = np.take(self.coefficients, index, axis=1)
-        right *= frac[1]
-        right += value
-        twist *= frac[1]
-        twist += down
-        twist *= frac[0]
-        right += twist
-        return right
-
-
 def _gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.gradient(image)`` (central differences, one-sided at the edges), without its
     overhead."""
@@ -503,21 +193,9 @@ def _gradient(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gy, gx
 
 
-@functools.lru_cache(maxsize=16)
-def _limit(h: int, w: int) -> np.ndarray:
-    return np.array([[h - 1.001], [w - 1.001]], dtype=np.float32)
-
-
-def _padded(image: np.ndarray, fill: float) -> np.ndarray:
-    """``image`` (float32) with a border of PAD pixels of ``fill`` (see :func:`_sample`)."""
-    h, w = image.shape
-    out = np.full((h + 2 * PAD, w + 2 * PAD), fill, dtype=np.float32)
-    out[PAD:PAD + h, PAD:PAD + w] = image
-    return out
-
 
 def _warp_points(stack, matrix, translation, points):
-    """``stack`` (a :class:`_Bilinear`) sampled at ``matrix @ (p - c) + translation`` for the points
+    """``stack`` (a :class:`Bilinear`) sampled at ``matrix @ (p - c) + translation`` for the points
     ``points`` (3, n: p - c, homogeneous)."""
     affine = np.empty((2, 3), dtype=np.float32)
     affine[:, :2] = matrix
@@ -818,72 +496,3 @@ def false_positive_estimate(labels_i, labels_j, class_shares: dict) -> dict:
             "false_positive_rate": rate}
 
 
-# ----------------------------------------------------------------------------- contact sheet
-
-SHEET_THUMB = (160, 120)  # (width, height) of each image in a panel
-SHEET_COLUMNS = 3         # panels (pairs) per row
-SHEET_MAX_PAIRS = 60      # pairs drawn at most (the most similar of each role pair first)
-
-
-def contact_sheet(pairs, path, max_pairs: int = SHEET_MAX_PAIRS, title: str = "") -> int:
-    """Draw flagged pairs side by side, grouped by role pair, the most similar first.
-
-    ``pairs``: a DataFrame with ``roles``, ``image_a``, ``image_b``, ``path_a``, ``path_b``,
-    ``distance`` and ``similarity`` (as :attr:`leakage.LeakageReport.copies`). Under each
-    pair: both image names, the hash distance in bits and the pixel similarity (or "joined
-    via copies" where it is NaN: joined through verified copies, not compared). At most
-    ``max_pairs`` panels, shared out over the role pairs in order. Writes a PNG at ``path``
-    and returns the number of panels drawn.
-    """
-    from PIL import ImageDraw
-
-    from leukocyte_cnn.data.images import load_rgb
-    from leukocyte_cnn.base.io import atomic_path
-
-    tw, th = SHEET_THUMB
-    pad, text_h, head_h = 6, 30, 22
-    chars = tw // 6  # the default font is ~6 px a character
-    panel_w = 2 * tw + 3 * pad
-    width = SHEET_COLUMNS * panel_w + pad
-    order = {"train-test": 0, "train-val": 1, "val-test": 2}
-    groups = sorted(((str(roles), rows.sort_values(["similarity", "distance"],
-                                                   ascending=[False, True]))
-                     for roles, rows in (pairs.groupby("roles", sort=False) if len(pairs)
-                                         else [])),
-                    key=lambda item: order.get(item[0], 3))
-    # an even share of the cap for each role pair; what one leaves unused goes to the others
-    quota = [min(len(rows), max_pairs // max(1, len(groups))) for _, rows in groups]
-    for k, (_, rows) in enumerate(groups):
-        extra = min(len(rows) - quota[k], max(0, max_pairs - sum(quota)))
-        quota[k] += extra
-    sections = [(roles, len(rows), rows.head(n)) for (roles, rows), n in zip(groups, quota)]
-    height = head_h + pad
-    for _, _, shown in sections:
-        height += head_h + -(-len(shown) // SHEET_COLUMNS) * (th + text_h + pad)
-    sheet = Image.new("RGB", (width, max(height, 2 * head_h)), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((pad, pad), title or f"{len(pairs)} flagged pair(s)", fill="black")
-    y = head_h + pad
-    drawn = 0
-    for roles, total, shown in sections:
-        draw.text((pad, y + 4), f"{roles}: {total} pair(s), {len(shown)} shown, most similar "
-                                "first", fill="black")
-        y += head_h
-        for k, row in enumerate(shown.itertuples()):
-            x0 = pad + (k % SHEET_COLUMNS) * panel_w
-            y0 = y + (k // SHEET_COLUMNS) * (th + text_h + pad)
-            for n, image_path in enumerate((row.path_a, row.path_b)):
-                thumb = Image.fromarray(load_rgb(image_path))
-                thumb.thumbnail((tw, th))
-                sheet.paste(thumb, (x0 + n * (tw + pad), y0))
-            for n, name in enumerate((str(row.image_a), str(row.image_b))):
-                draw.text((x0 + n * (tw + pad), y0 + th + 2), name[-chars:], fill="black")
-            similarity = float(row.similarity)
-            draw.text((x0, y0 + th + 15), f"distance {int(row.distance)} bits, " + (
-                f"similarity {similarity:.3f}" if similarity == similarity
-                else "joined via copies"), fill="black")
-            drawn += 1
-        y += -(-len(shown) // SHEET_COLUMNS) * (th + text_h + pad)
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
-    return drawn
