@@ -89,13 +89,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def heldout_metrics(run_dir, class_names, positive_label: int) -> "pd.DataFrame":
+def heldout_metrics(run_dir, class_names, positive_label: int):
     """Accuracy, precision, recall, F1 and ROC-AUC of the positive class per finished fold
     (plus the pooled test images when there are several folds)."""
     import pandas as pd
 
-    from leukocyte_cnn.reporting.metrics import predictions_metrics
     from leukocyte_cnn.base.run_folder import load_predictions
+    from leukocyte_cnn.reporting.metrics import predictions_metrics
 
     predictions = load_predictions(run_dir)
     parts = [(str(f), p) for f, p in predictions.groupby("fold")]
@@ -114,24 +114,31 @@ def heldout_metrics(run_dir, class_names, positive_label: int) -> "pd.DataFrame"
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args)
+    run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     from leukocyte_cnn.base.artifacts import record_of
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.inputs.paper_augmentation import (augmentation_root, training_table,
-                                                         write_training_set)
+    from leukocyte_cnn.inputs.paper_augmentation import (
+        augmentation_root,
+        training_table,
+        write_training_set,
+    )
     from leukocyte_cnn.models.keras_metrics import positive_class_metrics
     from leukocyte_cnn.models.networks import paper_cnn
-    from leukocyte_cnn.reporting.summary import (leaky_banner, markdown_table,
-                                                 plot_epoch_metrics, run_config, summarize_run,
-                                                 write_table)
-    from leukocyte_cnn.runs.cross_validation import (parse_fold_list, run_folds,
-                                                     train_classifier_fold)
+    from leukocyte_cnn.reporting.summary import (
+        leaky_banner,
+        markdown_table,
+        plot_epoch_metrics,
+        run_config,
+        summarize_run,
+        write_table,
+    )
+    from leukocyte_cnn.runs.cross_validation import (
+        parse_fold_list,
+        run_folds,
+        train_classifier_fold,
+    )
     from leukocyte_cnn.runs.experiment import resolve_split, start_run
 
     size, positive = s["IMAGE_SIZE"], s["POSITIVE_LABEL"]

@@ -78,8 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def report_markdown(report, split, threshold: int) -> str:
     """The ``.md`` file: what was checked, totals, and the per-fold table."""
-    from leukocyte_cnn.splits.leakage import wide_table
     from leukocyte_cnn.reporting.summary import markdown_table
+    from leukocyte_cnn.splits.leakage import wide_table
 
     settings = split.settings
     verdict = ("**Clean**: no overlap of any kind between the roles of any fold." if report.clean
@@ -93,7 +93,8 @@ def report_markdown(report, split, threshold: int) -> str:
              f"{threshold} of 64 bits (best of 8 rotations/flips) or ring-signature neighbours; "
              f"verified on pixels at similarity {report.calibration.get('similarity')}",
              "- " + calibration_line(report),
-             f"- across the whole data (any roles): {report.duplicates_within_data['identical_pairs']}"
+             "- across the whole data (any roles): "
+             f"{report.duplicates_within_data['identical_pairs']}"
              f" pairs of identical files, {report.duplicates_within_data['near_duplicate_pairs']}"
              " near-duplicate pairs", "", verdict, "",
              "Counts: `same_image` images and `same_group` groups that hold two roles of a fold; "
@@ -126,11 +127,11 @@ def main(args: argparse.Namespace):
     import pandas as pd
 
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.splits.split_files import load_split
     from leukocyte_cnn.base.io import ensure_writable_dir, write_csv, write_text
-    from leukocyte_cnn.splits.leakage import audit, wide_table
-    from leukocyte_cnn.reporting.contact_sheet import contact_sheet
     from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.reporting.contact_sheet import contact_sheet
+    from leukocyte_cnn.splits.leakage import audit, wide_table
+    from leukocyte_cnn.splits.split_files import load_split
 
     s = resolve_settings(sys.modules[__name__], args, quick=False)
     threshold, similarity = s["HASH_THRESHOLD"], s["SIMILARITY"]

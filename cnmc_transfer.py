@@ -216,22 +216,24 @@ def stratified_sample(table, limit: int, seed: int):
 # ----------------------------------------------------------------------------- main
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args)
+    run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     from leukocyte_cnn.base.errors import InputError
     from leukocyte_cnn.data.datasets import read_dataset
     from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.models.applications import cnmc_model
-    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description,
-                                                 weights_load_errors)
+    from leukocyte_cnn.models.pretrained import (
+        resolve_imagenet_weights,
+        weights_description,
+        weights_load_errors,
+    )
     from leukocyte_cnn.reporting.summary import summarize_run
-    from leukocyte_cnn.runs.cross_validation import (parse_fold_list, run_folds,
-                                                     train_classifier_fold)
+    from leukocyte_cnn.runs.cross_validation import (
+        parse_fold_list,
+        run_folds,
+        train_classifier_fold,
+    )
     from leukocyte_cnn.runs.experiment import start_run
 
     size, backbone = s["IMAGE_SIZE"], s["BACKBONE"]

@@ -15,8 +15,8 @@ intervals only, no test. Reads only ``settings.json`` and ``fold_XX/predictions.
 from __future__ import annotations
 
 import argparse
-import sys
 import hashlib
+import sys
 from pathlib import Path
 
 METRICS = ("accuracy", "roc_auc")   # compared metrics; the first one picks the best entry
@@ -46,13 +46,13 @@ def distinct_names(paths: list[Path]) -> list[str]:
         depth += 1
 
 
-def entries_of(run: Path, name: str) -> list[tuple[str, Path, "pd.DataFrame"]]:
+def entries_of(run: Path, name: str) -> list:
     """(name, folder, predictions) of a run folder, or one per setting of a study folder."""
     import pandas as pd
 
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.reporting.comparisons import trial_predictions
     from leukocyte_cnn.base.run_folder import PREDICTIONS, load_predictions
+    from leukocyte_cnn.reporting.comparisons import trial_predictions
 
     if list(run.glob(f"fold_*/{PREDICTIONS}")):
         return [(name, run, load_predictions(run))]
@@ -72,13 +72,18 @@ def main(args: argparse.Namespace):
     import pandas as pd
 
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.reporting.html_report import (esc, split_protocol, read_split_settings, table_html, write_report)
     from leukocyte_cnn.base.io import write_csv, write_text
-    from leukocyte_cnn.reporting.summary import LEAKY_TEXT, markdown_table
-    from leukocyte_cnn.base.run_folder import read_settings
-    from leukocyte_cnn.reporting.stats import N_BOOTSTRAP, compare_to_best, shown_comparison
-
     from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.base.run_folder import read_settings
+    from leukocyte_cnn.reporting.html_report import (
+        esc,
+        read_split_settings,
+        split_protocol,
+        table_html,
+        write_report,
+    )
+    from leukocyte_cnn.reporting.stats import N_BOOTSTRAP, compare_to_best, shown_comparison
+    from leukocyte_cnn.reporting.summary import LEAKY_TEXT, markdown_table
 
     s = resolve_settings(sys.modules[__name__], args, quick=False)
     metrics, labels = tuple(s["METRICS"]), s["LABELS"]
@@ -93,7 +98,7 @@ def main(args: argparse.Namespace):
         raise InputError(f"{runs[1]}: classes {list(configs[1]['class_names'])} differ from "
                          f"{runs[0]}'s {list(configs[0]['class_names'])}; nothing to compare")
     class_names = list(configs[0]["class_names"])
-    entries = [e for run, name in zip(runs, names) for e in entries_of(run, name)]
+    entries = [e for run, name in zip(runs, names, strict=True) for e in entries_of(run, name)]
     tables = {name: table for name, _, table in entries}
     paired = len({c.get("dataset_hash") for c in configs}) == 1
     all_trials = all("trial" in t for t in tables.values())
@@ -143,7 +148,7 @@ def main(args: argparse.Namespace):
                  subtitle=", ".join(tables), banner=LEAKY_TEXT if leaky else "",
                  facts=[(n, f"<code>{esc(f)}</code> — "
                             + esc(split_protocol(c, read_split_settings(c, f))))
-                        for (n, f), c in zip(folders.items(), _configs_of(folders))],
+                        for (n, f), c in zip(folders.items(), _configs_of(folders), strict=True)],
                  sections=[("Comparison", table_html(shown) + f"<p class=note>{esc(note)}</p>")],
                  figures=[figure], figure_captions={"_wide": (figure.name,)})
     print(f"\n{out / 'comparison.md'}:\n\n{markdown_table(shown)}\nfigure: {figure}\n"
@@ -178,7 +183,7 @@ def plot_comparison(numbers, metrics, labels: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.55 * n + 1.6),
                              squeeze=False, sharey=True)
     rows = np.arange(n)[::-1]
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         value = numbers[metric].to_numpy(dtype=float)
         low = numbers[f"{metric}_ci_low"].to_numpy(dtype=float)
         high = numbers[f"{metric}_ci_high"].to_numpy(dtype=float)

@@ -90,19 +90,18 @@ def build_elu_cnn(s, num_classes: int, dropout: float):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args)
-    from leukocyte_cnn.reporting.comparisons import report_trials, write_comparison
+    run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
+    from leukocyte_cnn.reporting.comparisons import Setting, report_trials, write_comparison
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, train_classifier_fold
     from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.reporting.comparisons import Setting
-    from leukocyte_cnn.runs.trials import (limit_fold_per_class, parse_names, resolve_study_split,
-                                           run_trials)
+    from leukocyte_cnn.runs.trials import (
+        limit_fold_per_class,
+        parse_names,
+        resolve_study_split,
+        run_trials,
+    )
 
     models = s["MODELS"]
     chosen = parse_names(args.optimizers, list(models), "--optimizers") or list(models)

@@ -50,14 +50,18 @@ def image_size_of(config: dict, model) -> tuple[int, int]:
 def main(args: argparse.Namespace) -> Path:
     import pandas as pd
 
-    from leukocyte_cnn.models.checkpoints import load_checkpoint
     from leukocyte_cnn.base.errors import InputError
     from leukocyte_cnn.base.io import read_json
-    from leukocyte_cnn.inputs.pipeline import make_dataset
-    from leukocyte_cnn.reporting.summary import summarize_run
-    from leukocyte_cnn.base.run_folder import prepare_run_dir, read_settings
-    from leukocyte_cnn.base.run_folder import CHECKPOINT, PREDICTIONS
     from leukocyte_cnn.base.knobs import resolve_settings
+    from leukocyte_cnn.base.run_folder import (
+        CHECKPOINT,
+        PREDICTIONS,
+        prepare_run_dir,
+        read_settings,
+    )
+    from leukocyte_cnn.inputs.pipeline import make_dataset
+    from leukocyte_cnn.models.checkpoints import load_checkpoint
+    from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.runs.cross_validation import Fold, finish_fold, predict_table
 
     s = resolve_settings(sys.modules[__name__], args, quick=False)

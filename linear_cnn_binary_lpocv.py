@@ -82,19 +82,19 @@ def binary_view(split, positive: str):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args, extra=(
+    # devices first, then the knobs (--k also means SPLIT_METHOD kfold)
+    run, s = resolve_run(args, sys.modules[__name__], extra=(
         {"SPLIT_METHOD": ("kfold", "--k")} if args.K is not None else None))
     from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.models.networks import linear_cnn
     from leukocyte_cnn.reporting.summary import summarize_run
-    from leukocyte_cnn.runs.cross_validation import (parse_fold_list, run_folds,
-                                                     train_classifier_fold)
+    from leukocyte_cnn.runs.cross_validation import (
+        parse_fold_list,
+        run_folds,
+        train_classifier_fold,
+    )
     from leukocyte_cnn.runs.experiment import resolve_protocol_split, start_run
 
     size = s["IMAGE_SIZE"]

@@ -41,9 +41,10 @@ LEARNING_RATE = 1e-3      # Keras' Adam default
 BATCH_SIZE = 15           # thesis: 15
 EPOCHS = 500              # upper bound; early stopping ends most folds much sooner
 PATIENCE = 50             # epochs without val-loss improvement before stopping (thesis: 50)
-# --quick: 3-fold CV at 64 px, few epochs, 40 balanced 64 px images per class
-QUICK = dict(IMAGE_SIZE=64, EPOCHS=25, PATIENCE=6, BATCH_SIZE=16, SPLIT_METHOD="kfold", K=3,
-             MAX_FOLDS=3, TARGET_PER_CLASS=40, BALANCED_IMAGE_SIZE=(64, 64))
+# --quick: the first 3 folds of the split protocol above at 64 px, few epochs, 40 balanced
+# 64 px images per class (run_helmholtz.py --quick hands it a 3-fold split instead)
+QUICK = dict(IMAGE_SIZE=64, EPOCHS=25, PATIENCE=6, BATCH_SIZE=16, MAX_FOLDS=3,
+             TARGET_PER_CLASS=40, BALANCED_IMAGE_SIZE=(64, 64))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,18 +69,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args)
+    run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     from leukocyte_cnn.inputs.balancing import Balancing, balanced_fold_images
     from leukocyte_cnn.models.networks import linear_cnn
     from leukocyte_cnn.reporting.summary import summarize_run
-    from leukocyte_cnn.runs.cross_validation import (first_folds, parse_fold_list, run_folds,
-                                                     train_classifier_fold)
+    from leukocyte_cnn.runs.cross_validation import (
+        first_folds,
+        parse_fold_list,
+        run_folds,
+        train_classifier_fold,
+    )
     from leukocyte_cnn.runs.experiment import resolve_protocol_split, start_run
 
     size = s["IMAGE_SIZE"]

@@ -78,22 +78,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args)
+    run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     from leukocyte_cnn.models.applications import resnet50_model
-    from leukocyte_cnn.models.pretrained import (resolve_imagenet_weights, weights_description,
-                                                 weights_load_errors)
-    from leukocyte_cnn.reporting.comparisons import report_trials, write_comparison
+    from leukocyte_cnn.models.pretrained import (
+        resolve_imagenet_weights,
+        weights_description,
+        weights_load_errors,
+    )
+    from leukocyte_cnn.reporting.comparisons import Setting, report_trials, write_comparison
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, train_classifier_fold
     from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.reporting.comparisons import Setting
-    from leukocyte_cnn.runs.trials import (limit_fold_per_class, parse_names, resolve_study_split,
-                                           run_trials)
+    from leukocyte_cnn.runs.trials import (
+        limit_fold_per_class,
+        parse_names,
+        resolve_study_split,
+        run_trials,
+    )
 
     depths = parse_names(args.depths, list(s["DEPTHS"]), "--depths") or list(s["DEPTHS"])
     # Settle the weights first: no training starts without them (or an explicit opt-out).

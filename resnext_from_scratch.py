@@ -59,7 +59,7 @@ PATIENCE = 15              # epochs without validation-loss improvement before s
 ROTATION_DEGREES = 359     # rotation range (cells have no orientation)
 FLIPS = True               # horizontal and vertical flips
 # --quick: three folds of a narrow ResNeXt-14 at 48 px for a few epochs (minutes on 2 cores),
-# on the linear CNN's quick balanced folds
+# 40 balanced 64 px images per class
 QUICK = dict(STAGE_DEPTHS=(1, 1, 2), IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
              EPOCHS=6, PATIENCE=3, BATCH_SIZE=16, K=3, TARGET_PER_CLASS=40,
              BALANCED_IMAGE_SIZE=(64, 64))
@@ -78,20 +78,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
     from leukocyte_cnn.runs.resnext import variant_knobs
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args, extra=variant_knobs(args))
+    run, s = resolve_run(args, sys.modules[__name__], extra=variant_knobs(args))  # devices first
     from leukocyte_cnn.inputs.balancing import Balancing, balanced_fold_images
     from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
     from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.runs.resnext import (architecture, build_model, resolve_resnext_split,
-                                            train_resnext_fold)
+    from leukocyte_cnn.runs.resnext import (
+        architecture,
+        build_model,
+        resolve_resnext_split,
+        train_resnext_fold,
+    )
 
     arch = architecture(s)
     split = resolve_resnext_split(run, s)

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
-
-import leukocyte_cnn  # noqa: F401  before keras: hides TensorFlow's start-up log lines
-from keras import layers
+from collections.abc import Sequence
 
 from leukocyte_cnn.base.cli import run_main
 from leukocyte_cnn.models import resnext
@@ -37,7 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--summary", action="store_true",
                         help="print the Keras model summary, not only the parameter counts")
-    knob_argument(parser, "--variant", knob="VARIANT", choices=sorted(resnext.VARIANT_ARCHITECTURES),
+    knob_argument(parser, "--variant", knob="VARIANT",
+                  choices=sorted(resnext.VARIANT_ARCHITECTURES),
                   help=f"named ResNeXt variant to build (VARIANT, default {VARIANT})")
     knob_argument(parser, "--image-size", knob="IMAGE_SIZE", type=int,
                   help=f"input height and width in px (IMAGE_SIZE, default {IMAGE_SIZE})")
@@ -48,6 +46,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> None:
     """Build the chosen variant and print its summary and parameter counts."""
+    from keras import layers  # after leukocyte_cnn, which hides TensorFlow's start-up lines
+
     from leukocyte_cnn.base.knobs import resolve_settings
 
     s = resolve_settings(sys.modules[__name__], args, quick=False)

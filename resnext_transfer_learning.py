@@ -78,8 +78,8 @@ CURVE_EPOCH_IMAGES = 300   # learning curve: an epoch shows at least this many t
 # --- augmentation (online, training batches only)
 ROTATION_DEGREES = 359     # rotation range
 FLIPS = True               # horizontal and vertical flips
-# --quick: a narrow ResNeXt-14 at 48 px, few epochs, three target folds on the linear CNN's
-# quick balanced folds
+# --quick: a narrow ResNeXt-14 at 48 px, few epochs, three target folds, 40 balanced 64 px
+# images per class
 QUICK = dict(STAGE_DEPTHS=(1, 1, 2), IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
              EPOCHS=6, PATIENCE=3, BATCH_SIZE=16, K=3, TARGET_PER_CLASS=40,
              BALANCED_IMAGE_SIZE=(64, 64))
@@ -152,9 +152,9 @@ def source_parts(source_dataset: str, source_data_root, seed: int, s):
                       min_images=s["SOURCE_MIN_IMAGES"], where=source_data_root or source_dataset)
     rows = rows[rows["fold"] == rows.loc[rows["fold"] >= 0, "fold"].min()]
     names = [name for _, name in sorted({(int(label), str(name)) for label, name in
-                                         zip(rows["label"], rows["class_name"])})]
+                                         zip(rows["label"], rows["class_name"], strict=True)})]
     index = {name: i for i, name in enumerate(names)}
-    paths = dict(zip(table["image"], table["path"]))
+    paths = dict(zip(table["image"], table["path"], strict=True))
     rows = rows.assign(path=rows["image"].map(paths), label=rows["class_name"].map(index))
     train = rows[rows["role"] == "train"].reset_index(drop=True)
     held_out = rows[rows["role"] == "test"].assign(role="val").reset_index(drop=True)
@@ -178,8 +178,11 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
     from leukocyte_cnn.base.io import read_json
     from leukocyte_cnn.base.provenance import provenance
     from leukocyte_cnn.base.seeding import set_seed
-    from leukocyte_cnn.models.source_checkpoints import (PRETRAIN_CODE_VERSION,
-                                                         save_source_checkpoint, sidecar_path)
+    from leukocyte_cnn.models.source_checkpoints import (
+        PRETRAIN_CODE_VERSION,
+        save_source_checkpoint,
+        sidecar_path,
+    )
     from leukocyte_cnn.runs.cross_validation import Fold
     from leukocyte_cnn.runs.resnext import architecture, build_model, train_resnext_fold
 
@@ -237,8 +240,11 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
 
 def checked_source_and_split(run, s, checkpoint):
     """Check the checkpoint, load the target split, check they share no image: before training."""
-    from leukocyte_cnn.models.source_checkpoints import (check_source_checkpoint,
-                                                         check_source_disjoint, describe)
+    from leukocyte_cnn.models.source_checkpoints import (
+        check_source_checkpoint,
+        check_source_disjoint,
+        describe,
+    )
     from leukocyte_cnn.runs.resnext import resolve_resnext_split
 
     size = int(s["IMAGE_SIZE"])
@@ -300,14 +306,25 @@ def fine_tune(run, s, args: argparse.Namespace):
 
 def learning_curve(run, s, args: argparse.Namespace):
     """Accuracy, macro-F1, ROC-AUC vs training images per class, from scratch and by transfer."""
-    from leukocyte_cnn.reporting.learning_curve import (MODES, curve_dir, learning_curve_table,
-                                                        write_learning_curve)
+    from leukocyte_cnn.reporting.learning_curve import (
+        MODES,
+        curve_dir,
+        learning_curve_table,
+        write_learning_curve,
+    )
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
     from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.runs.learning_curve import (parse_train_sizes, repeat_to_epoch,
-                                                   subsample_per_class)
-    from leukocyte_cnn.runs.resnext import (architecture, architecture_of_record, build_model,
-                                            train_resnext_fold)
+    from leukocyte_cnn.runs.learning_curve import (
+        parse_train_sizes,
+        repeat_to_epoch,
+        subsample_per_class,
+    )
+    from leukocyte_cnn.runs.resnext import (
+        architecture,
+        architecture_of_record,
+        build_model,
+        train_resnext_fold,
+    )
 
     sizes = parse_train_sizes(args.train_sizes)
     source, split = checked_source_and_split(run, s, args.source_checkpoint)
@@ -357,14 +374,10 @@ def learning_curve(run, s, args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
     from leukocyte_cnn.runs.resnext import variant_knobs
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args, extra=variant_knobs(args))
+    run, s = resolve_run(args, sys.modules[__name__], extra=variant_knobs(args))  # devices first
     if args.pretrain:
         return pretrain(run, s, args)
     if args.train_sizes:

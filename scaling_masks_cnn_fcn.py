@@ -144,24 +144,33 @@ def best_per_network(numeric, networks) -> dict:
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args)
+    run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     from leukocyte_cnn.base.artifacts import record_of
     from leukocyte_cnn.inputs.masks import ensure_otsu_masks, mask_paths, otsu_mask_root
-    from leukocyte_cnn.inputs.scaling import (load_moments, moments_of_images, save_moments,
-                                              scaler_from_moments)
-    from leukocyte_cnn.reporting.comparisons import (Setting, plot_feature_maps, report_trials,
-                                                     write_comparison)
+    from leukocyte_cnn.inputs.scaling import (
+        load_moments,
+        moments_of_images,
+        save_moments,
+        scaler_from_moments,
+    )
+    from leukocyte_cnn.reporting.comparisons import (
+        Setting,
+        plot_feature_maps,
+        report_trials,
+        write_comparison,
+    )
     from leukocyte_cnn.reporting.summary import leaky_tag, run_config
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, train_classifier_fold
     from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.runs.trials import (limit_fold_per_class, parse_names,
-                                           resolve_study_split, run_trials, trial_fold_dir)
+    from leukocyte_cnn.runs.trials import (
+        limit_fold_per_class,
+        parse_names,
+        resolve_study_split,
+        run_trials,
+        trial_fold_dir,
+    )
     from leukocyte_cnn.runs.unet_masks import UNetSettings, ensure_unet_masks
 
     scalings = parse_names(args.scalings, _ALL_SCALINGS, "--scalings") or list(s["SCALINGS"])

@@ -17,8 +17,8 @@ Research use only; the answers are not a medical diagnosis. API documentation: /
 from __future__ import annotations
 
 import argparse
-import sys
 import os
+import sys
 
 HOST = "127.0.0.1"        # loopback only; --host 0.0.0.0 exposes the service to the network
 PORT = 8000               # default TCP port

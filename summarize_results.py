@@ -32,8 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.base.run_folder import read_settings
+    from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.runs.learning_curve import rebuild_learning_curve
 
     for run_dir in args.run_dirs:

@@ -28,8 +28,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.cli import run_main
+from leukocyte_cnn.base.errors import InputError
 
 RESULTS_DIR = "results"       # where a sweep's folder goes unless --sweep-dir names one
 METRIC = "balanced_accuracy"  # the metric that sorts the table and picks the best point
@@ -90,7 +90,18 @@ def default_sweep_dir(script: Path, script_options: argparse.Namespace, results_
 
 def main(args: argparse.Namespace, script_args: list[str]) -> int:
     from leukocyte_cnn.base.knobs import resolve_settings, script_knobs
-    from leukocyte_cnn.runs.sweeps import (check_names_unique, collect_results, grid_points, open_sweep, parse_grid, point_is_done, point_name, run_point, select_points, write_report)
+    from leukocyte_cnn.runs.sweeps import (
+        check_names_unique,
+        collect_results,
+        grid_points,
+        open_sweep,
+        parse_grid,
+        point_is_done,
+        point_name,
+        run_point,
+        select_points,
+        write_report,
+    )
 
     s = resolve_settings(sys.modules[__name__], args, quick=False)
     script_path = Path(args.script)

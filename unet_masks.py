@@ -79,13 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace):
-    from leukocyte_cnn.base.devices import setup_devices
-    from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.runs.experiment import RunOptions
+    from leukocyte_cnn.runs.experiment import resolve_run
 
-    run = RunOptions.from_args(args)
-    setup_devices(run.devices)  # first: GPUs, memory growth and replicas are fixed at TF's first op
-    s = resolve_settings(sys.modules[__name__], args)
+    run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     import pandas as pd
 
     from leukocyte_cnn.base.run_folder import fold_dir
@@ -95,8 +91,13 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.runs.cross_validation import parse_fold_list
     from leukocyte_cnn.runs.experiment import start_run
     from leukocyte_cnn.runs.trials import resolve_study_split
-    from leukocyte_cnn.runs.unet_masks import (UNetSettings, mask_root, mask_set_state,
-                                               summary_table, train_fold_masks)
+    from leukocyte_cnn.runs.unet_masks import (
+        UNetSettings,
+        mask_root,
+        mask_set_state,
+        summary_table,
+        train_fold_masks,
+    )
 
     unet = UNetSettings.from_knobs(s, otsu_min_votes=s["OTSU_MIN_VOTES"],
                                    max_images_per_class=s["MAX_IMAGES_PER_CLASS"], seed=run.seed)

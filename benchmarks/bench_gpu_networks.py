@@ -134,7 +134,6 @@ def build(builder: str, shape: tuple[int, int, int], classes: int):
 
 def random_batch(model, batch: int, classes: int, rng):
     """Pixels in [0, 255] and labels (a binary mask for the U-Net)."""
-    import numpy as np
 
     x = rng.uniform(0, 255, (batch, *model.input_shape[1:])).astype("float32")
     out = model.output_shape

@@ -67,8 +67,8 @@ def child_stream(root: str) -> dict:
 
     import keras
 
-    from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.data.datasets import read_dataset
+    from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.inputs.pipeline import dataset_from_table
 
     # The images: from the set root the reader would find the masks/{TRAIN,TEST} PNGs first.
@@ -144,7 +144,8 @@ def main(args: argparse.Namespace) -> int:
     stream = common.run_child(Path(__file__), ["--child", "stream", "--root", str(root)])
     n_train, n_test = stream["train_images"], stream["test_images"]
     print(f"\nstreamed: {n_train} TRAIN images 320x240 -> {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, "
-          f"{EPOCHS} epoch(s) of a small ELU CNN with rotation+flips ({stream['train_seconds']:.0f} s"
+          f"{EPOCHS} epoch(s) of a small ELU CNN with rotation+flips "
+          f"({stream['train_seconds']:.0f} s"
           f", {n_train * EPOCHS / stream['train_seconds']:.1f} img/s), then {n_test} TEST "
           f"predictions")
     print(f"   RSS after TensorFlow + model set-up: {stream['setup_rss_mib']:7.0f} MiB")
@@ -157,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
           f"{stream.get('sampled_peak_rss_mib', float('nan')):.0f} MiB)")
 
     n_all = n_train + n_test
-    print(f"\nall images in one NumPy float64 array (analytic, N x H x W x 3 x 8 bytes):")
+    print("\nall images in one NumPy float64 array (analytic, N x H x W x 3 x 8 bytes):")
     for label, n in (("TRAIN", n_train), ("TRAIN+TEST", n_all)):
         full = n * SOURCE_SIZE[0] * SOURCE_SIZE[1] * 3 * 8
         small = n * IMAGE_SIZE[0] * IMAGE_SIZE[1] * 3 * 8

@@ -34,9 +34,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")        # one core: the target is p
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from common import OUT_DIR, print_header, verdict  # noqa: E402
+from PIL import Image  # noqa: E402
 
 CELLS = 400             # distinct cells rendered (look-alikes: four classes, one renderer)
 COPIED_CELLS = 120      # cells that get planted copies
@@ -59,7 +58,8 @@ FORMAT_VERSION = 1      # bump when the rendering or the augmentation changes
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", type=int, default=CELLS, help=f"distinct cells (default {CELLS})")
+    parser.add_argument("--cells", type=int, default=CELLS,
+                        help=f"distinct cells (default {CELLS})")
     parser.add_argument("--copied-cells", type=int, default=COPIED_CELLS,
                         help=f"cells with planted copies (default {COPIED_CELLS})")
     parser.add_argument("--copies", type=int, default=COPIES,
@@ -125,7 +125,8 @@ def planted_set(cells: int, copied: int, copies: int, seed: int):
             jpeg(image, folder / f"{class_name}_{cell:04d}_0.jpeg")
             if cell < copied:
                 for k in range(copies):
-                    jpeg(kaggle_like_copy(image, rng), folder / f"{class_name}_{cell:04d}_{k + 1}.jpeg")
+                    jpeg(kaggle_like_copy(image, rng),
+                         folder / f"{class_name}_{cell:04d}_{k + 1}.jpeg")
         marker.write_text(json.dumps(settings))
     paths = sorted(str(p) for p in folder.glob("*.jpeg"))
     names = [os.path.basename(p).split("_") for p in paths]
@@ -136,7 +137,11 @@ def main(args: argparse.Namespace) -> bool:
     from leukocyte_cnn.splits.copies import verify_candidates
     from leukocyte_cnn.splits.near_duplicate_screen import SCREEN_NEIGHBOURS
     from leukocyte_cnn.splits.near_duplicate_verify import SIMILARITY_THRESHOLD
-    from leukocyte_cnn.splits.perceptual_hash import (DEFAULT_THRESHOLD, candidate_pairs, fingerprint_images)
+    from leukocyte_cnn.splits.perceptual_hash import (
+        DEFAULT_THRESHOLD,
+        candidate_pairs,
+        fingerprint_images,
+    )
 
     if args.quick:
         args.cells, args.copied_cells = 120, 40
@@ -216,7 +221,7 @@ def copy_groups(n: int, first: np.ndarray, second: np.ndarray) -> np.ndarray:
             i = parent[i]
         return int(i)
 
-    for i, j in zip(first.tolist(), second.tolist()):
+    for i, j in zip(first.tolist(), second.tolist(), strict=True):
         a, b = root(i), root(j)
         parent[max(a, b)] = min(a, b)
     return np.array([root(i) for i in range(n)])

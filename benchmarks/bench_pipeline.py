@@ -216,9 +216,9 @@ def main(args: argparse.Namespace) -> int:
     for augment in (False, True):
         tag = "with rotation+flips" if augment else "no augmentation"
         ds = pipeline(paths, labels, IMAGE_SIZE, BATCH_SIZE, augment, SEED)
-        pipe = rate(lambda: ds, n, s["REPEATS"])
-        naive = rate(lambda: naive_loop(paths, labels, IMAGE_SIZE, BATCH_SIZE, augment, SEED),
-                     n, s["REPEATS"])
+        pipe = rate(lambda ds=ds: ds, n, s["REPEATS"])
+        naive = rate(lambda augment=augment: naive_loop(paths, labels, IMAGE_SIZE, BATCH_SIZE,
+                                                        augment, SEED), n, s["REPEATS"])
         figures[augment] = (pipe, naive)
         print(f"   {tag:19s}: pipeline {pipe[0]:7.1f} img/s, {pipe[1]:5.2f} ms CPU/img | "
               f"naive loop {naive[0]:7.1f} img/s, {naive[1]:5.2f} ms CPU/img | "

@@ -194,7 +194,8 @@ def main(args: argparse.Namespace) -> None:
           f"p95 {1e3 * percentile(latencies, 95):.1f} ms, max {1e3 * max(latencies):.1f} ms; "
           f"non-200: {errors}; process alive after: {alive}")
     print(f"service, concurrency 1: {len(sequential) / wall_1:.1f} requests/s; latency p50 "
-          f"{1e3 * percentile(sequential, 50):.1f} ms, p95 {1e3 * percentile(sequential, 95):.1f} ms")
+          f"{1e3 * percentile(sequential, 50):.1f} ms, "
+          f"p95 {1e3 * percentile(sequential, 95):.1f} ms")
     print(f"baseline in-process load_arrays + model.predict, one by one: {base['naive']:.1f} "
           f"images/s ({1e3 / base['naive']:.1f} ms each)")
     print(f"baseline in-process service work (checks, decode, resize, traced predict), no "

@@ -117,7 +117,7 @@ def in_process_child(args) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     peaks = []
     for values in itertools.product(*GRID.values()):
-        point = dict(zip(GRID, values))
+        point = dict(zip(GRID, values, strict=True))
         knobs._pending[module.__name__] = point  # as $LEUKOCYTE_KNOBS sets them
         name = ",".join(f"{k}={v}" for k, v in point.items())
         module.main(module.parse_args([*script_options(args), "--results-dir", str(out_dir),

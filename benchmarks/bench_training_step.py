@@ -1,9 +1,10 @@
 """Training-step speed of the repository's networks on this machine, with FLOPs and GFLOP/s.
 
 For each network (the thesis' linear CNN at 257 and 64 px, the ELU CNN of the 4-class study
-at 64 px and at its 120x160, the CPU-sized ResNeXt-29 at 64 px) one Keras training step (forward, backward, optimizer update)
-is timed on a batch of random float32 pixels held in memory: no input pipeline, warm-up
-steps (graph tracing, oneDNN kernel selection) excluded. Figures:
+at 64 px and at its 120x160, the CPU-sized ResNeXt-29 at 64 px) one Keras training step
+(forward, backward, optimizer update) is timed on a batch of random float32 pixels held
+in memory: no input pipeline, warm-up steps (graph tracing, oneDNN kernel selection)
+excluded. Figures:
 
 * images/s of training;
 * forward FLOPs per image, counted analytically per layer: a convolution costs
@@ -23,10 +24,10 @@ default XLA path for them is ~150x slower on a CPU).
 
 ``--xla`` also times each network compiled with ``jit_compile=True`` and ``--mixed-precision``
 under the ``mixed_float16`` policy, each printed as a ratio to float32 measured in the same
-run (not for the 120x160 ELU CNN, too slow in float16 on a CPU; no XLA for ResNeXt). Both are GPU switches: on a CPU XLA was slower and float16 is emulated (slow). Shown
-here to say so with numbers, not to recommend them for a CPU. TensorFlow's op determinism is
-left off here: with it on, Keras silently turns ``jit_compile=True`` off (see
-``docs/gpu_and_cluster.md``).
+run (not for the 120x160 ELU CNN, too slow in float16 on a CPU; no XLA for ResNeXt). Both are
+GPU switches: on a CPU XLA was slower and float16 is emulated (slow). Shown here to say so
+with numbers, not to recommend them for a CPU. TensorFlow's op determinism is left off here:
+with it on, Keras silently turns ``jit_compile=True`` off (see ``docs/gpu_and_cluster.md``).
 
 Run: ``.venv/bin/python benchmarks/bench_training_step.py [--quick] [--xla] [--mixed-precision]``
 """
@@ -170,8 +171,8 @@ def main(args: argparse.Namespace) -> int:
     from leukocyte_cnn.base.grouped_conv import use_native_grouped_conv
 
     native_grouped = use_native_grouped_conv()
-    common.print_header("training step: images/s, FLOPs, GFLOP/s (batch %d, random pixels in "
-                        "memory, warm-up excluded)" % args.batch_size)
+    common.print_header(f"training step: images/s, FLOPs, GFLOP/s (batch {args.batch_size}, "
+                        "random pixels in memory, warm-up excluded)")
     print("convention: FLOPs = 2 x multiply-adds of conv and dense layers; training = 3 x "
           "forward; 'profiler' = tf.compat.v1.profiler's forward count (all ops) as a check")
     print(f"grouped convolutions on TensorFlow's CPU kernel: {native_grouped}\n", flush=True)

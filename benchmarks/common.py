@@ -14,8 +14,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO_ROOT / "benchmarks" / "out"  # git-ignored
@@ -59,7 +59,7 @@ def machine_line() -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     return (f"machine: {cpu_model()}, {os.cpu_count()} cores, "
-            f"{'%d GPU(s)' % len(gpus) if gpus else 'no GPU'}; TensorFlow {tf.__version__}; "
+            f"{f'{len(gpus)} GPU(s)' if gpus else 'no GPU'}; TensorFlow {tf.__version__}; "
             f"{_dt.datetime.now().isoformat(timespec='minutes')}; load average {load_average()}")
 
 
@@ -111,7 +111,8 @@ KAGGLE_SIZED = dict(train_cells=830, copies=3, test_cells=622)
 def synthetic_kaggle(train_cells: int, copies: int, test_cells: int, seed: int = 0,
                      generate: bool = True):
     """The synthetic Kaggle set (generated once under ``data/``) as a reader table; ``None``
-    when ``leukocyte_cnn.data.synthetic`` is missing or (``generate=False``) the set is not there."""
+    when ``leukocyte_cnn.data.synthetic`` is missing or (``generate=False``) the set is not
+    there."""
     try:
         from leukocyte_cnn.data.synthetic import ensure_synthetic, is_current, synthetic_root
     except ImportError:

@@ -13,7 +13,12 @@ from PIL import Image
 
 import all_idb1_paper_cnn as script
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.inputs.paper_augmentation import (FIXED_VARIANTS, check_sources, plan_variants, write_training_set)
+from leukocyte_cnn.inputs.paper_augmentation import (
+    FIXED_VARIANTS,
+    check_sources,
+    plan_variants,
+    write_training_set,
+)
 
 AUG = {"image_size": [32, 32], "n_rotations": 3, "blur_sigma": 1.1, "max_shift": 0.1,
        "max_shear": 15.0, "seed": 0}
@@ -80,7 +85,7 @@ def test_only_training_images_are_augmented_and_traced(fold0, tmp_path):
     per_source = manifest.groupby("source_image")["variant"].apply(list)
     expected = list(FIXED_VARIANTS) + [f"rot{i:02d}" for i in (1, 2, 3)]
     assert all(v == expected for v in per_source)
-    labels = dict(zip(train["image"], train["label"]))
+    labels = dict(zip(train["image"], train["label"], strict=True))
     assert (manifest["label"] == manifest["source_image"].map(labels)).all()
     for rel in manifest["image"]:
         assert (tmp_path / "aug" / rel).is_file()
@@ -123,7 +128,8 @@ def test_rotation_angles_distinct_nonzero_and_seeded(fold0):
         assert len(angles) == 40 == len(set(angles))
         assert all(0 < a < 360 and float(a).is_integer() for a in angles)
         shift = next(p for p in params if "dx" in p)
-        assert (shift["dx"], shift["dy"]) != (0, 0) and max(abs(shift["dx"]), abs(shift["dy"])) <= 10
+        assert ((shift["dx"], shift["dy"]) != (0, 0)
+                and max(abs(shift["dx"]), abs(shift["dy"])) <= 10)
         shear = next(p["shear"] for p in params if "shear" in p)
         assert 7.5 <= abs(shear) <= 15
     # Sources draw different angles (not one list reused for every image).

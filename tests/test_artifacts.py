@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_scaleout import _tiny_dataset
 
 import cross_validation_splits as cvs
 import linear_cnn_da as da
 from leukocyte_cnn.base import artifacts
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.splits.split_files import load_split
-from test_scaleout import _tiny_dataset
-
 
 # --------------------------------------------------------------------------- the mechanism
 
@@ -322,9 +321,9 @@ def test_evaluate_tta_predicts_the_same_test_images_with_the_same_models(binary_
     import numpy as np
 
     import evaluate_tta
-    from leukocyte_cnn.models.checkpoints import load_checkpoint
-    from leukocyte_cnn.inputs.pipeline import load_image
     from leukocyte_cnn.base.run_folder import load_predictions
+    from leukocyte_cnn.inputs.pipeline import load_image
+    from leukocyte_cnn.models.checkpoints import load_checkpoint
 
     work, _ = binary_run
     run = work / "results" / "run"

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn.inputs import augment as A
 from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.inputs import augment as A
 
 
 def _image(height: int = 17, width: int = 17, seed: int = 0, low: int = 0) -> np.ndarray:

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 import cnmc_transfer
-from leukocyte_cnn.models import pretrained
-from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.cli import run_main
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.models import pretrained
 
 CELLS_PER_PATIENT = 3
 SIZE = 40
@@ -122,7 +122,7 @@ def test_folds_and_final_test_are_disjoint_by_patient(fake_cnmc, tmp_path, monke
     # fold k tests exactly the dataset's fold_k, and validation_data is in no fold
     tested = rows[rows["role"] == "test"]
     assert all(image.startswith(f"training_data/fold_{fold}/")
-               for fold, image in zip(tested["fold"], tested["image"]))
+               for fold, image in zip(tested["fold"], tested["image"], strict=True))
     assert not rows["image"].str.startswith("validation_data").any()
     assert sorted(rows.loc[rows["role"] == "test", "image"]) == sorted(
         table.loc[table["source_split"] != "validation", "image"])

@@ -15,8 +15,8 @@ from PIL import Image
 
 import elu_cnn_optimizers as elu
 import scaling_masks_cnn_fcn as copenhagen
-from leukocyte_cnn.inputs import pipeline
 from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.inputs import pipeline
 
 CLASSIFIER_SCRIPTS = ["linear_cnn_binary_lpocv", "linear_cnn_multiclass_lpocv",
                       "resnext_from_scratch", "resnext_transfer_learning", "elu_cnn_optimizers",

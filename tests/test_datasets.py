@@ -13,13 +13,23 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.data.all_idb1_crops import crop_cells
 from leukocyte_cnn.data.bloodmnist import read_bloodmnist
 from leukocyte_cnn.data.datasets import DATASET_NAMES, class_names, dataset_hash, read_dataset
-from leukocyte_cnn.data.readers import (ZHENG_CLASSES, read_all_idb1, read_all_idb2, read_cnmc, read_csv_labels, read_folder, read_kaggle, read_pbc, read_zheng2018)
-from leukocyte_cnn.data.tables import COLUMNS
-from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.data.images import load_rgb
+from leukocyte_cnn.data.readers import (
+    ZHENG_CLASSES,
+    read_all_idb1,
+    read_all_idb2,
+    read_cnmc,
+    read_csv_labels,
+    read_folder,
+    read_kaggle,
+    read_pbc,
+    read_zheng2018,
+)
+from leukocyte_cnn.data.tables import COLUMNS
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -252,7 +262,7 @@ def test_all_idb1_crops_balanced_far_and_deterministic(tmp_path):
     again = crop_cells(read_all_idb1(folder), tmp_path / "crops2", size=64)
     assert again.drop(columns="path").equals(crops.drop(columns="path"))
     assert all(Path(a).read_bytes() == Path(b).read_bytes()
-               for a, b in zip(crops["path"], again["path"]))
+               for a, b in zip(crops["path"], again["path"], strict=True))
     cached = read_all_idb1(folder, crops=True, crop_size=64, out_dir=tmp_path / "crops")
     assert cached.equals(crops)
 

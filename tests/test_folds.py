@@ -288,8 +288,9 @@ def test_same_seed_gives_byte_identical_files_and_other_seed_differs(tmp_path):
 
 def file_hash(table: pd.DataFrame) -> str:
     """The contract's dataset hash (image, label, file size)."""
-    lines = sorted(f"{i}\t{int(l)}\t{os.path.getsize(p)}\n"
-                   for i, l, p in zip(table["image"], table["label"], table["path"]))
+    lines = sorted(f"{image}\t{int(label)}\t{os.path.getsize(path)}\n"
+                   for image, label, path in zip(table["image"], table["label"], table["path"],
+                                                 strict=True))
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 

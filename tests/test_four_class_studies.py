@@ -21,9 +21,9 @@ import elu_cnn_optimizers as elu
 import resnet50_training_depth as resnet
 import scaling_masks_cnn_fcn as copenhagen
 import unet_masks
+from leukocyte_cnn.base.cli import run_main
 from leukocyte_cnn.inputs import masks as mask_lib
 from leukocyte_cnn.inputs import scaling
-from leukocyte_cnn.base.cli import run_main
 from leukocyte_cnn.splits.split_files import load_split
 
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
@@ -140,10 +140,10 @@ def test_elu_study_builds_a_fresh_model_per_optimizer_and_beats_chance(
     # the second optimizer does not continue from the first one's trained weights. (Same
     # architecture only: a Dropout layer draws from the seed too and shifts later weights.)
     assert len(built) == 2 and built[0][0] is not built[1][0]
-    for before, after in zip(built[0][2], built[1][2]):
+    for before, after in zip(built[0][2], built[1][2], strict=True):
         np.testing.assert_array_equal(before, after)
     trained = built[0][0].get_weights()
-    assert any(not np.array_equal(a, b) for a, b in zip(trained, built[0][2]))
+    assert any(not np.array_equal(a, b) for a, b in zip(trained, built[0][2], strict=True))
     assert [d for _, d, _ in built] == [0.0, 0.0]
     sgd = built[1][0].optimizer
     assert type(sgd).__name__ == "SGD" and float(sgd.momentum) == elu.SGD_MOMENTUM

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import reference_networks as ref
+from test_scaleout import _tiny_dataset  # two classes x 15 PNGs of 32x32
 
 from leukocyte_cnn.base import devices as gpu
 from leukocyte_cnn.base.errors import InputError
-import reference_networks as ref
-from test_scaleout import _tiny_dataset  # two classes x 15 PNGs of 32x32
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPTS = sorted(p.stem for p in REPO_ROOT.glob("*.py")
@@ -354,7 +354,7 @@ def test_one_mixed_float16_training_step_per_network_family(family):
         # 2^15): a few more steps must then update the weights.
         for _ in range(12):
             if any(not np.array_equal(a, w.numpy()) for a, w in
-                   zip(before, model.trainable_weights)):
+                   zip(before, model.trainable_weights, strict=True)):
                 break
             model.train_on_batch(x, y)
     finally:
@@ -365,5 +365,5 @@ def test_one_mixed_float16_training_step_per_network_family(family):
     assert all(w.dtype == "float32" for w in model.weights)
     assert any(layer.compute_dtype == "float16" for layer in model.layers)
     assert any(not np.array_equal(a, w.numpy()) for a, w in
-               zip(before, model.trainable_weights))  # the loss-scaled steps trained
+               zip(before, model.trainable_weights, strict=True))  # the loss-scaled steps trained
     assert all(np.isfinite(w.numpy()).all() for w in model.trainable_weights)

@@ -23,10 +23,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from leukocyte_cnn.splits.split_files import read_split_csv
-from leukocyte_cnn.base.io import read_json
 # The one-conv stand-in for EfficientNetB3 and the offline guard of the C-NMC tests.
 from test_cnmc_transfer import no_download, tiny_backbone  # noqa: F401
+
+from leukocyte_cnn.base.io import read_json
+from leukocyte_cnn.splits.split_files import read_split_csv
 
 SMEARS = ["--dataset", "synthetic_all_idb1", "--reader-option", "crops=true",
           "--reader-option", "crop_size=64"]
@@ -148,7 +149,7 @@ def groups_in_two_roles(fed: pd.DataFrame, group_of: dict) -> list[str]:
 def split_groups(fed: pd.DataFrame, split: pd.DataFrame) -> dict:
     """image -> group of the split file, after checking that ``inputs.csv`` names the same
     groups (so the check below does not rely on what the script wrote)."""
-    group_of = dict(zip(split["image"], split["group"]))
+    group_of = dict(zip(split["image"], split["group"], strict=True))
     assert (fed["source_image"].map(group_of) == fed["group"]).all(), \
         "inputs.csv names other groups than the split"
     return group_of
@@ -161,7 +162,7 @@ def copy_groups(data_dir: Path) -> dict:
     from leukocyte_cnn.splits.copies import near_duplicate_groups
 
     joined, _ = near_duplicate_groups(read_dataset("synthetic_kaggle", data_dir))
-    return dict(zip(joined["image"], joined["group"]))
+    return dict(zip(joined["image"], joined["group"], strict=True))
 
 
 @pytest.mark.parametrize("case", [case_param(c) for c in CASES])

@@ -42,7 +42,8 @@ def test_grouped_conv_layer_equals_one_convolution_per_group(fixes):
     with tf.GradientTape() as tape:
         tape.watch([x, kernel])
         ref = tf.concat([tf.nn.conv2d(xs, ks, 2, "SAME")
-                         for xs, ks in zip(tf.split(x, 4, -1), tf.split(kernel, 4, -1))], -1)
+                         for xs, ks in zip(tf.split(x, 4, -1), tf.split(kernel, 4, -1),
+                                           strict=True)], -1)
         ref_loss = tf.reduce_sum(ref * tf.range(1.0, 9.0))
     ref_x, ref_k = tape.gradient(ref_loss, [x, kernel])
     np.testing.assert_allclose(out, ref, atol=1e-4)
@@ -69,7 +70,8 @@ def test_grouped_conv_trains_under_mixed_precision(fixes):
     kernel = layer.kernel.numpy()
     ref = tf.concat([tf.nn.conv2d(xs, ks, 1, "SAME")
                      for xs, ks in zip(tf.split(tf.constant(x, tf.float16), 4, -1),
-                                       tf.split(tf.constant(kernel, tf.float16), 4, -1))], -1)
+                                       tf.split(tf.constant(kernel, tf.float16), 4, -1),
+                                       strict=True)], -1)
     np.testing.assert_allclose(layer(x).numpy().astype("float32"),
                                ref.numpy().astype("float32"), atol=0.05)
 

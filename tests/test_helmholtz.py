@@ -5,14 +5,14 @@ Synthetic sets are generated once per test session into a temporary data folder.
 import numpy as np
 import pandas as pd
 import pytest
+import reference_networks as ref
 
 import linear_cnn_binary_lpocv
 import linear_cnn_da
 import linear_cnn_multiclass_lpocv
-from leukocyte_cnn.inputs.balancing import read_augmented_fold
 from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.inputs.balancing import read_augmented_fold
 from leukocyte_cnn.splits.split_files import load_split
-import reference_networks as ref
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +41,12 @@ def make_split(data_root, out_dir, dataset, method="kfold", k=3, exclude=()):
 
 def test_small_cnn_learns_the_synthetic_binary_set(synthetic_root, tmp_path):
     """Issue 2's learnability check: a small CNN beats 85 % held-out accuracy at 64 px."""
-    from leukocyte_cnn.runs.cross_validation import make_optimizer
-    from leukocyte_cnn.inputs.pipeline import make_dataset
     from leukocyte_cnn.base.seeding import set_seed
+    from leukocyte_cnn.inputs.pipeline import make_dataset
+    from leukocyte_cnn.runs.cross_validation import make_optimizer
 
-    split = load_split(make_split(synthetic_root, tmp_path, "synthetic_all_idb2", k=4), data_root=synthetic_root)
+    split = load_split(make_split(synthetic_root, tmp_path, "synthetic_all_idb2", k=4),
+                       data_root=synthetic_root)
     fold = split.fold(0)
     train, test = fold[fold.role != "test"], fold[fold.role == "test"]
     set_seed(0)

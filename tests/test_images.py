@@ -16,7 +16,13 @@ import pytest
 from PIL import Image
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.data.images import (check_images, image_mode_info, load_rgb, needs_pillow, save_rgb)
+from leukocyte_cnn.data.images import (
+    check_images,
+    image_mode_info,
+    load_rgb,
+    needs_pillow,
+    save_rgb,
+)
 
 
 def assert_input_error(path: Path, match: str) -> str:

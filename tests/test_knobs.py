@@ -177,9 +177,9 @@ def test_settings_json_records_the_knobs_that_ran_and_an_override_changes_the_mo
     the checkpoint has 5x5 kernels at 64 px and one epoch ran. With a --split file, the split
     protocol's knobs are exactly the ones left unread (the file brings its own)."""
     import keras
+    from test_helmholtz import make_split
 
     import linear_cnn_binary_lpocv as script
-    from test_helmholtz import make_split
 
     data_root = tmp_path_factory.mktemp("knob_data")
     split = make_split(data_root, tmp_path / "splits", "synthetic_all_idb2")
@@ -192,7 +192,8 @@ def test_settings_json_records_the_knobs_that_ran_and_an_override_changes_the_mo
     run_dir = tmp_path / "results" / "knobs"
     record = json.loads((run_dir / "settings.json").read_text())
     ran = record["config"]["knobs"]
-    assert (ran["EPOCHS"], ran["IMAGE_SIZE"], ran["KERNEL_SIZE"], ran["BATCH_SIZE"]) == (1, 64, 5, 8)
+    assert (ran["EPOCHS"], ran["IMAGE_SIZE"], ran["KERNEL_SIZE"], ran["BATCH_SIZE"]) == (
+        1, 64, 5, 8)
     assert record["overrides"]["EPOCHS"] == {"value": 1, "default": 500, "by": "--epochs"}
     assert record["overrides"]["KERNEL_SIZE"] == {"value": 5, "default": 3,
                                                   "by": "$LEUKOCYTE_KNOBS"}
@@ -206,3 +207,34 @@ def test_settings_json_records_the_knobs_that_ran_and_an_override_changes_the_mo
     assert settings.script == "linear_cnn_binary_lpocv.py"
     assert settings.unread() == ["K", "LEAVE_OUT", "MIN_IMAGES", "SPLIT_METHOD", "VAL_FRACTION"]
     assert script.KERNEL_SIZE == 3  # the file's block is untouched
+
+
+def test_architecture_numbers_are_one_line_in_one_script(monkeypatch):
+    """The Copenhagen networks' filters are the scaling study's FILTERS line: setting it changes
+    the network its script builds (CNN and FCN), and no library constant holds them."""
+    import keras
+
+    import scaling_masks_cnn_fcn as script
+    from leukocyte_cnn.models import networks
+
+    assert not hasattr(networks, "COPENHAGEN_FILTERS")
+    lines = [line for line in Path(script.__file__).read_text().splitlines()
+             if line.startswith("FILTERS = ")]
+    assert lines == ["FILTERS = (64, 128, 256, 512, 1024)  # conv widths of the five sections "
+                     "(deck)"]
+
+    class Identity:  # a stand-in for the fitted scaler: the network is what is checked
+        method = "none"
+
+        @staticmethod
+        def layer(name):
+            return keras.layers.Identity(name=name)
+
+    monkeypatch.setitem(knobs._pending, script.__name__, {"FILTERS": [8, 16, 24, 32, 40]})
+    settings = knobs.resolve_settings(script, script.parse_args(["--quick"]))
+    for network in ("cnn", "fcn"):
+        model = script.build_classifier(network, Identity, settings, 4)
+        inner = model.get_layer(f"copenhagen_{network}")
+        widths = [layer.filters for layer in inner.layers
+                  if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith("block")]
+        assert widths == [8, 16, 24, 32, 40], network

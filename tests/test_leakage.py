@@ -10,12 +10,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, shared_dataset
 from PIL import Image, ImageDraw, ImageFilter
 
-from conftest import REPO_ROOT, shared_dataset
 from leukocyte_cnn.base.cli import run_main
 from leukocyte_cnn.splits.leakage import audit, wide_table
-from leukocyte_cnn.splits.perceptual_hash import (DEFAULT_THRESHOLD, dihedral_hashes, hamming, image_distance, luma_with_padding_filled, near_pairs)
+from leukocyte_cnn.splits.perceptual_hash import (
+    DEFAULT_THRESHOLD,
+    dihedral_hashes,
+    hamming,
+    image_distance,
+    luma_with_padding_filled,
+    near_pairs,
+)
 
 
 def cell(seed: int, size=(120, 96)) -> np.ndarray:
@@ -121,7 +128,8 @@ def test_near_pairs_in_blocks_equals_brute_force():
         expected = {(i, j, image_distance(hashes_all[i], hashes_all[j]))
                     for i in range(len(hashes_all)) for j in range(i + 1, len(hashes_all))
                     if image_distance(hashes_all[i], hashes_all[j]) <= threshold}
-        found = set(zip(pairs["i"].tolist(), pairs["j"].tolist(), pairs["distance"].tolist()))
+        found = set(zip(pairs["i"].tolist(), pairs["j"].tolist(), pairs["distance"].tolist(),
+                        strict=True))
         assert found == expected
     assert len(near_pairs(hashes_all, 1)) >= 10
 
@@ -217,7 +225,7 @@ def expected_pair_counts(split_csv: Path, a: str, b: str) -> dict:
     order = {"train": 0, "val": 1, "test": 2}
     out = {}
     for fold, rows in split[split["fold"] >= 0].groupby("fold"):
-        roles = dict(zip(rows["image"], rows["role"]))
+        roles = dict(zip(rows["image"], rows["role"], strict=True))
         if roles[a] != roles[b]:
             pair = sorted([roles[a], roles[b]], key=order.get)
             out[(fold, "-".join(pair))] = 1
@@ -243,7 +251,8 @@ def test_script_reports_planted_copies_per_fold_and_writes_csv_and_md(leaky_fold
     assert table.loc[table["kind"].isin(["same_image", "same_group"]), "count"].sum() == 0
     assert not report.clean and report.n_images == 18
     assert "LEAKS FOUND" in out
-    assert "blast/blast0.png ~ blast/flipped0.jpg" in out or "blast/flipped0.jpg ~ blast/blast0.png" in out
+    assert ("blast/blast0.png ~ blast/flipped0.jpg" in out
+            or "blast/flipped0.jpg ~ blast/blast0.png" in out)
     md = (tmp_path / "splits" / "cells_leakage.md").read_text()
     assert md.startswith("# Leakage audit of `cells.csv`") and "**Leaks found**" in md
 
@@ -327,7 +336,7 @@ KNOWN_LABEL_CONFLICTS = (
 
 def unknown_cross_class_pairs(copies) -> set:
     cross = copies[copies["class_a"] != copies["class_b"]]
-    return {(a, b) for a, b in zip(cross["image_a"], cross["image_b"])
+    return {(a, b) for a, b in zip(cross["image_a"], cross["image_b"], strict=True)
             if not any({a, b} <= known for known in KNOWN_LABEL_CONFLICTS)}
 
 
@@ -339,8 +348,8 @@ def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(t
     One pair across the owner's split looks like one lymphocyte by eye (same platelet and red
     cells, turned and shifted) and verifies at similarity 0.897, just under the cut-off; it
     is the one pair allowed should the cut-off move."""
-    import cross_validation_splits as cvs
     import check_leakage
+    import cross_validation_splits as cvs
 
     root = shared_dataset("kaggle_blood_cells_sample")
     near = {}
@@ -356,7 +365,8 @@ def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(t
         assert (tmp_path / f"{method}_leakage_pairs.png").exists()
         if method == "predefined":
             flagged = report.copies[report.copies["roles"] == "train-test"]
-            assert {frozenset(pair) for pair in zip(flagged["image_a"], flagged["image_b"])} <= {
+            assert {frozenset(pair)
+                    for pair in zip(flagged["image_a"], flagged["image_b"], strict=True)} <= {
                 frozenset({"TRAIN/LYMPHOCYTE/_6_2057.jpeg", "TEST/LYMPHOCYTE/_4_2714.jpeg"})}
     assert near["predefined"] <= 1
     assert near["random"] > 50
@@ -396,7 +406,7 @@ def test_copies_are_grouped_within_the_owner_split_only(kaggle_with_copies):
 
     table = read_dataset("kaggle", kaggle_with_copies)
     grouped, stats = near_duplicate_groups(table, workers=1)
-    by_image = dict(zip(grouped["image"], grouped["group"]))
+    by_image = dict(zip(grouped["image"], grouped["group"], strict=True))
     for label, name in enumerate(KAGGLE):
         for c in range(5):
             copies = {by_image[f"TRAIN/{name}/_{k}_{100 * label + c}.jpeg"] for k in range(3)}
@@ -443,7 +453,7 @@ def test_only_verified_copies_are_joined_even_when_every_pair_is_screened(kaggle
     assert stats["groups_joined"] == 20 and stats["images_joined"] == 60
     assert stats["largest_group"] == 3 and stats["links_broken"] == 0
     assert stats["pairs_screened"] > stats["pairs_verified"] > 0
-    by_image = dict(zip(grouped["image"], grouped["group"]))
+    by_image = dict(zip(grouped["image"], grouped["group"], strict=True))
     assert by_image["TEST/EOSINOPHIL/_9_0.jpeg"] == "TEST/EOSINOPHIL/_9_0.jpeg"
 
 
@@ -462,8 +472,9 @@ def test_chains_are_broken_at_their_weakest_links_not_dissolved(kaggle_with_copi
     assert train.groupby("group").size().max() <= 7  # half of a class's 15 TRAIN images
     for label, name in enumerate(KAGGLE):
         for c in range(5):
-            copies = {g for image, g in zip(train["image"], train["group"])
-                      if image.startswith(f"TRAIN/{name}/_") and image.endswith(f"_{100 * label + c}.jpeg")}
+            copies = {g for image, g in zip(train["image"], train["group"], strict=True)
+                      if image.startswith(f"TRAIN/{name}/_")
+                      and image.endswith(f"_{100 * label + c}.jpeg")}
             assert len(copies) == 1, (name, c)
 
 

@@ -4,7 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from leukocyte_cnn.reporting.metrics import (classification_metrics, format_mean_std, mean_std, probabilities_from_output, roc_auc)
+from leukocyte_cnn.reporting.metrics import (
+    classification_metrics,
+    format_mean_std,
+    mean_std,
+    probabilities_from_output,
+    roc_auc,
+)
 
 
 def test_binary_metrics_match_hand_computation():

@@ -11,11 +11,11 @@ import warnings
 import keras
 import numpy as np
 import pytest
-
-from leukocyte_cnn.models import resnext as rx
-from leukocyte_cnn.models import applications, parts
-from leukocyte_cnn.models.parts import trainable_param_count
 import reference_networks as ref
+
+from leukocyte_cnn.models import applications, parts
+from leukocyte_cnn.models import resnext as rx
+from leukocyte_cnn.models.parts import trainable_param_count
 
 
 def _pixels(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

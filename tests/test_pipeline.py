@@ -8,9 +8,9 @@ from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 
-from leukocyte_cnn.inputs.augment import online_augmentation  # noqa: E402
 from leukocyte_cnn.base.errors import InputError  # noqa: E402
 from leukocyte_cnn.data.images import load_rgb, needs_pillow  # noqa: E402
+from leukocyte_cnn.inputs.augment import online_augmentation  # noqa: E402
 from leukocyte_cnn.inputs.pipeline import dataset_from_table, load_arrays, make_dataset  # noqa: E402
 
 SIZE = (12, 16)  # (height, width), smaller than the files: the resize really works
@@ -68,7 +68,7 @@ def test_unshuffled_pipeline_keeps_order_pixels_and_labels(files):
 
     assert images.dtype == np.float32 and images.shape == (4, *SIZE, 3)
     assert got_labels.tolist() == labels
-    for image, path in zip(images, paths):
+    for image, path in zip(images, paths, strict=True):
         # libjpeg versions of TF and Pillow round the IDCT differently: allow a few levels
         tolerance = 4.0 if path.endswith(".jpg") else 0.0
         assert np.abs(image - _reference(path)).max() <= tolerance, path
@@ -139,7 +139,7 @@ def test_augmentation_only_when_given_and_repeatable(files):
     assert first.dtype == np.float32 and first.shape == plain.shape
     assert 0.0 <= first.min() and first.max() <= 255.0
     # Every image changed (a rotation by ±359° and flips leave almost none untouched).
-    assert all(np.abs(a - p).mean() > 1.0 for a, p in zip(first, plain))
+    assert all(np.abs(a - p).mean() > 1.0 for a, p in zip(first, plain, strict=True))
     assert np.array_equal(first, again)  # seeded: a second run sees the same batches
     ds = make_dataset(paths, labels, SIZE, batch_size=4, augment=online_augmentation(seed=3))
     epoch1, epoch2 = _collect(ds)[0], _collect(ds)[0]
@@ -237,4 +237,5 @@ def test_training_scripts_augment_training_batches_only(monkeypatch, files):
     assert by_paths[tuple(paths[:2])]["augment"] is stack
     assert by_paths[tuple(paths[:2])]["shuffle"] is True
     for rows in (paths[2:3], paths[3:]):
-        assert by_paths[tuple(rows)]["augment"] is None and by_paths[tuple(rows)]["shuffle"] is False
+        assert (by_paths[tuple(rows)]["augment"] is None
+                and by_paths[tuple(rows)]["shuffle"] is False)

@@ -14,12 +14,12 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
+from test_helmholtz import make_split
 
 import compare_runs
 import linear_cnn_binary_lpocv
-from conftest import REPO_ROOT
 from leukocyte_cnn.base import progress
-from test_helmholtz import make_split
 
 EPOCH_LINE = re.compile(r"^fold 0 \(1/1\) epoch (\d+)/2: loss \d+\.\d{3} acc \d\.\d{3} \| "
                         r"val loss \d+\.\d{3} val acc \d\.\d{3} \| \d+\.\d s/epoch"

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 from PIL import Image
 
-from conftest import REPO_ROOT
 from leukocyte_cnn.base.cli import run_main
 
 pytestmark = pytest.mark.reliability
@@ -288,8 +288,8 @@ def checkpoint(tmp_path_factory):
 
 
 def checkpoint_error(path, **expected) -> str:
-    from leukocyte_cnn.models.checkpoints import load_checkpoint
     from leukocyte_cnn.base.errors import InputError
+    from leukocyte_cnn.models.checkpoints import load_checkpoint
 
     with pytest.raises(InputError) as info:
         load_checkpoint(path, **expected)
@@ -306,7 +306,8 @@ def test_checkpoint_loads_when_classes_and_shape_match(checkpoint):
 
 
 def test_checkpoint_with_the_wrong_class_count_or_input_shape(checkpoint):
-    assert checkpoint_error(checkpoint, num_classes=2) == "checkpoint predicts 3 classes, expected 2"
+    assert checkpoint_error(checkpoint, num_classes=2) == (
+        "checkpoint predicts 3 classes, expected 2")
     assert checkpoint_error(checkpoint, num_classes=3, input_shape=(32, 32, 3)) == (
         "checkpoint takes 16×16×3 inputs, expected 32×32×3")
 

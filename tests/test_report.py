@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 import compare_runs
-from leukocyte_cnn.reporting import comparisons
-from leukocyte_cnn.runs import trials
-from leukocyte_cnn.reporting.summary import summarize_run
 from leukocyte_cnn.base.run_folder import prepare_run_dir
+from leukocyte_cnn.reporting import comparisons
+from leukocyte_cnn.reporting.summary import summarize_run
+from leukocyte_cnn.runs import trials
 
 CLASSES = ["other", "blast"]
 
@@ -32,7 +32,8 @@ def _fold(run, fold: int, labels, p_blast, groups=None) -> None:
     n = len(labels)
     pd.DataFrame({"fold": fold, "image": [f"im{fold}_{i:03d}.tif" for i in range(n)],
                   "label": labels, "class_name": [CLASSES[v] for v in labels],
-                  "group": groups if groups is not None else [f"im{fold}_{i:03d}" for i in range(n)],
+                  "group": (groups if groups is not None
+                            else [f"im{fold}_{i:03d}" for i in range(n)]),
                   "prob_other": 1 - p_blast, "prob_blast": p_blast,
                   "pred": (p_blast >= 0.5).astype(int)}).to_csv(folder / "predictions.csv",
                                                                 index=False)

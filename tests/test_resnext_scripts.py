@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import reference_networks as ref
 
 import resnext_from_scratch as scratch
 import resnext_transfer_learning as transfer
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.splits.split_files import read_split_csv
 from leukocyte_cnn.data.images import save_rgb
 from leukocyte_cnn.models.source_checkpoints import images_path, sidecar_path
 from leukocyte_cnn.runs.learning_curve import subsample_per_class
-import reference_networks as ref
+from leukocyte_cnn.splits.split_files import read_split_csv
 
 TARGET_CLASSES = ("blast", "lymphocyte", "neutrophil")
 SOURCE_CLASSES = ("basophil", "eosinophil", "monocyte", "platelet")
@@ -265,7 +265,8 @@ def test_learning_curve_run_trains_both_arms_on_the_same_training_subset(data, t
     assert fed_per_epoch == [36, 36]
     run_dir = tmp_path / "results" / "resnext_learning_curve_folder"
     written = pd.read_csv(run_dir / "learning_curve.csv")
-    assert list(zip(written["size"], written["mode"])) == [(3, "scratch"), (3, "transfer")]
+    assert (list(zip(written["size"], written["mode"], strict=True))
+            == [(3, "scratch"), (3, "transfer")])
     assert len(table) == 2 and (written["n_folds"] == 1).all()
     assert (written["train_images"] == 9).all()  # 3 images x 3 classes
     assert (run_dir / "learning_curve.md").is_file()
@@ -307,7 +308,7 @@ def test_learning_curve_table_has_one_row_per_size_and_mode_with_mean_and_std(tm
                                 (10, "scratch", (3, 4)), (10, "transfer", (4, 4))]:
         _fake_curve_point(tmp_path, size, mode, correct)
     table = learning_curve_table(tmp_path, [5, 10], ["a", "b"])
-    assert list(zip(table["size"], table["mode"])) == [
+    assert list(zip(table["size"], table["mode"], strict=True)) == [
         (5, "scratch"), (5, "transfer"), (10, "scratch"), (10, "transfer")]
     # 2/4 and 3/4 right: mean 0.625, sample std 0.125 * sqrt(2)
     first = table.iloc[0]

@@ -72,7 +72,9 @@ def test_a_learning_curve_block_shows_the_curves_own_table_and_what_is_missing(t
     (run / "learning_curve.csv").write_text("size,mode\n10,scratch\n")
     (run / "learning_curve.md").write_text(
         "# curve\n\nTest folds of x.csv; mean. Not finished, so not shown: 20 training images "
-        "per class.\n\n| size | mode | ROC-AUC |\n|---|---|---|\n| 10 | scratch | 0.918 ± 0.059 |\n")
+        "per class.\n\n| size | mode | ROC-AUC |\n|---|---|---|\n"
+        "| 10 | scratch | 0.918 ± 0.059 |\n")
     text = run_table(run)
-    assert text.startswith("| size | mode | ROC-AUC |\n|---|---|---|\n| 10 | scratch | 0.918 ± 0.059 |")
+    assert text.startswith("| size | mode | ROC-AUC |\n|---|---|---|\n"
+                           "| 10 | scratch | 0.918 ± 0.059 |")
     assert "Not finished, so not shown: 20 training images per class." in text

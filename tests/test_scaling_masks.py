@@ -13,12 +13,10 @@ import pytest
 from PIL import Image
 from skimage.filters import threshold_otsu
 
-from leukocyte_cnn.inputs import masks
-from leukocyte_cnn.inputs import scaling
+from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.inputs import masks, scaling
 from leukocyte_cnn.reporting import comparisons
 from leukocyte_cnn.runs import trials
-from leukocyte_cnn.base.errors import InputError
-
 
 # --------------------------------------------------------------------------- scalers
 

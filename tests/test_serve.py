@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import reference_networks as ref
 from PIL import Image
 
 from leukocyte_cnn.base.errors import InputError
-import reference_networks as ref
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["other", "lymphoblast"]
@@ -107,7 +107,8 @@ def server(run_dir, tmp_path_factory):
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"serve.py not up after {STARTUP_DEADLINE_S} s: {log.read_text()[-2000:]}")
+                pytest.fail(f"serve.py not up after {STARTUP_DEADLINE_S} s: "
+                            f"{log.read_text()[-2000:]}")
             time.sleep(0.3)
         yield {"url": url, "proc": proc, "log": log}
     finally:

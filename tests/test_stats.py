@@ -1,6 +1,6 @@
-"""Confidence intervals and paired tests (leukocyte_cnn.reporting.stats) against hand-computed and scipy /
-scikit-learn reference values on fixed predictions, including two settings that differ by
-chance only, which the tests must call not significant."""
+"""Confidence intervals and paired tests (leukocyte_cnn.reporting.stats) against hand-computed
+and scipy / scikit-learn reference values on fixed predictions, including two settings that
+differ by chance only, which the tests must call not significant."""
 from __future__ import annotations
 
 import math

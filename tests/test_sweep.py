@@ -20,8 +20,8 @@ import pytest
 
 import sweep
 from leukocyte_cnn.base import knobs as knob_overrides
-from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.cli import run_main
+from leukocyte_cnn.base.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -350,8 +350,9 @@ EXPERIMENT_SCRIPTS = ["linear_cnn_binary_lpocv", "linear_cnn_multiclass_lpocv", 
 
 @pytest.mark.parametrize("name", EXPERIMENT_SCRIPTS)
 def test_no_knob_is_computed_from_another_at_import(name):
-    """Overrides reach a script's globals after import: a constant computed at import from
-    another knob (``MODELS = {...: DROPOUT}``) would keep the old value, silently."""
+    """Knobs are resolved after import: a constant computed at import from another knob
+    (``MODELS = {...: DROPOUT}``) would keep the block's value when an override changes the
+    other, silently."""
     import ast
 
     tree = ast.parse((REPO_ROOT / f"{name}.py").read_text())
@@ -385,3 +386,28 @@ def test_a_study_point_gets_one_row_per_setting_pooled_over_its_trials(tmp_path)
     assert table["setting"].tolist() == ["adam", "sgd"]
     assert table["n_images"].tolist() == [20, 10]
     assert table["accuracy"].tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_a_sweep_over_the_multiclass_split_protocol_runs_both_points(tmp_path, capsys):
+    """``sweep.py linear_cnn_multiclass_lpocv.py --set LEAVE_OUT=5,10 --quick`` (the split
+    protocol used to live in linear_cnn_da.py, and the sweep refused LEAVE_OUT as unknown): two
+    runs, each on its own leave-P-out split, P test images in its fold, P recorded."""
+    sweep_dir = tmp_path / "sweep"
+    code, out, err = run_sweep([
+        str(REPO_ROOT / "linear_cnn_multiclass_lpocv.py"), "--set", "LEAVE_OUT=5,10",
+        "--sweep-dir", str(sweep_dir), "--quick", "--data-root", str(tmp_path / "data"),
+        "--image-size", "32", "--epochs", "1", "--target", "4", "--folds", "0",
+        "--augmented-dir", str(tmp_path / "augmented"), "--quiet"], capsys)
+    assert code == 0, err
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert sorted(table["LEAVE_OUT"]) == [5, 10]
+    splits = set()
+    for row in table.itertuples():
+        record = json.loads((sweep_dir / row.run / "settings.json").read_text())
+        assert record["config"]["knobs"]["LEAVE_OUT"] == row.LEAVE_OUT
+        assert record["config"]["split_method"] == "lpo"
+        assert record["overrides"]["LEAVE_OUT"]["by"] == "$LEUKOCYTE_KNOBS"
+        predictions = pd.read_csv(sweep_dir / row.run / "fold_00" / "predictions.csv")
+        assert len(predictions) == row.LEAVE_OUT  # P test images in the fold
+        splits.add(record["config"]["split_file"])
+    assert len(splits) == 2 and any("_p10_" in s for s in splits)

@@ -15,7 +15,14 @@ from PIL import Image
 
 import generate_synthetic_data
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.data.synthetic import CLASS_NAMES, COMPLETE, KINDS, ensure_synthetic, generate, synthetic_root
+from leukocyte_cnn.data.synthetic import (
+    CLASS_NAMES,
+    COMPLETE,
+    KINDS,
+    ensure_synthetic,
+    generate,
+    synthetic_root,
+)
 from leukocyte_cnn.data.synthetic_render import CELL_CLASSES, render_cell, render_smear
 
 SMALL = {

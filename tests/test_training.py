@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.reporting.summary import markdown_table, summarize_run
 from leukocyte_cnn.base.knobs import script_knobs
-from leukocyte_cnn.base.run_folder import prepare_run_dir
-from leukocyte_cnn.base.run_folder import fold_dir, load_predictions
+from leukocyte_cnn.base.run_folder import fold_dir, load_predictions, prepare_run_dir
+from leukocyte_cnn.reporting.summary import markdown_table, summarize_run
 from leukocyte_cnn.runs.cross_validation import parse_fold_list
 
 

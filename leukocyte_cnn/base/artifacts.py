@@ -23,8 +23,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import _json_default, read_json, write_json

@@ -6,7 +6,7 @@ the problem, not a 40-line TensorFlow traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from leukocyte_cnn.base.errors import InputError
 

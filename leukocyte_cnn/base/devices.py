@@ -34,7 +34,8 @@ import contextlib
 import dataclasses
 import os
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from leukocyte_cnn.base.errors import InputError
 
@@ -53,7 +54,7 @@ class DeviceRequest:
     cpu_replicas: int = 0
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DeviceRequest":
+    def from_args(cls, args: argparse.Namespace) -> DeviceRequest:
         """The request of a script's parsed options (defaults where it has no such option)."""
         return cls(mixed_precision=bool(getattr(args, "mixed_precision", False)),
                    xla=bool(getattr(args, "xla", False)),

@@ -6,7 +6,6 @@ the problem, not a 40-line TensorFlow traceback.
 from __future__ import annotations
 
 
-
 class InputError(Exception):
     """Bad input the user can fix: a missing folder, an unreadable image, a wrong label.
 

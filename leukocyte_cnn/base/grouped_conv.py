@@ -44,7 +44,8 @@ def _grouped_matches_reference() -> bool:
 
     def reference(x, k):
         return tf.concat([tf.nn.convolution(xs, ks, 2, "SAME")
-                          for xs, ks in zip(tf.split(x, 4, -1), tf.split(k, 4, -1))], -1)
+                          for xs, ks in zip(tf.split(x, 4, -1), tf.split(k, 4, -1),
+                                            strict=True)], -1)
 
     try:
         results = []
@@ -54,7 +55,7 @@ def _grouped_matches_reference() -> bool:
                 loss = tf.reduce_sum(conv(x, k) * weights)
             results.append([conv(x, k), *tape.gradient(loss, [x, k])])
         return all(np.allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-3)
-                   for a, b in zip(*results))
+                   for a, b in zip(*results, strict=True))
     except Exception:  # no CPU kernel in this TensorFlow build: keep Keras' XLA path
         return False
 

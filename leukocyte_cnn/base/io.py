@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from leukocyte_cnn.base.errors import InputError
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

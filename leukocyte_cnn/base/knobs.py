@@ -28,8 +28,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from leukocyte_cnn.base.errors import InputError
 

@@ -32,7 +32,7 @@ import re
 import sys
 import tempfile
 import time
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 # absl/glog lines ("I0000 00:00:1796.123 4840 cudart_stub.cc:31] ...") and absl's notice that
 # it has not been initialised; everything else written while TensorFlow imports passes through.

@@ -12,9 +12,9 @@ def set_seed(seed: int, deterministic_ops: bool | None = None) -> None:
 
     ``deterministic_ops=None`` (what the training loop passes) follows the script's
     ``--deterministic/--no-deterministic``/``--xla`` choice made by
-    :func:`leukocyte_cnn.base.devices.configure_devices` (on when nothing was configured). On, it makes
-    two CPU runs of the same configuration give byte-identical predictions; it is off under
-    ``--xla``, because Keras does not compile with XLA while op determinism is on.
+    :func:`leukocyte_cnn.base.devices.configure_devices` (on when nothing was configured). On, it
+    makes two CPU runs of the same configuration give byte-identical predictions; it is off
+    under ``--xla``, because Keras does not compile with XLA while op determinism is on.
     """
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)

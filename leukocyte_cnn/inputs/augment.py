@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,7 +137,8 @@ def flip(img: np.ndarray, horizontal: bool = False, vertical: bool = False) -> n
 
 
 def shift(img: np.ndarray, dx: float, dy: float, fill: str = "reflect") -> np.ndarray:
-    """Move the content ``dx`` pixels right and ``dy`` pixels down; the gap is filled by ``fill``."""
+    """Move the content ``dx`` pixels right and ``dy`` pixels down; the gap is filled by
+    ``fill``."""
     img = _check_image(img)
     if dx == 0 and dy == 0:
         return img.copy()
@@ -186,7 +188,8 @@ def stain_jitter(img: np.ndarray, hue_shift: float = 0.0, saturation_scale: floa
 
 
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Blur each channel with a Gaussian of ``sigma`` pixels (imitates a slightly defocused slide)."""
+    """Blur each channel with a Gaussian of ``sigma`` pixels (imitates a slightly defocused
+    slide)."""
     img = _check_image(img)
     if sigma < 0:
         raise ValueError(f"blur sigma must be >= 0, got {sigma}")
@@ -200,7 +203,8 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def grayscale(img: np.ndarray) -> np.ndarray:
-    """Luma (ITU-R 601, as Pillow's ``"L"``) repeated in 3 channels, so models keep their input shape."""
+    """Luma (ITU-R 601, as Pillow's ``"L"``) repeated in 3 channels, so models keep their input
+    shape."""
     from PIL import Image
 
     img = _check_image(img)
@@ -297,7 +301,7 @@ def _geometric_variants(k: int, rng: np.random.Generator, flips: bool) -> list[t
     mirrors = rng.integers(0, 2, size=k).astype(bool)
     # Distinct angles already make the pairs distinct; drop an accidental identity.
     return [(a, bool(m)) if (a, bool(m)) != (0.0, False) else (a, True)
-            for a, m in zip(angles, mirrors)]
+            for a, m in zip(angles, mirrors, strict=True)]
 
 
 def _safe_name(text: str) -> str:

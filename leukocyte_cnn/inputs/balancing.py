@@ -41,7 +41,7 @@ class Balancing:
     stain: float
 
     @classmethod
-    def from_settings(cls, settings, seed: int, image_size) -> "Balancing":
+    def from_settings(cls, settings, seed: int, image_size) -> Balancing:
         """From a script's balancing knobs (``TARGET_PER_CLASS``, ``SHIFT_FRACTION``,
         ``ZOOM_FRACTION``, ``STAIN_JITTER``), the run's seed and the size written (the
         script's own knob: ``None`` keeps each image's size)."""
@@ -90,8 +90,8 @@ def balance_fold(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
     manifest has one row per written image: ``image`` (path relative to ``out_root``),
     ``source_image``, ``label``, ``class_name``, ``params`` (JSON of the transform).
     """
-    from leukocyte_cnn.inputs.augment import apply_transform, plan_balancing
     from leukocyte_cnn.data.images import load_rgb, save_rgb
+    from leukocyte_cnn.inputs.augment import apply_transform, plan_balancing
 
     if "role" in train and (train["role"] != "train").any():
         raise ValueError("balance_fold was given non-training images")
@@ -101,7 +101,7 @@ def balance_fold(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
         return pd.read_csv(manifest_path, dtype={"image": str, "source_image": str})
     rng = np.random.default_rng([seed, fold])
     plan = plan_balancing(train, target_per_class, rng, shifts=shifts, zoom=zoom, stain=stain)
-    sources = dict(zip(train["image"], train["path"]))
+    sources = dict(zip(train["image"], train["path"], strict=True))
 
     def write(row) -> str:
         image = load_rgb(sources[row.source_image])
@@ -142,7 +142,7 @@ def read_augmented_fold(out_root: str | os.PathLike, fold: int,
         raise InputError(f"{manifest_path}: augmented from images that are not this fold's "
                          f"training images (e.g. {sorted(unknown)[0]}); it was made from "
                          "another split — delete the folder and re-run linear_cnn_da.py")
-    groups = dict(zip(split_train["image"], split_train["group"].astype(str)))
+    groups = dict(zip(split_train["image"], split_train["group"].astype(str), strict=True))
     table = manifest.assign(path=[str(Path(out_root) / p) for p in manifest["image"]],
                             group=[groups[s] for s in manifest["source_image"]],
                             role="train", fold=fold)

@@ -26,8 +26,8 @@ both masks are empty (perfect agreement on "no cell"), and 0.0 when only one is.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -212,12 +212,12 @@ def ensure_otsu_masks(table: pd.DataFrame, mask_root: str | os.PathLike, *,
     Each mask depends on its own image only (nothing is fitted), so masks of test images are
     as legitimate as those of training images, and existing files are simply reused.
     """
+    from leukocyte_cnn.base.progress import counted
     from leukocyte_cnn.data.images import load_rgb
 
-    from leukocyte_cnn.base.progress import counted
-
     paths = []
-    for image_key, path in counted(list(zip(table["image"], table["path"])), "Otsu masks"):
+    for image_key, path in counted(list(zip(table["image"], table["path"], strict=True)),
+                                   "Otsu masks"):
         target = mask_file(mask_root, image_key)
         if not target.is_file():
             write_mask(target, otsu_mask(load_rgb(path), min_votes=min_votes, fill_max=fill_max))
@@ -237,7 +237,8 @@ def truth_mask_column(table: pd.DataFrame, dataset: str, data_root, reader_optio
     reader_table = read_dataset(dataset, data_root, **(reader_options or {}))
     if "mask_path" not in reader_table.columns:
         return pd.Series([""] * len(table), index=table.index, dtype=str)
-    lookup = dict(zip(reader_table["image"].astype(str), reader_table["mask_path"].fillna("")))
+    lookup = dict(zip(reader_table["image"].astype(str), reader_table["mask_path"].fillna(""),
+                      strict=True))
     return table["image"].astype(str).map(lambda key: lookup.get(key, "") or "")
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,8 +116,8 @@ def write_training_set(train: pd.DataFrame, out_root: str | os.PathLike, fold: i
     stored in ``augmentation.json``. A fold whose manifest exists is reused after checking
     that its sources are exactly these training images.
     """
-    from leukocyte_cnn.inputs.augment import apply_transform
     from leukocyte_cnn.data.images import save_rgb
+    from leukocyte_cnn.inputs.augment import apply_transform
     from leukocyte_cnn.inputs.pipeline import load_image
 
     if "role" in train and (train["role"] != "train").any():
@@ -150,7 +151,8 @@ def write_training_set(train: pd.DataFrame, out_root: str | os.PathLike, fold: i
 
     groups = [rows for _, rows in plan.groupby("source_image", sort=True)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        written = dict(zip((g["source_image"].iloc[0] for g in groups), pool.map(write_source, groups)))
+        written = dict(zip((g["source_image"].iloc[0] for g in groups),
+                           pool.map(write_source, groups), strict=True))
     plan = plan.sort_values("source_image", kind="stable")
     manifest = pd.DataFrame({
         "image": [p for s in plan["source_image"].unique() for p in written[s]],
@@ -180,7 +182,7 @@ def training_table(manifest: pd.DataFrame, out_root: str | os.PathLike,
                    train: pd.DataFrame) -> pd.DataFrame:
     """The augmented images as a split-like table (``image, path, label, class_name, group,
     source_image, variant``) for the input pipeline; ``group`` is the source's group."""
-    groups = dict(zip(train["image"], train["group"].astype(str)))
+    groups = dict(zip(train["image"], train["group"].astype(str), strict=True))
     return manifest.assign(path=[str(Path(out_root) / p) for p in manifest["image"]],
                            group=[groups[s] for s in manifest["source_image"]], role="train")
 

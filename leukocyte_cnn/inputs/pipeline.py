@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,8 @@ def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
 
 def _encode_labels(labels: Sequence[int], n: int, num_classes: int | None,
                    label_mode: str) -> np.ndarray:
-    """Labels as the array the loss expects: int32 (N,), one-hot float32 (N, C) or float32 (N, 1)."""
+    """Labels as the array the loss expects: int32 (N,), one-hot float32 (N, C) or float32
+    (N, 1)."""
     if label_mode not in LABEL_MODES:
         raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {label_mode!r}")
     values = np.asarray(labels)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class PixelMoments:
         self.sum: np.ndarray | None = None
         self.sum_sq: np.ndarray | None = None
 
-    def update(self, batch) -> "PixelMoments":
+    def update(self, batch) -> PixelMoments:
         batch = np.asarray(batch, dtype=np.float64)
         if batch.ndim != 4:
             raise ValueError(f"expected a batch (B, H, W, C), got shape {batch.shape}")

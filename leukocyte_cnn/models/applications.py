@@ -7,7 +7,7 @@ the symbolic input, so checkpoints load in safe mode and are served without gues
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers, regularizers
@@ -93,7 +93,7 @@ def transfer_head(
         raise ValueError(f"need one dropout rate per dense layer, got {len(dropouts)} rates for "
                          f"{len(dense_units)} layers")
     x = layers.BatchNormalization(momentum=bn_momentum, name="head_bn")(features)
-    for index, (units, rate) in enumerate(zip(dense_units, dropouts), start=1):
+    for index, (units, rate) in enumerate(zip(dense_units, dropouts, strict=True), start=1):
         regularised = index == 1
         x = layers.Dense(
             units, activation="relu", name=f"head_hidden{index}",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from leukocyte_cnn.base.errors import InputError
 
@@ -69,7 +69,8 @@ def _check_input_shape(path: Path, model, expected: Sequence[int | None]) -> Non
     if len(want) == 2:
         want = (*want, have[-1] if len(have) == 3 else 3)
     mismatch = len(have) != len(want) or any(
-        h is not None and w is not None and int(h) != int(w) for h, w in zip(have, want))
+        h is not None and w is not None and int(h) != int(w)
+        for h, w in zip(have, want, strict=True))
     if mismatch:
         show = lambda s: "×".join("any" if v is None else str(int(v)) for v in s)  # noqa: E731
         raise InputError(f"{path}: checkpoint takes {show(have)} inputs, expected {show(want)}")

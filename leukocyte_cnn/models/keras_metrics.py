@@ -7,8 +7,8 @@ accuracy (the mistake behind the identical columns of the ALL-IDB1 detector's pu
 table). Fed integer labels they fail or compare the wrong shapes. The metrics here take
 integer labels ``(B,)``/``(B, 1)`` or one-hot labels ``(B, C)``, pick the positive-class
 column of the prediction, and hand ``(label == positive, p_positive)`` to the Keras metric,
-so the per-epoch curves measure the same thing as ``leukocyte_cnn.reporting.metrics`` does at the end.
-A one-unit sigmoid output ``(B, 1)`` is read as the positive-class probability.
+so the per-epoch curves measure the same thing as ``leukocyte_cnn.reporting.metrics`` does at
+the end. A one-unit sigmoid output ``(B, 1)`` is read as the positive-class probability.
 
 They are registered as Keras serializables (package ``leukocyte_cnn``), so a checkpoint
 compiled with them reloads with its compile state once this module is imported; a server
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
 
 def positive_class_view(y_true, y_pred, positive_class: int = 1):
     """``(is_positive float32 (B,), p_positive (B,))`` from integer or one-hot labels."""

@@ -14,14 +14,19 @@ builder says what was chosen and why.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
 
-from leukocyte_cnn.models.parts import (DEFAULT_INPUT_SCALING, Shape, check_min_size,
-                                        classifier_head, model_input, warn_once)
-
+from leukocyte_cnn.models.parts import (
+    DEFAULT_INPUT_SCALING,
+    Shape,
+    check_min_size,
+    classifier_head,
+    model_input,
+    warn_once,
+)
 
 # --------------------------------------------------------------------------- linear CNN
 
@@ -323,9 +328,10 @@ def unet(
     Encoder: three levels of two Conv 3x3 (start, 2x, 4x filters) -> MaxPool 2 -> Dropout
     (deck: 0.25 = ``first_dropout`` after the first pool, 0.5 = ``dropout`` after the others);
     middle: two Conv 3x3 with 8x filters; decoder: Conv2DTranspose 3x3 stride 2 (linear, as in
-    the source) -> concatenate with the encoder level -> Dropout ``dropout`` -> two Conv 3x3; output Conv 1x1 with ``out_channels`` and a
-    sigmoid (one mask per channel; pass ``output_activation="softmax"`` for exclusive classes).
-    Height and width must be divisible by 8 so the upsampled maps line up with the encoder's.
+    the source) -> concatenate with the encoder level -> Dropout ``dropout`` -> two Conv 3x3;
+    output Conv 1x1 with ``out_channels`` and a sigmoid (one mask per channel; pass
+    ``output_activation="softmax"`` for exclusive classes). Height and width must be divisible
+    by 8 so the upsampled maps line up with the encoder's.
     """
     if input_shape[0] % 8 or input_shape[1] % 8:
         raise ValueError(f"unet needs height and width divisible by 8, got {input_shape[:2]}")

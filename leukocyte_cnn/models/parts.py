@@ -10,7 +10,7 @@ float32 and the loss stays stable.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np

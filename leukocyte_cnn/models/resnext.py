@@ -20,13 +20,17 @@ so transfer-learning code can find the parts by name.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
 
-from leukocyte_cnn.models.parts import (DEFAULT_INPUT_SCALING, classifier_head, model_input,
-                                        trainable_param_count)
+from leukocyte_cnn.models.parts import (
+    DEFAULT_INPUT_SCALING,
+    classifier_head,
+    model_input,
+    trainable_param_count,
+)
 
 RETRAIN_CHOICES = ("head", "last_stage", "last_two_stages", "all")
 

@@ -1,4 +1,5 @@
-"""Checkpoints of a source task for transfer learning: writing them, and the checks before fine-tuning.
+"""Checkpoints of a source task for transfer learning: writing them, and the checks before
+fine-tuning.
 
 A source model (``resnext_transfer_learning.py --pretrain``) is saved as ``<name>.keras`` with
 two files beside it, written after the model and the sidecar last (a checkpoint with its
@@ -22,15 +23,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.base.io import (file_sha256, read_json, save_model, write_csv, write_json)
+from leukocyte_cnn.base.io import file_sha256, read_json, save_model, write_csv, write_json
 
 # The only preprocessing this repository's pipelines produce: float32 pixels in [0, 255] go
 # in, and the model scales them itself (a Rescaling layer right after its input).
@@ -213,7 +214,8 @@ def check_source_disjoint(source: SourceCheckpoint, target_hash: str | None,
     seen = set(listing["sha256"])
     target = target.drop_duplicates("path")
     digests = file_digests(target["path"].tolist())
-    shared = [image for image, digest in zip(target["image"], digests) if digest in seen]
+    shared = [image for image, digest in zip(target["image"], digests, strict=True)
+              if digest in seen]
     if shared:
         raise InputError(f"{listing_path}: the source model trained on {len(shared)} image(s) "
                          f"of the target split (e.g. {shared[0]}); its weights have seen test "

@@ -13,14 +13,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.base.io import read_json, write_csv, write_text
-from leukocyte_cnn.base.run_folder import (CHECKPOINT, EPOCHS, PREDICTIONS, load_predictions, read_settings)
+from leukocyte_cnn.base.run_folder import (
+    CHECKPOINT,
+    EPOCHS,
+    PREDICTIONS,
+    load_predictions,
+    read_settings,
+)
 from leukocyte_cnn.reporting.metrics import predictions_metrics
 
 # Shown above every table of a study on a random split (and printed with it).
@@ -302,7 +308,16 @@ def write_study_report(run_dir: str | os.PathLike, shown: pd.DataFrame, *, title
                        notes: Sequence[str] = (), heading: str = "Comparison") -> Path:
     """``report.html`` of a study folder: the comparison table, its notes, every figure of
     the folder, the settings and provenance (:mod:`leukocyte_cnn.reporting.html_report`)."""
-    from leukocyte_cnn.reporting.html_report import (esc, figures_in, provenance_table, read_split_settings, settings_table, split_protocol, table_html, write_report)
+    from leukocyte_cnn.reporting.html_report import (
+        esc,
+        figures_in,
+        provenance_table,
+        read_split_settings,
+        settings_table,
+        split_protocol,
+        table_html,
+        write_report,
+    )
     from leukocyte_cnn.reporting.summary import LEAKY_TEXT
 
     run_dir = Path(run_dir)
@@ -319,7 +334,7 @@ def write_study_report(run_dir: str | os.PathLike, shown: pd.DataFrame, *, title
                                 f"of every setting seeded with {config.get('seed')} + t"))
     notes_html = "".join(f"<p class=note>{esc(note)}</p>" for note in notes)
     sections = [(heading, table_html(shown) + notes_html),
-                ("Settings", table_html(settings_table(config))),
+                ("Settings", table_html(settings_table(config, settings.get("overrides")))),
                 ("Provenance", table_html(provenance_table(settings.get("provenance", {}))))]
     return write_report(run_dir, title=title, subtitle=f"{run_dir.name} · {config.get('script')}",
                         banner=LEAKY_TEXT if config.get("leaky") else "", facts=facts,
@@ -354,9 +369,9 @@ def pooled_confusion_matrices(run_dir: str | os.PathLike, settings: Sequence[Set
 def plot_validation_curves(run_dir: str | os.PathLike, settings: Sequence[Setting],
                            path: str | os.PathLike, metric: str = "val_accuracy") -> Path | None:
     """``metric`` per epoch, one colour per setting, one thin line per trial (and fold)."""
-    from leukocyte_cnn.reporting.summary import save_figure
-
     import matplotlib
+
+    from leukocyte_cnn.reporting.summary import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -427,7 +442,7 @@ def plot_feature_maps(model_path: str | os.PathLike, row: pd.Series, image_size:
         ax.axis("off")
     axes[0, 0].imshow(np.clip(image[0], 0, 255).astype(np.uint8))
     axes[0, 0].set_title("input", fontsize=7)
-    for r, (name, fmap) in enumerate(zip(names, maps), start=1):
+    for r, (name, fmap) in enumerate(zip(names, maps, strict=True), start=1):
         for c in range(min(channels, fmap.shape[-1])):
             axes[r, c].imshow(fmap[..., c], cmap="viridis")
             if c == 0:

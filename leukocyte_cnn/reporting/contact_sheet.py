@@ -46,7 +46,8 @@ def contact_sheet(pairs, path, max_pairs: int = SHEET_MAX_PAIRS, title: str = ""
     for k, (_, rows) in enumerate(groups):
         extra = min(len(rows) - quota[k], max(0, max_pairs - sum(quota)))
         quota[k] += extra
-    sections = [(roles, len(rows), rows.head(n)) for (roles, rows), n in zip(groups, quota)]
+    sections = [(roles, len(rows), rows.head(n))
+                for (roles, rows), n in zip(groups, quota, strict=True)]
     height = head_h + pad
     for _, _, shown in sections:
         height += head_h + -(-len(shown) // SHEET_COLUMNS) * (th + text_h + pad)

@@ -12,8 +12,8 @@ import html
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -98,7 +98,7 @@ def table_html(frame: pd.DataFrame, digits: int = 3) -> str:
     text_columns = [all(_cell(v, digits)[1] for v in frame[c]) and len(frame)
                     for c in frame.columns]
     head = "".join(f"<th{' class=text' if t else ''}>{esc(c)}</th>"
-                   for c, t in zip(frame.columns, text_columns))
+                   for c, t in zip(frame.columns, text_columns, strict=True))
     rows = []
     for row in frame.itertuples(index=False):
         cells = []
@@ -112,7 +112,8 @@ def table_html(frame: pd.DataFrame, digits: int = 3) -> str:
 
 def facts_html(facts: Sequence[tuple[str, str]]) -> str:
     """A definition list; values are HTML already (escape them with :func:`esc`)."""
-    return "<dl class=facts>" + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+    return ("<dl class=facts>" + "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts)
+            + "</dl>")
 
 
 def read_split_settings(config: dict, run_dir: str | os.PathLike | None = None) -> dict:
@@ -186,14 +187,18 @@ def split_protocol(config: dict, split: dict | None = None) -> str:
     return " ".join(sentences)
 
 
-def settings_table(config: dict) -> pd.DataFrame:
-    """Knobs and the other recorded settings as (setting, value) rows."""
-    rows = [{"setting": k, "value": _short(v)} for k, v in sorted(config.get("knobs", {}).items())
-            if k != "QUICK"]
+def settings_table(config: dict, overrides: dict | None = None) -> pd.DataFrame:
+    """Knobs (as they ran; ``set by`` names what changed one from the script's block: the
+    ``overrides`` of ``settings.json``) and the other recorded settings as rows."""
+    overrides = overrides or {}
+    rows = [{"setting": k, "value": _short(v),
+             "set by": (f"{overrides[k]['by']} (script: {_short(overrides[k].get('default'))})"
+                        if k in overrides else "")}
+            for k, v in sorted(config.get("knobs", {}).items()) if k != "QUICK"]
     skip = {"knobs", "class_names", "title"}
-    rows += [{"setting": k, "value": _short(v)} for k, v in sorted(config.items())
+    rows += [{"setting": k, "value": _short(v), "set by": ""} for k, v in sorted(config.items())
              if k not in skip]
-    return pd.DataFrame(rows, columns=["setting", "value"])
+    return pd.DataFrame(rows, columns=["setting", "value", "set by"])
 
 
 def _short(value) -> str:

@@ -10,8 +10,8 @@ transfer point to from-scratch on the same test images (:func:`paired_to_scratch
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,8 @@ def curve_dir(run_dir: str | os.PathLike, size: int, mode: str) -> Path:
 def learning_curve_table(run_dir: str | os.PathLike, sizes: Sequence[int],
                          class_names: Sequence[str], modes: Sequence[str] = MODES) -> pd.DataFrame:
     """One row per (size, mode): metrics of the test folds, mean and sample std over folds."""
-    from leukocyte_cnn.reporting.metrics import mean_std, per_fold_table
     from leukocyte_cnn.base.run_folder import load_predictions
+    from leukocyte_cnn.reporting.metrics import mean_std, per_fold_table
 
     rows = []
     for size in sizes:
@@ -56,8 +56,8 @@ def paired_to_scratch(run_dir: str | os.PathLike, size: int, mode: str,
     """Test accuracy of ``mode`` minus from-scratch at one size, on the same test images: the
     difference, its paired bootstrap 95 % interval and the exact McNemar p-value (NaN when
     the two points share no test images)."""
-    from leukocyte_cnn.reporting.stats import mcnemar_exact, paired_bootstrap
     from leukocyte_cnn.base.run_folder import load_predictions
+    from leukocyte_cnn.reporting.stats import mcnemar_exact, paired_bootstrap
 
     columns = [f"prob_{c}" for c in class_names]
     merged = load_predictions(curve_dir(run_dir, size, mode)).merge(
@@ -90,7 +90,8 @@ def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title:
     shown["train_images"] = shown["train_images"].map(lambda v: f"{v:.1f}")
     for metric in CURVE_METRICS:
         shown[_METRIC_LABELS[metric]] = [_mean_pm_std(m, s) for m, s in
-                                         zip(table[f"{metric}_mean"], table[f"{metric}_std"])]
+                                         zip(table[f"{metric}_mean"], table[f"{metric}_std"],
+                                             strict=True)]
     if "accuracy_vs_scratch" in table:
         from leukocyte_cnn.reporting.stats import format_difference, format_p
 
@@ -129,7 +130,7 @@ def plot_learning_curve(table: pd.DataFrame, path: str | os.PathLike,
     from leukocyte_cnn.reporting.summary import save_figure
 
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4.2 * len(CURVE_METRICS), 3.8))
-    for ax, metric in zip(axes, CURVE_METRICS):
+    for ax, metric in zip(axes, CURVE_METRICS, strict=True):
         for mode, part in table.groupby("mode", sort=False):
             part = part.sort_values("size")
             ax.errorbar(part["size"], part[f"{metric}_mean"],

@@ -12,7 +12,7 @@ per-fold table of a predictions file and the mean ± std of per-fold values.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -25,7 +25,7 @@ point metrics and their fast array versions live in ``leukocyte_cnn.reporting.me
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.base.io import atomic_path, write_csv, write_text
-from leukocyte_cnn.reporting.metrics import (SUMMARY_METRICS, format_mean_std, mean_std, per_fold_table, predictions_metrics, prob_columns)
+from leukocyte_cnn.base.run_folder import (
+    EPOCHS,
+    chain_lines,
+    check_fold_chain,
+    load_predictions,
+    read_settings,
+)
 from leukocyte_cnn.reporting.html_report import REPORT
-from leukocyte_cnn.base.run_folder import chain_lines, check_fold_chain, read_settings
+from leukocyte_cnn.reporting.metrics import (
+    SUMMARY_METRICS,
+    format_mean_std,
+    mean_std,
+    per_fold_table,
+    predictions_metrics,
+    prob_columns,
+)
 from leukocyte_cnn.reporting.stats import N_BOOTSTRAP, clustering_note, format_ci, metric_intervals
-from leukocyte_cnn.base.run_folder import EPOCHS, load_predictions
-
 
 LEAKY_TEXT = ("LEAKY SPLIT: images of one source cell or patient can sit in both training and "
               "test; these numbers overstate accuracy and are shown only to reproduce published "
@@ -164,12 +175,12 @@ def plot_learning_curves(run_dir: str | os.PathLike, path: str | os.PathLike,
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for log_path in logs:
         log = pd.read_csv(log_path)
-        for ax, metric in zip(axes, ("loss", "accuracy")):
+        for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
             for prefix, style in (("", "-"), ("val_", "--")):
                 if prefix + metric in log:
                     ax.plot(log["epoch"], log[prefix + metric], style, lw=0.8, alpha=0.6,
                             color="C0" if not prefix else "C1")
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
         ax.set_ylabel(metric)
@@ -210,7 +221,8 @@ def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFra
     if leaky:
         lines += [leaky_banner(config)]
     lines += [f"- run: `{run_dir.name}`; dataset: `{config.get('dataset')}`; split: "
-              f"`{config.get('split_file')}` (dataset hash `{str(config.get('dataset_hash'))[:12]}`)",
+              f"`{config.get('split_file')}` "
+              f"(dataset hash `{str(config.get('dataset_hash'))[:12]}`)",
               *color_mode_lines(config),
               f"- folds finished: {len(folds)}" + (f" of {expected}" if expected else "")
               + f"; pooled test images: {pooled['n']}; seed {config.get('seed')}",
@@ -275,8 +287,18 @@ def figure_links(folder: str | os.PathLike) -> list[str]:
 def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
                      per_class: pd.DataFrame, cm: pd.DataFrame, folds: pd.DataFrame,
                      predictions: pd.DataFrame, summary: pd.DataFrame) -> Path:
-    """``report.html`` of a cross-validation run (see :mod:`leukocyte_cnn.reporting.html_report`)."""
-    from leukocyte_cnn.reporting.html_report import (esc, figures_in, provenance_table, read_split_settings, settings_table, split_protocol, table_html, write_report)
+    """``report.html`` of a cross-validation run (see
+    :mod:`leukocyte_cnn.reporting.html_report`)."""
+    from leukocyte_cnn.reporting.html_report import (
+        esc,
+        figures_in,
+        provenance_table,
+        read_split_settings,
+        settings_table,
+        split_protocol,
+        table_html,
+        write_report,
+    )
 
     config = settings["config"]
     split = read_split_settings(config, run_dir)
@@ -298,7 +320,7 @@ def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
                 ("Per class (pooled)", table_html(per_class)),
                 ("Confusion matrix (pooled; rows true, columns predicted)", table_html(cm)),
                 ("Per fold", table_html(folds)),
-                ("Settings", table_html(settings_table(config))),
+                ("Settings", table_html(settings_table(config, settings.get("overrides")))),
                 ("Provenance", table_html(provenance_table(settings.get("provenance", {}))))]
     numbers = summary.set_index("metric")
     cards = [(label, f"{numbers.loc[m, 'pooled']:.3f}",
@@ -338,22 +360,22 @@ def plot_epoch_metrics(run_dir: str | os.PathLike, path: str | os.PathLike,
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from leukocyte_cnn.reporting.summary import leaky_tag, run_config, save_figure
     from leukocyte_cnn.base.run_folder import EPOCHS
+    from leukocyte_cnn.reporting.summary import leaky_tag, run_config, save_figure
 
     logs = [pd.read_csv(p) for p in sorted(Path(run_dir).glob(f"fold_*/{EPOCHS}"))]
     shown = [m for m in metrics if any(m in log or f"val_{m}" in log for log in logs)]
     if not logs or not shown:
         return None
     fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], shown):
+    for ax, metric in zip(axes[0], shown, strict=True):
         for log in logs:
             for prefix, style, colour in (("", "-", "C0"), ("val_", "--", "C1")):
                 if prefix + metric in log:
                     ax.plot(log["epoch"], log[prefix + metric], style, color=colour, lw=1,
                             alpha=0.7, label=("validation" if prefix else "training"))
         handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
+        unique = dict(zip(labels, handles, strict=True))
         ax.legend(unique.values(), unique.keys(), fontsize=7)
         ax.set_xlabel("epoch")
         ax.set_title(metric)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,21 @@ import pandas as pd
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import save_model, write_csv, write_json
 from leukocyte_cnn.base.knobs import Settings
-from leukocyte_cnn.reporting.metrics import (predictions_metrics, prob_columns,
-                                             probabilities_from_output)
 from leukocyte_cnn.base.provenance import provenance
-from leukocyte_cnn.base.run_folder import (CHECKPOINT, EPOCHS, PREDICTIONS, fold_dir, fold_is_done,
-                                           write_fold_inputs)
+from leukocyte_cnn.base.run_folder import (
+    CHECKPOINT,
+    EPOCHS,
+    PREDICTIONS,
+    fold_dir,
+    fold_is_done,
+    write_fold_inputs,
+)
 from leukocyte_cnn.base.seeding import set_seed
+from leukocyte_cnn.reporting.metrics import (
+    predictions_metrics,
+    prob_columns,
+    probabilities_from_output,
+)
 
 
 @dataclasses.dataclass
@@ -112,7 +121,6 @@ def _run_folds(split, run_dir: str | os.PathLike, folds: Sequence[int], seed: in
                train_fold: Callable[[Fold], pd.DataFrame], *, quiet: bool = False) -> list[int]:
     """The loop of :func:`run_folds`."""
     from leukocyte_cnn.base import progress
-
     from leukocyte_cnn.base.io import file_sha256
     from leukocyte_cnn.base.run_folder import check_fold_chain
 
@@ -273,7 +281,7 @@ def predict_table(model, test_ds, test: pd.DataFrame, class_names: Sequence[str]
                           "label": test["label"].astype(int).to_numpy(),
                           "class_name": test["class_name"].to_numpy(),
                           "group": test["group"].astype(str).to_numpy()})
-    for column, values in zip(prob_columns(class_names), prob.T):
+    for column, values in zip(prob_columns(class_names), prob.T, strict=True):
         table[column] = values
     table["pred"] = prob.argmax(axis=1)
     table["pred_class"] = [class_names[i] for i in table["pred"]]
@@ -356,8 +364,12 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     ``timing.json``. ``batch_size`` is the global batch: under several replicas
     (:func:`devices.model_scope`) each step's ``batch_size`` images are split over them.
     """
-    from leukocyte_cnn.base.devices import (check_global_batch, compile_kwargs, model_scope,
-                                            require_xla)
+    from leukocyte_cnn.base.devices import (
+        check_global_batch,
+        compile_kwargs,
+        model_scope,
+        require_xla,
+    )
     from leukocyte_cnn.inputs.pipeline import make_dataset
 
     train = fold.train if train_table is None else train_table

@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from leukocyte_cnn.base.devices import DeviceRequest, device_settings
 from leukocyte_cnn.base.errors import InputError
@@ -87,7 +87,7 @@ class RunOptions:
     devices: DeviceRequest = DeviceRequest()
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "RunOptions":
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
         return cls(dataset=args.dataset, data_root=args.data_root, split=args.split,
                    ignore_groups=bool(getattr(args, "ignore_groups", False)),
                    reader_options=tuple(getattr(args, "reader_option", None) or ()),
@@ -97,7 +97,7 @@ class RunOptions:
                    quiet=bool(getattr(args, "quiet", False)),
                    devices=DeviceRequest.from_args(args))
 
-    def with_changes(self, **changes) -> "RunOptions":
+    def with_changes(self, **changes) -> RunOptions:
         return dataclasses.replace(self, **changes)
 
     def parsed_reader_options(self) -> dict:
@@ -109,6 +109,19 @@ class RunOptions:
         name = self.run_name or "_".join([script, self.dataset] + (["quick"] if self.quick
                                                                     else []))
         return Path(self.results_dir) / name
+
+
+def resolve_run(args: argparse.Namespace, module, *, extra: dict | None = None
+                ) -> tuple[RunOptions, Settings]:
+    """A training script's first step: its :class:`RunOptions`, its devices set up (before any
+    TensorFlow op: GPUs, memory growth and replicas are fixed then) and its knobs resolved into
+    ``Settings`` (``knobs.resolve_settings``; ``extra`` as there, e.g. a ``--variant`` preset)."""
+    from leukocyte_cnn.base.devices import setup_devices
+    from leukocyte_cnn.base.knobs import resolve_settings
+
+    run = RunOptions.from_args(args)
+    setup_devices(run.devices)
+    return run, resolve_settings(module, args, extra=extra)
 
 
 def split_request(run: RunOptions, *, method: str | None, val_fraction: float,
@@ -223,9 +236,12 @@ def start_run(run: RunOptions, script: str, *, settings: Settings, split, title:
     if not run.quiet:
         print(run_header(split, class_names, dataset=run.dataset, data_root=run.data_root,
                          folds=run.folds), flush=True)
+        by_source: dict[str, list[str]] = {}
         for name, change in settings.overrides().items():
-            print(f"knob {name} = {json.dumps(change['value'])} (by {change['by']}; script: "
-                  f"{json.dumps(change['default'])})", flush=True)
+            by_source.setdefault(change["by"], []).append(
+                f"{name} {json.dumps(change['value'])} (script: {json.dumps(change['default'])})")
+        for source, changes in by_source.items():
+            print(f"knobs set by {source}: {', '.join(changes)}", flush=True)
     return run_dir
 
 

@@ -11,14 +11,19 @@ writes the table and figure again from whatever points are complete
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.reporting.learning_curve import (MODES, curve_dir, learning_curve_table, write_learning_curve)
+from leukocyte_cnn.reporting.learning_curve import (
+    MODES,
+    curve_dir,
+    learning_curve_table,
+    write_learning_curve,
+)
 
 
 def parse_train_sizes(text: str) -> list[int]:

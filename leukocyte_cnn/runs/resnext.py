@@ -11,7 +11,7 @@ both arms of the learning curve alike.
 from __future__ import annotations
 
 import argparse
-from typing import Mapping
+from collections.abc import Mapping
 
 from leukocyte_cnn.base.knobs import knob_argument
 from leukocyte_cnn.models.resnext import VARIANT_ARCHITECTURES, depth_name
@@ -109,9 +109,8 @@ def build_model(arch: Mapping, num_classes: int):
 
 def resolve_resnext_split(run, settings):
     """The stratified k-fold split (``K``) with the multiclass protocol's exclusion rule
-    (``MIN_IMAGES``, ``EXCLUDE_CLASSES``) and validation share (``VAL_FRACTION``).
-
-    With the quick knobs (K 3) this is the very file the linear CNN's quick run reads.
+    (``MIN_IMAGES``, ``EXCLUDE_CLASSES``) and validation share (``VAL_FRACTION``): with the same
+    knobs, the very file ``cross_validation_splits.py --method kfold`` writes.
     """
     from leukocyte_cnn.runs.experiment import present_exclusions, resolve_split
 

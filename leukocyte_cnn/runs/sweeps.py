@@ -27,8 +27,9 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,7 +104,7 @@ def grid_points(grid: Mapping[str, list], random_draws: int | None = None,
     """Every combination (first knob varies slowest), or ``random_draws`` distinct ones
     drawn with ``seed`` (kept in grid order, so point numbers do not depend on the draw)."""
     names = list(grid)
-    points = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+    points = [dict(zip(names, values, strict=True)) for values in itertools.product(*grid.values())]
     if random_draws is not None:
         if not 1 <= random_draws <= len(points):
             raise InputError(f"--random {random_draws}: the grid has {len(points)} points; "
@@ -220,7 +221,8 @@ def point_metrics(predictions: pd.DataFrame, class_names: Sequence[str]) -> dict
     ``{metric: (value, low, high)}``, from :mod:`leukocyte_cnn.reporting.stats` (a seeded bootstrap
     over test images, stratified by class and fold, whole groups where groups repeat), so
     the same predictions always give the same interval."""
-    from leukocyte_cnn.reporting.stats import METRICS as METRIC_FUNCTIONS, metric_intervals
+    from leukocyte_cnn.reporting.stats import METRICS as METRIC_FUNCTIONS
+    from leukocyte_cnn.reporting.stats import metric_intervals
 
     y = predictions["label"].to_numpy(dtype=int)
     prob = predictions[[f"prob_{c}" for c in class_names]].to_numpy(dtype=np.float64)
@@ -249,8 +251,7 @@ def collect_results(sweep_dir: Path, points: Sequence[Mapping[str, Any]],
                     script_args: Sequence[str]) -> pd.DataFrame:
     """One row per finished point (and setting): its knobs, test images, folds, and every
     metric of the pooled test predictions with its bootstrap interval."""
-    from leukocyte_cnn.base.run_folder import read_settings
-    from leukocyte_cnn.base.run_folder import load_predictions
+    from leukocyte_cnn.base.run_folder import load_predictions, read_settings
 
     rows = []
     for index, point in enumerate(points):
@@ -292,7 +293,6 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, knob_names: Sequence[str]
     """``sweep.csv`` (numbers), ``sweep.md`` (table with intervals, best marked) and
     ``sweep.png`` (the metric against each swept knob)."""
     from leukocyte_cnn.reporting.stats import N_BOOTSTRAP, SEED
-
     from leukocyte_cnn.reporting.summary import leaky_banner
 
     table = rank(table, metric)
@@ -310,8 +310,8 @@ def write_report(sweep_dir: Path, table: pd.DataFrame, knob_names: Sequence[str]
              f"replicates, seed {SEED}; stratified by class and fold, whole groups where "
              "groups repeat)", ""]
     if len(table):
-        from leukocyte_cnn.reporting.summary import leaky_tag, markdown_table
         from leukocyte_cnn.reporting.stats import format_ci
+        from leukocyte_cnn.reporting.summary import leaky_tag, markdown_table
 
         shown = table[["point", *knob_names, *(["setting"] if "setting" in table else []),
                        "n_images"]].copy()
@@ -337,7 +337,7 @@ def plot_sweep(table: pd.DataFrame, knob_names: Sequence[str], metric: str, path
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(knob_names), figsize=(4.2 * len(knob_names), 3.6),
                              squeeze=False)
-    for ax, knob in zip(axes[0], knob_names):
+    for ax, knob in zip(axes[0], knob_names, strict=True):
         levels = sorted(set(table[knob].tolist()), key=lambda v: (str(type(v)), v))
         position = {v: i for i, v in enumerate(levels)}
         offsets = {}

@@ -29,14 +29,19 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.base.run_folder import (fold_dir, fold_is_done, load_predictions,
-                                           prepare_run_dir, read_settings)
+from leukocyte_cnn.base.run_folder import (
+    fold_dir,
+    fold_is_done,
+    load_predictions,
+    prepare_run_dir,
+    read_settings,
+)
 from leukocyte_cnn.reporting.comparisons import Setting
 from leukocyte_cnn.reporting.metrics import predictions_metrics
 from leukocyte_cnn.runs.cross_validation import run_folds

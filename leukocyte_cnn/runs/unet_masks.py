@@ -14,8 +14,8 @@ from test images into the classifier study.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 
@@ -47,7 +47,7 @@ class UNetSettings:
 
     @classmethod
     def from_knobs(cls, unet: Mapping, *, otsu_min_votes: int, max_images_per_class,
-                   seed: int) -> "UNetSettings":
+                   seed: int) -> UNetSettings:
         """From a script's U-Net knobs (``IMAGE_SIZE``, ``START_FILTERS``, ``FIRST_DROPOUT``,
         ``DROPOUT``, ``OPTIMIZER``, ``LEARNING_RATE``, ``BATCH_SIZE``, ``EPOCHS``,
         ``PATIENCE``, ``SHUFFLE_BUFFER``, ``MASK_THRESHOLD``, ``TARGETS``: ``unet_masks.py``'s
@@ -180,8 +180,13 @@ def train_fold_masks(split, fold: int, unet: UNetSettings, *, out: Path, root: P
     from leukocyte_cnn.base.io import file_sha256, write_csv
     from leukocyte_cnn.base.run_folder import write_fold_inputs
     from leukocyte_cnn.base.seeding import set_seed
-    from leukocyte_cnn.inputs.masks import (COMPLETE_MARKER, mark_complete, mask_file,
-                                            unet_mask_inputs, write_mask)
+    from leukocyte_cnn.inputs.masks import (
+        COMPLETE_MARKER,
+        mark_complete,
+        mask_file,
+        unet_mask_inputs,
+        write_mask,
+    )
     from leukocyte_cnn.models.networks import unet as unet_network
     from leukocyte_cnn.runs.cross_validation import fit, make_optimizer
 
@@ -246,8 +251,11 @@ def mask_set_state(root: Path, split, fold: int, unet: UNetSettings) -> str:
     """``current`` (made from exactly these inputs), ``missing`` (nothing complete there), or
     refused with one line when a complete set made otherwise lies there (never overwritten)."""
     from leukocyte_cnn.base.artifacts import describe_difference
-    from leukocyte_cnn.inputs.masks import (mask_set_is_complete, unet_mask_inputs,
-                                            unet_mask_set_is_current)
+    from leukocyte_cnn.inputs.masks import (
+        mask_set_is_complete,
+        unet_mask_inputs,
+        unet_mask_set_is_current,
+    )
 
     inputs = unet_mask_inputs(split, fold, unet.fingerprint_inputs())
     if unet_mask_set_is_current(root, inputs):

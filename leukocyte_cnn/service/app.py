@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from leukocyte_cnn.models.checkpoints import checkpoint_class_count
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import file_sha256, read_json
+from leukocyte_cnn.models.checkpoints import checkpoint_class_count
 
 DISCLAIMER = "Research use only; not a medical diagnosis."
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024   # largest accepted file
@@ -400,9 +400,10 @@ def create_app(classifier: Classifier, *, max_bytes: int = MAX_UPLOAD_BYTES,
                 "class_names": classifier.class_names,
                 "image_size": list(classifier.image_size), "disclaimer": DISCLAIMER}
 
+    upload = File(..., description="the image (JPEG, PNG, TIFF, BMP, …)")
+
     @app.post("/v1/classify")
-    async def classify(file: UploadFile = File(..., description="the image (JPEG, PNG, "
-                                                                "TIFF, BMP, …)")) -> dict:
+    async def classify(file: UploadFile = upload) -> dict:
         """Class and class probabilities of one image. Research use only."""
         name = _display_name(file.filename)
         if not _accepted_type(file.content_type):
@@ -418,7 +419,8 @@ def create_app(classifier: Classifier, *, max_bytes: int = MAX_UPLOAD_BYTES,
         prob = await classifier.predict_async(image)
         best = int(np.argmax(prob))
         return {"class": classifier.class_names[best],
-                "probabilities": {c: float(p) for c, p in zip(classifier.class_names, prob)},
+                "probabilities": {c: float(p) for c, p in
+                                  zip(classifier.class_names, prob, strict=True)},
                 "model_id": classifier.model_id, "disclaimer": DISCLAIMER}
 
     # Outermost: refuses oversized bodies before FastAPI parses them.

@@ -10,16 +10,18 @@ verification in :mod:`leukocyte_cnn.splits.near_duplicate_verify`.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.splits.near_duplicate_screen import SCREEN_NEIGHBOURS
-from leukocyte_cnn.splits.near_duplicate_verify import (SIMILARITY_THRESHOLD, UnionFind,
-                                                        verify_pairs)
-from leukocyte_cnn.splits.perceptual_hash import (DEFAULT_THRESHOLD, candidate_pairs,
-                                                  fingerprint_images)
+from leukocyte_cnn.splits.near_duplicate_verify import SIMILARITY_THRESHOLD, UnionFind, verify_pairs
+from leukocyte_cnn.splits.perceptual_hash import (
+    DEFAULT_THRESHOLD,
+    candidate_pairs,
+    fingerprint_images,
+)
 
 # Version of the copy grouping (screen, verification and their constants here and in
 # perceptual_hash.py, near_duplicate_screen.py and near_duplicate_verify.py), part of every
@@ -104,13 +106,13 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
     stats["pairs_verified"] = int((scores[:, 2] == 0).sum())
     copy = scores[:, 0] >= similarity
     links += [(float(score), i, j) for score, (i, j) in zip(scores[copy, 0].tolist(),
-                                                            ordered[copy].tolist())]
+                                                            ordered[copy].tolist(), strict=True)]
 
     # Strongest links first; a link that would overfill a group is broken.
     class_size = pd.Series(labels).groupby([part, labels]).transform("size").to_numpy()
     cap = np.maximum(2, max_class_share * class_size)
     groups = UnionFind(len(out))
-    for score, i, j in sorted(links, key=lambda link: -link[0]):
+    for _score, i, j in sorted(links, key=lambda link: -link[0]):
         a, b = groups.find(i), groups.find(j)
         if a == b:
             continue

@@ -1,4 +1,5 @@
-"""Leakage audit of a split: does any test (or validation) image also sit, in some form, in training?
+"""Leakage audit of a split: does any test (or validation) image also sit, in some form, in
+training?
 
 A split can be disjoint by image key and still leak: the same file saved under two names, two
 images of one patient, or an augmented copy (rotated, flipped, slightly shifted) of a training
@@ -19,17 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.splits.copies import verify_candidates
 from leukocyte_cnn.splits.near_duplicate_screen import SCREEN_NEIGHBOURS
-from leukocyte_cnn.splits.near_duplicate_verify import (SIMILARITY_THRESHOLD,
-                                                        false_positive_estimate)
-from leukocyte_cnn.splits.perceptual_hash import (DEFAULT_THRESHOLD, PAIR_DTYPE,
-                                                  candidate_pairs, fingerprint_images)
+from leukocyte_cnn.splits.near_duplicate_verify import SIMILARITY_THRESHOLD, false_positive_estimate
+from leukocyte_cnn.splits.perceptual_hash import (
+    DEFAULT_THRESHOLD,
+    PAIR_DTYPE,
+    candidate_pairs,
+    fingerprint_images,
+)
 
 FALSE_POSITIVE_WARNING = 0.01  # warn when the estimated share of false copies exceeds this
 KINDS = ("same_image", "same_content", "same_group", "near_duplicate")
@@ -177,8 +181,9 @@ def _identical_pairs(digests: Sequence[str]) -> np.ndarray:
 def _pair_in(pairs: np.ndarray, others: np.ndarray) -> np.ndarray:
     if not len(others) or not len(pairs):
         return np.zeros(len(pairs), dtype=bool)
-    known = set(zip(others["i"].tolist(), others["j"].tolist()))
-    return np.array([(i, j) in known for i, j in zip(pairs["i"].tolist(), pairs["j"].tolist())])
+    known = set(zip(others["i"].tolist(), others["j"].tolist(), strict=True))
+    return np.array([(i, j) in known
+                     for i, j in zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True)])
 
 
 def _key_overlaps(fold: int, fold_rows: pd.DataFrame, column: str, kind: str) -> list[dict]:
@@ -244,9 +249,10 @@ def wide_table(report: LeakageReport, only_leaks: bool = False) -> pd.DataFrame:
     found = table[table["example"] != ""].assign(rank=table["kind"].map(rank))
     examples = {key: "; ".join(f"{kind}: {example}" for kind, example in
                                zip(rows.sort_values("rank")["kind"],
-                                   rows.sort_values("rank")["example"]))
+                                   rows.sort_values("rank")["example"], strict=True))
                 for key, rows in found.groupby(["fold", "roles"])}
-    wide["examples"] = [examples.get((f, r), "") for f, r in zip(wide["fold"], wide["roles"])]
+    wide["examples"] = [examples.get((f, r), "")
+                        for f, r in zip(wide["fold"], wide["roles"], strict=True)]
     if only_leaks:
         wide = wide[wide[list(KINDS)].sum(axis=1) > 0].reset_index(drop=True)
     return wide

@@ -27,8 +27,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from leukocyte_cnn.splits.pixel_ops import (PAD, blur, blur_within, gaussian_kernel, padded,
-                                            sample)
+from leukocyte_cnn.splits.pixel_ops import PAD, blur, blur_within, gaussian_kernel, padded, sample
 
 WORK_SIDE = 64             # pixels on the short side of the image that is verified
 PADDING_LEVEL = 24         # pixels darker than this in every channel may be augmentation fill
@@ -80,7 +79,7 @@ class Fingerprint:
     signature: np.ndarray  # float32: rotation/flip-invariant summary of `rings`, unit length
 
 
-def working_image(rgb: "np.ndarray | Image.Image") -> np.ndarray:
+def working_image(rgb: np.ndarray | Image.Image) -> np.ndarray:
     """The RGB image (an array, or a Pillow RGB image) box-averaged to WORK_SIDE pixels on
     its short side (float32)."""
     if isinstance(rgb, Image.Image):

@@ -86,7 +86,7 @@ class _Level:
             self.details = detail[valid]
 
     @functools.cached_property
-    def stack(self) -> "Bilinear":
+    def stack(self) -> Bilinear:
         return Bilinear(padded(np.where(self.valid, self.luma, np.nan), np.nan))
 
     @functools.cached_property
@@ -343,7 +343,7 @@ def _plausible(matrix: np.ndarray) -> bool:
     return 1 - MAX_DISTORTION < low and high < 1 + MAX_DISTORTION
 
 
-def verify(fa: Fingerprint, fb: Fingerprint, cache: "WorkingCache | None" = None,
+def verify(fa: Fingerprint, fb: Fingerprint, cache: WorkingCache | None = None,
            senses: np.ndarray | None = None) -> Verification:
     """Align B onto A (mirror, rotation, shift, then affine refinement) and compare pixels.
 
@@ -422,7 +422,7 @@ class WorkingCache:
 
 
 def verify_pairs(fingerprints, pairs: np.ndarray, skip=None, join_at: float | None = None,
-                 joined: "UnionFind | None" = None) -> np.ndarray:
+                 joined: UnionFind | None = None) -> np.ndarray:
     """Similarity, luma NCC and a joined flag of each pair ``(i, j)``, shape (n, 3) (NaN where
     ``skip(i, j)`` said not to look). ``join_at``: pairs whose images are already joined
     through pairs verified at this similarity or more, in the order given, are not compared

@@ -31,16 +31,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 
 from leukocyte_cnn.data.images import load_rgb, load_rgb_image
-from leukocyte_cnn.splits.near_duplicate_screen import (SCREEN_NEIGHBOURS, WORK_SIDE,
-                                                        fingerprint_of_working_image,
-                                                        padding_mask, signature_neighbours,
-                                                        working_image)
+from leukocyte_cnn.splits.near_duplicate_screen import (
+    SCREEN_NEIGHBOURS,
+    WORK_SIDE,
+    fingerprint_of_working_image,
+    padding_mask,
+    signature_neighbours,
+    working_image,
+)
 
 HASH_SIDE = 8            # the hash uses the HASH_SIDE × HASH_SIDE lowest DCT frequencies: 64 bits
 RESIZE_SIDE = 32         # the image is resized to this square before the DCT (pHash: 4 × 8)

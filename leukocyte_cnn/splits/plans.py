@@ -35,16 +35,25 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.splits.policy import (SOURCE_FOLD, method_tests_every_image,
-                                         predefined_variant, split_is_grouped)
-from leukocyte_cnn.splits.split_table import (EXCLUDED_FOLD, assert_no_leakage,
-                                              canonical_split, class_names_by_label)
+from leukocyte_cnn.splits.policy import (
+    SOURCE_FOLD,
+    method_tests_every_image,
+    predefined_variant,
+    split_is_grouped,
+)
+from leukocyte_cnn.splits.split_table import (
+    EXCLUDED_FOLD,
+    assert_no_leakage,
+    canonical_split,
+    class_names_by_label,
+)
 
 METHODS = ("kfold", "lpo", "group_kfold", "predefined", "random")
 TABLE_COLUMNS = ("image", "label", "class_name", "group")
@@ -318,7 +327,7 @@ def choose_validation(labels: np.ndarray, keys: np.ndarray, candidates: np.ndarr
     order = rng.permutation(np.unique(cand_keys))
     rank = {key: i for i, key in enumerate(order)}
     key_classes: dict[Any, Counter] = {}
-    for key, label in zip(cand_keys, cand_labels):
+    for key, label in zip(cand_keys, cand_labels, strict=True):
         key_classes.setdefault(key, Counter())[label] += 1
     class_keys: dict[Any, list] = {}
     for key in sorted(key_classes, key=rank.__getitem__):

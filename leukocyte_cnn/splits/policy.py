@@ -13,7 +13,7 @@ split a table has (:func:`predefined_variant`).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 

@@ -14,8 +14,9 @@ import dataclasses
 import re
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from leukocyte_cnn.base.artifacts import difference, fingerprint, short
 from leukocyte_cnn.base.errors import InputError

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.base.io import (ensure_writable_dir, file_sha256, read_json, write_csv,
-                                   write_json)
+from leukocyte_cnn.base.io import ensure_writable_dir, file_sha256, read_json, write_csv, write_json
 from leukocyte_cnn.splits.policy import method_tests_every_image, split_is_grouped, split_is_leaky
-from leukocyte_cnn.splits.split_table import (SPLIT_COLUMNS, assert_no_leakage, canonical_split,
-                                              class_names_by_label)
+from leukocyte_cnn.splits.split_table import (
+    SPLIT_COLUMNS,
+    assert_no_leakage,
+    canonical_split,
+    class_names_by_label,
+)
 
 
 def describe_split(split: pd.DataFrame) -> dict[str, Any]:
@@ -206,14 +210,14 @@ def load_split(csv_path: str | os.PathLike, data_root: str | os.PathLike | None 
     split["dataset_label"] = split["label"]
     index = {name: i for i, name in enumerate(trained)}
     split["label"] = [index.get(name, -1) if role != "excluded" else -1
-                      for name, role in zip(split["class_name"], split["role"])]
+                      for name, role in zip(split["class_name"], split["role"], strict=True)]
     return Split(name=csv_path.stem, csv_path=csv_path, table=split, settings=settings,
                  class_names=trained, all_class_names=all_names)
 
 
 def _paths_on_disk(split: pd.DataFrame, table: pd.DataFrame, csv_path: Path,
                    root: str | os.PathLike | None) -> list[str]:
-    where = dict(zip(table["image"].astype(str), table["path"].astype(str)))
+    where = dict(zip(table["image"].astype(str), table["path"].astype(str), strict=True))
     paths = []
     for image in split["image"]:
         path = where.get(image)
