@@ -258,10 +258,11 @@ def test_scaling_study_fits_scalers_on_training_images_only(kaggle_like, workdir
     # not those of all images: a scaler that saw test images would fail here.
     split = load_split(next((workdir / "data" / "splits").glob("kaggle_predefined*.csv")))
     rows = split.fold(0)
-    otsu_root = mask_lib.otsu_mask_root("data", "kaggle", split.settings["dataset_hash"])
+    otsu_root = mask_lib.otsu_mask_root("data", "kaggle", split.settings["dataset_hash"],
+                                        min_votes=copenhagen.OTSU_MIN_VOTES)
 
     def moments(part):
-        masks = mask_lib.ensure_otsu_masks(part, otsu_root)
+        masks = mask_lib.ensure_otsu_masks(part, otsu_root, min_votes=copenhagen.OTSU_MIN_VOTES)
         return scaling.moments_of_images(part["path"].tolist(), (48, 64), masks=masks)
 
     saved = scaling.load_moments(run / "scalers" / "fold_00_otsu.npz")

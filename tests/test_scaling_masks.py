@@ -120,7 +120,7 @@ def test_otsu_threshold_between_two_flat_regions():
     for channel in range(3):
         assert 50 <= thresholds[channel] < 200
         assert thresholds[channel] == threshold_otsu(image[..., channel])
-    mask = masks.otsu_mask(image)
+    mask = masks.otsu_mask(image, min_votes=2)
     assert mask[:, :16].all() and not mask[:, 16:].any()
 
 
@@ -135,7 +135,7 @@ def test_otsu_ignores_black_rotation_fill():
     assert threshold_otsu(image[..., 0]) < 140
     thresholds = masks.otsu_thresholds(image)
     assert np.all((thresholds >= 140) & (thresholds < 210))
-    mask = masks.otsu_mask(image)
+    mask = masks.otsu_mask(image, min_votes=2)
     expected = np.zeros((24, 32), bool)
     expected[8:16, 10:20] = True
     np.testing.assert_array_equal(mask, expected)  # fill is neither cell nor background
@@ -190,10 +190,10 @@ def test_otsu_mask_files_are_written_once_per_image(tmp_path):
     image[3:9, 4:12] = 60
     Image.fromarray(image).save(tmp_path / "a.png")
     table = pd.DataFrame({"image": ["TEST/X/a.png"], "path": [str(tmp_path / "a.png")]})
-    (path,) = masks.ensure_otsu_masks(table, tmp_path / "otsu")
-    np.testing.assert_array_equal(masks.read_mask(path), masks.otsu_mask(image))
+    (path,) = masks.ensure_otsu_masks(table, tmp_path / "otsu", min_votes=2)
+    np.testing.assert_array_equal(masks.read_mask(path), masks.otsu_mask(image, min_votes=2))
     stamp = (tmp_path / "otsu" / "TEST" / "X" / "a.png").stat().st_mtime_ns
-    masks.ensure_otsu_masks(table, tmp_path / "otsu")
+    masks.ensure_otsu_masks(table, tmp_path / "otsu", min_votes=2)
     assert (tmp_path / "otsu" / "TEST" / "X" / "a.png").stat().st_mtime_ns == stamp
 
 

@@ -35,7 +35,6 @@ import pandas as pd
 from leukocyte_cnn.base.errors import InputError
 
 FILL_MAX = 20  # pixels whose brightest channel is <= this are rotation fill, not background
-MIN_VOTES = 2  # channels that must call a pixel dark for it to be in the Otsu mask
 COMPLETE_MARKER = ".complete"
 
 
@@ -68,7 +67,7 @@ def otsu_thresholds(image: np.ndarray, fill_max: int | None = FILL_MAX) -> np.nd
     return np.array(thresholds)
 
 
-def otsu_mask(image: np.ndarray, min_votes: int = MIN_VOTES,
+def otsu_mask(image: np.ndarray, min_votes: int,
               fill_max: int | None = FILL_MAX) -> np.ndarray:
     """Boolean (H, W) cell mask: dark (<= the channel's Otsu threshold) in >= ``min_votes``
     channels, and not rotation fill."""
@@ -165,7 +164,7 @@ OTSU_CODE_VERSION = 1  # bump when the same settings would give other Otsu masks
 
 
 def otsu_mask_root(data_dir: str | os.PathLike, dataset: str, dataset_hash: str | None,
-                   min_votes: int = MIN_VOTES) -> Path:
+                   min_votes: int) -> Path:
     """``<data_dir>/masks/otsu/<dataset>_<fingerprint>``: Otsu masks depend on each image
     alone, so one set serves every split of one copy of a dataset; the fingerprint covers the
     dataset hash, the vote rule, the fill cut-off and this code's version."""
@@ -206,7 +205,7 @@ def unet_mask_set_is_current(mask_root: str | os.PathLike, inputs: dict) -> bool
 
 
 def ensure_otsu_masks(table: pd.DataFrame, mask_root: str | os.PathLike, *,
-                      min_votes: int = MIN_VOTES, fill_max: int | None = FILL_MAX) -> list[str]:
+                      min_votes: int, fill_max: int | None = FILL_MAX) -> list[str]:
     """The Otsu mask file of every image in ``table`` (written where missing), in table order.
 
     Each mask depends on its own image only (nothing is fitted), so masks of test images are
