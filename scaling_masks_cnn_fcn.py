@@ -15,7 +15,7 @@ in one array (the deck's RAM crashes); the scaling is the model's first layer, s
 checkpoint takes [0, 255] pixels. Every trial is a fresh, seeded model trained on the
 dataset's own TRAIN images, stopped early on validation images carved from TRAIN, tested on
 TEST (``--split-method random`` reproduces a leaky image-level split, labelled LEAKY). Otsu
-masks ignore the black rotation fill of the Kaggle copies (leukocyte_cnn/masks.py says how
+masks ignore the black rotation fill of the Kaggle copies (leukocyte_cnn/inputs/masks.py says how
 the three channel thresholds are combined). U-Net masks come from ``unet_masks.py`` (run
 here first when missing), whose U-Net never saw a test image.
 

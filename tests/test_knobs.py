@@ -238,3 +238,66 @@ def test_architecture_numbers_are_one_line_in_one_script(monkeypatch):
         widths = [layer.filters for layer in inner.layers
                   if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith("block")]
         assert widths == [8, 16, 24, 32, 40], network
+
+
+POSITIONAL = {"compare_runs": ["run"], "check_leakage": ["split.csv"], "evaluate_tta": ["run"],
+              "sweep": ["script.py"]}  # what these tools require before any option
+
+
+def _parse(script, argv):
+    parsed = script.parse_args(POSITIONAL.get(script.__name__, []) + argv)
+    return parsed[0] if isinstance(parsed, tuple) else parsed  # sweep: (its args, the script's)
+
+
+def _parser_of(script):
+    """The script's argparse parser (captured while its parse_args runs)."""
+    import argparse
+
+    captured = []
+    original = argparse.ArgumentParser.parse_known_args  # parse_args calls it too
+
+    def capture(self, *args, **kwargs):
+        captured.append(self)
+        return original(self, *args, **kwargs)
+
+    argparse.ArgumentParser.parse_known_args = capture
+    try:
+        _parse(script, [])
+    finally:
+        argparse.ArgumentParser.parse_known_args = original
+    return captured[-1]
+
+
+def _another_value(action, default):
+    if action.choices:
+        return next(str(c) for c in action.choices if c != default)
+    if isinstance(default, bool):
+        return None
+    if isinstance(default, int) or action.type is int:
+        return str((default or 0) + 3)
+    if isinstance(default, float) or action.type is float:
+        return str(round((default or 0.1) * 1.5, 6))
+    return "x"
+
+
+@pytest.mark.parametrize("name", scripts_with_knobs())
+def test_every_option_that_sets_a_knob_is_what_the_settings_record(name, monkeypatch):
+    """Each knob option of each script, given on the command line, is the knob's value in the
+    resolved settings (what settings.json records), with the option as what set it."""
+    from leukocyte_cnn.base.knobs import _FLAGS
+
+    script = script_module(name)
+    monkeypatch.setitem(knobs._pending, script.__name__, {})
+    parser = _parser_of(script)
+    flags = parser.get_default(_FLAGS) or {}
+    defaults = knobs.script_knobs(script)
+    assert set(flags) <= set(defaults)
+    for knob, flag in flags.items():
+        action = parser._option_string_actions[flag]
+        value = _another_value(action, defaults[knob])
+        if value is None:
+            continue
+        settings = knobs.resolve_settings(script, _parse(script, [flag, value]))
+        assert settings.source(knob) == flag, (knob, flag)
+        assert settings.recorded()[knob] == json.loads(json.dumps(
+            knobs.coerce(knob, action.type(value) if action.type else value, defaults[knob]))), knob
