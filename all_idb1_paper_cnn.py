@@ -139,13 +139,14 @@ def main(args: argparse.Namespace):
         run_folds,
         train_classifier_fold,
     )
-    from leukocyte_cnn.runs.experiment import resolve_split, start_run
+    from leukocyte_cnn.runs.experiment import given_split, resolve_split, start_run
 
     size, positive = s["IMAGE_SIZE"], s["POSITIVE_LABEL"]
     # 1. Held-out test and validation images, chosen before any augmentation (by group:
     #    crops of one smear stay on one side).
-    split = resolve_split(run, method="kfold", k=s["K"], val_fraction=s["VAL_FRACTION"],
-                          min_images=s["MIN_IMAGES"])
+    split = given_split(run) or resolve_split(run, method="kfold", k=s["K"],
+                                              val_fraction=s["VAL_FRACTION"],
+                                              min_images=s["MIN_IMAGES"])
     class_names = list(split.class_names)
     if len(class_names) != 2:
         raise InputError(f"{split.csv_path}: {len(class_names)} classes "

@@ -26,7 +26,6 @@ recall and the confusion matrix.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -68,7 +67,6 @@ QUICK = dict(IMAGE_SIZE=48, EPOCHS=3, PATIENCE=2, BATCH_SIZE=16, MAX_TRAIN_IMAGE
 
 _SPLIT_MODES = ("auto", "folds", "patient", "image")
 _FINAL_TEST_CHOICES = ("auto", "no", "only")
-_SOURCE_FOLD = re.compile(r"^fold_\d+$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,13 +119,13 @@ def split_mode(run, split_by: str, table) -> str | None:
     """``folds``, ``patient`` or ``image``: what ``SPLIT_BY`` asks for (``None`` when a
     ``--split`` file is given: its own method decides, see :func:`mode_of_split`)."""
     from leukocyte_cnn.base.errors import InputError
-    from leukocyte_cnn.splits.policy import has_real_groups
+    from leukocyte_cnn.splits.policy import SOURCE_FOLD, has_real_groups
 
     if run.split:
         return None
     if split_by != "auto":
         return split_by
-    if table["source_split"].astype(str).str.match(_SOURCE_FOLD).any():
+    if table["source_split"].astype(str).str.match(SOURCE_FOLD).any():
         return "folds"
     if has_real_groups(table):
         return "patient"
@@ -155,10 +153,10 @@ def cross_validation_split(run, mode: str | None, s):
     ``patient``: ``group_kfold`` with K folds over every labelled cell, validation_data
     included. ``image``: ``random``, one stratified train/val/test split by cell (leaky).
     """
-    from leukocyte_cnn.runs.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import given_split, resolve_split
 
-    if run.split:
-        return resolve_split(run, method=None, val_fraction=0.0, min_images=0)  # the file's
+    if (split := given_split(run)) is not None:  # the file records its own method
+        return split
     protocol = {"val_fraction": s["VAL_FRACTION"], "min_images": s["MIN_IMAGES"]}
     if mode == "patient":
         return resolve_split(run, method="group_kfold", k=s["K"], **protocol)

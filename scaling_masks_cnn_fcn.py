@@ -82,7 +82,6 @@ QUICK = dict(IMAGE_SIZE=(48, 64), FCN={"kernel": 2, "dropout": 0.1, "last_pool":
                        TARGETS="auto", OPTIMIZER="adam", LEARNING_RATE=1e-3, BATCH_SIZE=8,
                        EPOCHS=15, PATIENCE=5, SHUFFLE_BUFFER=1024, MASK_THRESHOLD=0.5))
 
-_ALL_SCALINGS = ("pixel_channel", "global", "channel", "divide255")
 _ALL_MASKS = ("none", "otsu", "unet")
 _ALL_NETWORKS = ("cnn", "fcn")
 
@@ -90,11 +89,12 @@ _ALL_NETWORKS = ("cnn", "fcn")
 def parse_args(argv=None) -> argparse.Namespace:
     from leukocyte_cnn.base.devices import add_gpu_arguments
     from leukocyte_cnn.base.knobs import knob_argument
+    from leukocyte_cnn.inputs.scaling import SCALINGS as ALL_SCALINGS
     from leukocyte_cnn.runs.trials import study_parser
 
     parser = study_parser(__doc__, trials=TRIALS, trials_knob="TRIALS", what="trials")
     parser.add_argument("--scalings", default=None,
-                        help=f"comma-separated subset of {', '.join(_ALL_SCALINGS)} (default: "
+                        help=f"comma-separated subset of {', '.join(ALL_SCALINGS)} (default: "
                              "SCALINGS, all; channel with --quick)")
     parser.add_argument("--masks", default=None,
                         help=f"comma-separated subset of {', '.join(_ALL_MASKS)} (default: "
@@ -149,6 +149,7 @@ def main(args: argparse.Namespace):
     run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     from leukocyte_cnn.base.artifacts import record_of
     from leukocyte_cnn.inputs.masks import ensure_otsu_masks, mask_paths, otsu_mask_root
+    from leukocyte_cnn.inputs.scaling import SCALINGS as ALL_SCALINGS
     from leukocyte_cnn.inputs.scaling import (
         load_moments,
         moments_of_images,
@@ -173,7 +174,7 @@ def main(args: argparse.Namespace):
     )
     from leukocyte_cnn.runs.unet_masks import UNetSettings, ensure_unet_masks
 
-    scalings = parse_names(args.scalings, _ALL_SCALINGS, "--scalings") or list(s["SCALINGS"])
+    scalings = parse_names(args.scalings, ALL_SCALINGS, "--scalings") or list(s["SCALINGS"])
     masks = parse_names(args.masks, _ALL_MASKS, "--masks") or list(s["MASKS"])
     networks = parse_names(args.networks, _ALL_NETWORKS, "--networks") or list(s["NETWORKS"])
     split = resolve_study_split(run, s)

@@ -57,6 +57,7 @@ QUICK = dict(IMAGE_SIZE=(48, 64), EPOCHS=15, PATIENCE=5, BATCH_SIZE=8, MAX_IMAGE
 def parse_args(argv=None) -> argparse.Namespace:
     from leukocyte_cnn.base.devices import add_gpu_arguments
     from leukocyte_cnn.base.knobs import knob_argument
+    from leukocyte_cnn.runs import unet_masks as unet_runs
     from leukocyte_cnn.runs.experiment import add_common_arguments
     from leukocyte_cnn.runs.trials import SPLIT_METHODS
 
@@ -66,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                   help="predefined (SPLIT_METHOD, default): the dataset's own TRAIN/TEST split; "
                        "random: a leaky image-level re-split (only to pair with a classifier "
                        "study made that way)")
-    knob_argument(parser, "--targets", knob="TARGETS", choices=("auto", "truth", "otsu"),
+    knob_argument(parser, "--targets", knob="TARGETS", choices=unet_runs.TARGETS,
                   help=f"what the U-Net learns from (TARGETS, default {TARGETS}: ground-truth "
                        "masks when every training image has one, else Otsu masks)")
     parser.add_argument("--mask-dir", default=None,

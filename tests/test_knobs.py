@@ -185,6 +185,10 @@ def test_settings_json_records_the_knobs_that_ran_and_an_override_changes_the_mo
     split = make_split(data_root, tmp_path / "splits", "synthetic_all_idb2")
     monkeypatch.setenv(knobs.ENV_VAR, json.dumps({"KERNEL_SIZE": 5, "BATCH_SIZE": 8}))
     knobs.take_environment_overrides(script)
+    resolved = []
+    real_resolve = knobs.resolve_settings
+    monkeypatch.setattr(knobs, "resolve_settings",
+                        lambda *a, **kw: resolved.append(real_resolve(*a, **kw)) or resolved[-1])
     script.main(script.parse_args([
         "--dataset", "synthetic_all_idb2", "--data-root", str(data_root), "--split", str(split),
         "--quick", "--epochs", "1", "--folds", "0", "--run-name", "knobs", "--quiet",
@@ -203,7 +207,7 @@ def test_settings_json_records_the_knobs_that_ran_and_an_override_changes_the_mo
     assert convs and all(layer.kernel_size == (5, 5) for layer in convs)
     assert model.input_shape[1:3] == (64, 64)
     assert len((run_dir / "fold_00" / "epochs.csv").read_text().strip().splitlines()) == 2
-    settings = knobs.resolved_settings()[-1]
+    (settings,) = resolved
     assert settings.script == "linear_cnn_binary_lpocv.py"
     assert settings.unread() == ["K", "LEAVE_OUT", "MIN_IMAGES", "SPLIT_METHOD", "VAL_FRACTION"]
     assert script.KERNEL_SIZE == 3  # the file's block is untouched

@@ -175,7 +175,8 @@ def configure_devices(mixed_precision: bool = False, xla: bool = False, *,
     import keras
     import tensorflow as tf
 
-    request = (bool(mixed_precision), bool(xla), deterministic, gpus, int(cpu_replicas or 0))
+    request = DeviceRequest(bool(mixed_precision), bool(xla), deterministic, gpus,
+                            int(cpu_replicas or 0)).as_tuple()
     late = tensorflow_initialised()
     physical = _gpus()
     chosen = _parse_gpu_list(gpus, len(physical))

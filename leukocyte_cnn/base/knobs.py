@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -248,15 +248,9 @@ class Settings(Mapping[str, Any]):
         """The knobs no code has read yet."""
         return sorted(set(self._values) - self._read)
 
-    def read(self) -> list[str]:
-        return sorted(self._read)
-
     def unused_overrides(self) -> list[str]:
         """Knobs set from outside the block (not by ``--quick``) that nothing has read."""
         return [name for name in self.unread() if self._sources[name] not in (DEFAULT, BY_QUICK)]
-
-
-_resolved: list[Settings] = []  # every Settings resolved in this process (tests read them)
 
 
 def resolve_settings(module: ModuleType | str, args: argparse.Namespace | None = None, *,
@@ -295,14 +289,7 @@ def resolve_settings(module: ModuleType | str, args: argparse.Namespace | None =
                              f"by ${ENV_VAR} and to {json.dumps(value)} by {flag}; "
                              "give it once")
         values[name], sources[name] = value, flag
-    settings = Settings(script, values, defaults, sources)
-    _resolved.append(settings)
-    return settings
-
-
-def resolved_settings() -> list[Settings]:
-    """Every :class:`Settings` this process resolved, oldest first (for tests and reports)."""
-    return list(_resolved)
+    return Settings(script, values, defaults, sources)
 
 
 def unused_lines(settings: Settings) -> list[str]:
@@ -310,7 +297,3 @@ def unused_lines(settings: Settings) -> list[str]:
     return [f"note: {name} = {json.dumps(settings._values[name])} (set by "
             f"{settings.source(name)}) was not used by this run"
             for name in settings.unused_overrides()]
-
-
-def knob_names(values: Sequence[str]) -> str:
-    return ", ".join(sorted(values))

@@ -138,6 +138,18 @@ def split_request(run: RunOptions, *, method: str | None, val_fraction: float,
                         **options)
 
 
+def given_split(run: RunOptions):
+    """The split file given with ``--split``, loaded and checked against the data, or
+    ``None``. A given file records its own protocol, so the script's split knobs are not read
+    (they show as unused in a run that sets them)."""
+    from leukocyte_cnn.splits.split_files import load_split
+
+    if not run.split:
+        return None
+    refuse_split_options(run)
+    return load_split(run.split, data_root=run.data_root)
+
+
 def resolve_split(run: RunOptions, *, method: str | None, val_fraction: float,
                   min_images: int, data_dir: Path = DATA_DIR, **options):
     """Load ``--split``, or this script's default split, writing it first if it is absent.
@@ -151,9 +163,8 @@ def resolve_split(run: RunOptions, *, method: str | None, val_fraction: float,
     """
     from leukocyte_cnn.splits.split_files import load_split
 
-    if run.split:
-        refuse_split_options(run)
-        return load_split(run.split, data_root=run.data_root)
+    if (split := given_split(run)) is not None:
+        return split
     request = split_request(run, method=method, val_fraction=val_fraction,
                             min_images=min_images, data_dir=data_dir, **options)
     return load_split(make_split_file(request), data_root=run.data_root)
@@ -165,8 +176,8 @@ def resolve_protocol_split(run: RunOptions, settings: Settings, **options):
     and, when the script has it, ``EXCLUDE_CLASSES`` (those present in the data). Only the
     knobs the method uses are read, so the others show as unused in a run that sets them; with
     ``--split`` none is (the file records its own protocol)."""
-    if run.split:
-        return resolve_split(run, method=None, val_fraction=0.0, min_images=0)
+    if (split := given_split(run)) is not None:
+        return split
     method = settings["SPLIT_METHOD"]
     if method in ("kfold", "group_kfold"):
         options["k"] = settings["K"]

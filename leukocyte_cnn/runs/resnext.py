@@ -112,10 +112,10 @@ def resolve_resnext_split(run, settings):
     (``MIN_IMAGES``, ``EXCLUDE_CLASSES``) and validation share (``VAL_FRACTION``): with the same
     knobs, the very file ``cross_validation_splits.py --method kfold`` writes.
     """
-    from leukocyte_cnn.runs.experiment import present_exclusions, resolve_split
+    from leukocyte_cnn.runs.experiment import given_split, present_exclusions, resolve_split
 
-    if run.split:
-        return resolve_split(run, method=None, val_fraction=0.0, min_images=0)
+    if (split := given_split(run)) is not None:
+        return split
     return resolve_split(run, method="kfold", k=settings["K"],
                          val_fraction=settings["VAL_FRACTION"], min_images=settings["MIN_IMAGES"],
                          exclude=present_exclusions(run, settings["EXCLUDE_CLASSES"]))

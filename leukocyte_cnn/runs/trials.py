@@ -85,10 +85,10 @@ def resolve_study_split(run, settings):
     """The study's split: ``--split`` if given, else the owner's TRAIN/TEST split
     (``SPLIT_METHOD`` ``predefined``, TEST tested) or the leaky ``random`` one, with the
     script's ``VAL_FRACTION``, ``MIN_IMAGES`` and (random) ``TEST_FRACTION``."""
-    from leukocyte_cnn.runs.experiment import resolve_split
+    from leukocyte_cnn.runs.experiment import given_split, resolve_split
 
-    if run.split:  # the file records its own protocol
-        return resolve_split(run, method=None, val_fraction=0.0, min_images=0)
+    if (split := given_split(run)) is not None:  # the file records its own protocol
+        return split
     protocol = {"val_fraction": settings["VAL_FRACTION"], "min_images": settings["MIN_IMAGES"]}
     if settings["SPLIT_METHOD"] == "random":
         return resolve_split(run, method="random", test_fraction=settings["TEST_FRACTION"],
