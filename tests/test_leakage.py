@@ -3,6 +3,7 @@ finds every planted overlap (same key, same bytes, same patient, augmented copy)
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -440,6 +441,54 @@ def test_predefined_split_draws_validation_without_copies_of_training_cells(
         assert len(val) >= 12 and len(val) % 3 == 0  # whole cells: 3 copies each
     else:
         assert train_val["count"].sum() > 0  # the old behaviour: copies straddle train/val
+
+
+COPY_OF_TEST = "TEST/EOSINOPHIL/_9_0.jpeg"  # the fixture's rotated copy of a TRAIN cell
+TRAIN_COPIES = {f"TRAIN/EOSINOPHIL/_{k}_0.jpeg" for k in range(3)}  # that cell's 3 copies
+
+
+def test_predefined_split_sets_aside_training_copies_of_test_images(kaggle_with_copies,
+                                                                    tmp_path, capsys):
+    """Issue 25: the owner's TRAIN holds three copies of a cell whose rotated copy is in TEST.
+    Copies are verified across the owner's parts too; the TRAIN copies are set aside (role
+    ``excluded``, the reason in the JSON, a count in the split's lines), TEST stays whole, and
+    the audit (``check_leakage.py``) finds the split clean. Before the fix the copies trained
+    and validated."""
+    import check_leakage
+    import cross_validation_splits as cvs
+
+    out = tmp_path / "splits"
+    cvs.main(cvs.parse_args(["--dataset", "kaggle", "--data-root", str(kaggle_with_copies),
+                             "--out-dir", str(out), "--name", "k"]))
+    said = capsys.readouterr().out
+    split = pd.read_csv(out / "k.csv")
+    meta = json.loads((out / "k.json").read_text())
+    excluded = split[split["role"] == "excluded"]
+    assert set(excluded["image"]) == TRAIN_COPIES
+    assert (excluded["fold"] == -1).all()
+    reasons = meta["set_aside"]
+    assert set(reasons) == TRAIN_COPIES
+    assert all(COPY_OF_TEST in reason and "similarity" in reason for reason in reasons.values())
+    assert meta["n_excluded"] == 3 and meta["excluded_classes"] == {}  # no class is dropped
+    assert "set aside: 3 TRAIN/validation images" in said
+    tested = set(split.loc[split["role"] == "test", "image"])
+    assert tested == {i for i in split["image"] if i.startswith("TEST/")}  # TEST as it is
+    assert len(tested) == 13
+    report = check_leakage.main(check_leakage.parse_args([str(out / "k.csv")]))
+    assert report.clean, report.totals()
+    from leukocyte_cnn.reporting.html_report import split_protocol
+
+    assert "3 training images that are verified copies of test images" in split_protocol(
+        {}, meta)  # a run on this split says so in its report
+
+    # --ignore-groups keeps the old behaviour: the copies train, the split says LEAKY.
+    cvs.main(cvs.parse_args(["--dataset", "kaggle", "--data-root", str(kaggle_with_copies),
+                             "--out-dir", str(out), "--name", "leaky", "--ignore-groups"]))
+    assert "LEAKY" in capsys.readouterr().out
+    leaky = pd.read_csv(out / "leaky.csv")
+    assert TRAIN_COPIES <= set(leaky.loc[leaky["role"].isin(["train", "val"]), "image"])
+    assert json.loads((out / "leaky.json").read_text())["leaky"] is True
+    assert not check_leakage.main(check_leakage.parse_args([str(out / "leaky.csv")])).clean
 
 
 def test_only_verified_copies_are_joined_even_when_every_pair_is_screened(kaggle_with_copies):

@@ -176,6 +176,11 @@ def split_protocol(config: dict, split: dict | None = None) -> str:
         sentences.append(f"Identical and near-duplicate files ({near['images_joined']} images) "
                          f"were first joined into {near.get('groups_joined', 'their')} groups "
                          "by a perceptual hash, so no copy of a training cell validates or tests.")
+    aside = split.get("set_aside")
+    if aside:
+        sentences.append(f"{len(aside)} training images that are verified copies of test images "
+                         "in the owner's split were set aside, so no copy of a test cell trains "
+                         "or validates.")
     excluded = split.get("excluded_classes") or config.get("excluded_classes")
     if excluded:
         names = ", ".join(excluded) if not isinstance(excluded, dict) else ", ".join(

@@ -1,14 +1,17 @@
 """Copies of one cell joined into groups, so that a split keeps them on one side.
 
 This module holds :func:`verify_candidates` (screened pairs compared on pixels, copies of
-copies joined without a comparison) and :func:`near_duplicate_groups`, which turns verified
-copies of one class within one owner split into a shared ``group`` for the split code, and
+copies joined without a comparison), :func:`near_duplicate_groups`, which turns verified
+copies of one class within one owner split into a shared ``group`` for the split code,
+:func:`find_copies` (every copy among a list of images, as the leakage audit counts them),
+:func:`copies_of_test` (training images to set aside as copies of test images), and
 ``NEAR_DUPLICATE_VERSION``, the version of that grouping that every split's fingerprint
 records. The screen lives in :mod:`leukocyte_cnn.splits.perceptual_hash`, the pixel
 verification in :mod:`leukocyte_cnn.splits.near_duplicate_verify`.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -19,6 +22,7 @@ from leukocyte_cnn.splits.near_duplicate_screen import SCREEN_NEIGHBOURS
 from leukocyte_cnn.splits.near_duplicate_verify import SIMILARITY_THRESHOLD, UnionFind, verify_pairs
 from leukocyte_cnn.splits.perceptual_hash import (
     DEFAULT_THRESHOLD,
+    PAIR_DTYPE,
     candidate_pairs,
     fingerprint_images,
 )
@@ -31,6 +35,9 @@ from leukocyte_cnn.splits.perceptual_hash import (
 # cheaper gates, 4 signature neighbours; 4: nucleus centre by mean shift, signature without
 # ring means, JPEGs decoded at reduced scale, rising gates along the refinement.
 NEAR_DUPLICATE_VERSION = 4
+# Version of the check for copies across the owner's parts (:func:`copies_of_test`), part of
+# the fingerprint of every ``predefined`` split that joins copies.
+COPIES_OF_TEST_VERSION = 1
 
 
 def verify_candidates(pairs: np.ndarray, fingerprints: Sequence, skip=None,
@@ -56,16 +63,17 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
                           within: str | None = "source_split", max_class_share: float = 0.5,
                           workers: int | None = None,
                           similarity: float = SIMILARITY_THRESHOLD,
-                          neighbours: int = SCREEN_NEIGHBOURS) -> tuple[pd.DataFrame, dict]:
+                          neighbours: int = SCREEN_NEIGHBOURS,
+                          cache: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Join images that are copies of one another (identical bytes, or pixels that match
     after alignment) into one ``group``, so that a split drawn by group keeps copies together.
 
     For datasets that ship augmented copies of each source cell without saying which file
     came from which cell (Kaggle blood cells): validation carved from TRAIN by group then
     holds no copy of a training cell. Copies are only joined inside one value of ``within``
-    (the owner's TRAIN/TEST), so the owner's own split is never questioned here;
-    ``check_leakage.py`` audits it. Only images of one class are joined (copies of a cell
-    share its label).
+    (the owner's TRAIN/TEST), so the owner's own split is never redrawn here;
+    copies across it are found by :func:`copies_of_test` and set aside. Only images of one
+    class are joined (copies of a cell share its label).
 
     Candidates come from the screen (:func:`candidate_pairs`: hash distance at most
     ``threshold`` bits, or ring-signature neighbours) and count only when pixel verification
@@ -75,6 +83,7 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
     make a group hold more than ``max_class_share`` of its class in that part is not made: a
     chain of look-alike images is broken at its weakest links instead of swallowing the class
     (or being dissolved whole). Groups are named ``<within value>:<first image key>``.
+    ``cache``: as :func:`fingerprint_images`.
 
     Returns the new table and ``{"threshold", "similarity", "images_joined",
     "groups_joined", "largest_group", "links_broken", "groups_dissolved" (always 0; kept
@@ -87,7 +96,8 @@ def near_duplicate_groups(table: pd.DataFrame, threshold: int = DEFAULT_THRESHOL
              "groups_dissolved": 0, "pairs_screened": 0, "pairs_verified": 0, "seconds": 0.0}
     if not len(out):
         return out, stats
-    digests, hashes, prints = fingerprint_images(out["path"].tolist(), workers=workers)
+    digests, hashes, prints = fingerprint_images(out["path"].tolist(), workers=workers,
+                                                 cache=cache)
     part = out[within].astype(str).to_numpy() if within in out else np.full(len(out), "")
     labels = out["label"].to_numpy()
     pairs = candidate_pairs(hashes, np.stack([f.signature for f in prints]), threshold,
@@ -148,3 +158,102 @@ def _identical_pairs_within(digests: Sequence[str], part: np.ndarray,
         else:
             first[key] = r
     return links
+
+
+# ----------------------------------------------------------------------------- all copies
+
+@dataclasses.dataclass
+class Copies:
+    """Copies among a list of images (pairs ``i < j`` index it, :data:`PAIR_DTYPE`)."""
+
+    identical: np.ndarray  # byte-identical files
+    screened: np.ndarray   # screened pairs (identical ones left out), similarity filled in
+    near: np.ndarray       # of those: verified at the cut-off, or joined through such pairs
+    compared: np.ndarray   # bool per screened pair: verified on pixels at the cut-off
+
+    def straddling(self, side: np.ndarray) -> np.ndarray:
+        """Identical and near pairs whose two images lie on different sides (bool per image)."""
+        pairs = np.concatenate([self.identical, self.near])
+        return pairs[side[pairs["i"]] != side[pairs["j"]]]
+
+
+def find_copies(paths: Sequence[str], threshold: int = DEFAULT_THRESHOLD,
+                similarity: float = SIMILARITY_THRESHOLD, neighbours: int = SCREEN_NEIGHBOURS,
+                workers: int | None = None, cache: dict | None = None) -> Copies:
+    """Every copy among ``paths``, whatever their class or part: byte-identical files, and
+    screened pairs (:func:`candidate_pairs`) that verify on pixels at ``similarity`` or are
+    joined through verified pairs. The leakage audit and the split's check across the
+    owner's parts (:func:`copies_of_test`) both find copies this way, so a split that sets
+    aside what this finds is clean to the audit."""
+    digests, hashes, prints = fingerprint_images(paths, workers=workers, cache=cache)
+    identical = identical_pairs(digests)
+    screened = candidate_pairs(hashes, np.stack([f.signature for f in prints])
+                               if prints else np.zeros((0, 1)), threshold, neighbours)
+    screened = screened[~pair_in(screened, identical)]  # identical files: counted apart
+    screened = verify_candidates(screened, prints, join_at=similarity)
+    compared = screened["similarity"] >= similarity
+    return Copies(identical=identical, screened=screened,
+                  near=screened[compared | screened["joined"]], compared=compared)
+
+
+def copies_of_test(images: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
+                   similarity: float = SIMILARITY_THRESHOLD, neighbours: int = SCREEN_NEIGHBOURS,
+                   workers: int | None = None, cache: dict | None = None) -> dict[str, str]:
+    """The images to set aside because they are copies of a test image, with the reason.
+
+    ``images`` has ``image``, ``path`` and ``role`` (one fold: ``train``, ``val``, ``test``).
+    A training or validation image that :func:`find_copies` pairs with a test image is set
+    aside; the screen then runs again on what is left (other neighbours move up when copies
+    leave), until no pair crosses. The test images all stay. Returns ``{image: reason}``.
+    """
+    images = images.sort_values("image").reset_index(drop=True)
+    names = images["image"].astype(str).to_numpy()
+    paths = images["path"].astype(str).to_numpy()
+    is_test = (images["role"] == "test").to_numpy()
+    aside: dict[str, str] = {}
+    left = np.ones(len(images), dtype=bool)
+    while True:
+        rows = np.flatnonzero(left)
+        found = find_copies(paths[rows], threshold, similarity, neighbours, workers, cache)
+        crossing = found.straddling(is_test[rows])
+        if not len(crossing):
+            return aside
+        # most similar first, so each image's reason names its closest test copy
+        order = np.argsort(-np.nan_to_num(crossing["similarity"], nan=-2.0), kind="stable")
+        for pair in crossing[order]:
+            a, b = rows[pair["i"]], rows[pair["j"]]
+            other, test = (a, b) if is_test[b] else (b, a)
+            if names[other] in aside:
+                continue
+            score = float(pair["similarity"])
+            how = ("identical bytes" if score == 1.0 and pair["distance"] == 0 and
+                   not pair["joined"] else "joined through verified copies" if score != score
+                   else f"similarity {score:.3f}")
+            aside[names[other]] = f"verified copy of test image {names[test]} ({how})"
+            left[other] = False
+
+
+def identical_pairs(digests: Sequence[str]) -> np.ndarray:
+    """Pairs ``i < j`` of byte-identical files (distance 0, similarity 1)."""
+    by_digest: dict[str, list[int]] = {}
+    for i, digest in enumerate(digests):
+        by_digest.setdefault(digest, []).append(i)
+    pairs = [(a, b) for members in by_digest.values() if len(members) > 1
+             for x, a in enumerate(members) for b in members[x + 1:]]
+    out = np.empty(len(pairs), dtype=PAIR_DTYPE)
+    if pairs:
+        out["i"], out["j"] = np.array(pairs).T
+        out["distance"] = 0
+        out["similarity"] = 1.0
+        out["luma"] = 1.0
+        out["joined"] = False
+    return out
+
+
+def pair_in(pairs: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Bool per pair of ``pairs``: is it among ``others``?"""
+    if not len(others) or not len(pairs):
+        return np.zeros(len(pairs), dtype=bool)
+    known = set(zip(others["i"].tolist(), others["j"].tolist(), strict=True))
+    return np.array([(i, j) in known
+                     for i, j in zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True)])

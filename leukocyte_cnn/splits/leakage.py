@@ -20,20 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from leukocyte_cnn.splits.copies import verify_candidates
+from leukocyte_cnn.splits.copies import find_copies
 from leukocyte_cnn.splits.near_duplicate_screen import SCREEN_NEIGHBOURS
 from leukocyte_cnn.splits.near_duplicate_verify import SIMILARITY_THRESHOLD, false_positive_estimate
-from leukocyte_cnn.splits.perceptual_hash import (
-    DEFAULT_THRESHOLD,
-    PAIR_DTYPE,
-    candidate_pairs,
-    fingerprint_images,
-)
+from leukocyte_cnn.splits.perceptual_hash import DEFAULT_THRESHOLD
 
 FALSE_POSITIVE_WARNING = 0.01  # warn when the estimated share of false copies exceeds this
 KINDS = ("same_image", "same_content", "same_group", "near_duplicate")
@@ -88,18 +82,19 @@ class LeakageReport:
 
 def audit(split: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
           workers: int | None = None, similarity: float = SIMILARITY_THRESHOLD,
-          neighbours: int = SCREEN_NEIGHBOURS) -> LeakageReport:
+          neighbours: int = SCREEN_NEIGHBOURS, cache: dict | None = None) -> LeakageReport:
     """Find every overlap between the roles of each fold of a split table.
 
     ``split`` is the long split table with an absolute ``path`` column (``load_split(...).table``);
     excluded rows are ignored. Each file is read once; byte-identical files and near-duplicate
-    pairs are found once over all images and then looked up per fold. A near-duplicate is a
-    screened pair (:func:`candidate_pairs`) whose pixels match at ``similarity`` or more after
-    alignment, or whose two images are already joined through such pairs (copies of one cell
-    are copies of each other: ``joined`` in :attr:`LeakageReport.copies`, similarity NaN,
-    not compared again); pairs of two classes among those compared estimate the
-    false-positive rate
+    pairs are found once over all images (:func:`~leukocyte_cnn.splits.copies.find_copies`)
+    and then looked up per fold. A near-duplicate is a screened pair whose pixels match at
+    ``similarity`` or more after alignment, or whose two images are already joined through
+    such pairs (copies of one cell are copies of each other: ``joined`` in
+    :attr:`LeakageReport.copies`, similarity NaN, not compared again); pairs of two classes
+    among those compared estimate the false-positive rate
     (:func:`leukocyte_cnn.splits.near_duplicate_verify.false_positive_estimate`).
+    ``cache``: fingerprints read before (``perceptual_hash.fingerprint_images``).
     """
     start = time.perf_counter()
     if threshold < 0 or threshold > 64:
@@ -109,15 +104,10 @@ def audit(split: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
     rows["group"] = rows["group"].astype(str)
     images = rows.drop_duplicates("image").sort_values("image").reset_index(drop=True)
     index = {key: i for i, key in enumerate(images["image"])}
-    digests, hashes, prints = fingerprint_images(images["path"].tolist(), workers=workers)
-
-    same_content = _identical_pairs(digests)
-    screened = candidate_pairs(hashes, np.stack([f.signature for f in prints])
-                               if prints else np.zeros((0, 1)), threshold, neighbours)
-    screened = screened[~_pair_in(screened, same_content)]  # identical files: same_content
-    screened = verify_candidates(screened, prints, join_at=similarity)
-    compared = screened["similarity"] >= similarity
-    near = screened[compared | screened["joined"]]
+    found = find_copies(images["path"].tolist(), threshold, similarity, neighbours, workers,
+                        cache)
+    same_content, screened, compared, near = (found.identical, found.screened, found.compared,
+                                              found.near)
     names = images["image"].to_numpy()
     classes = (images["class_name"].astype(str).to_numpy() if "class_name" in images
                else np.full(len(images), ""))
@@ -159,31 +149,6 @@ def audit(split: pd.DataFrame, threshold: int = DEFAULT_THRESHOLD,
     return LeakageReport(table=table, n_images=len(images), threshold=int(threshold),
                          seconds=time.perf_counter() - start, duplicates_within_data=within,
                          calibration=calibration, copies=copies)
-
-
-def _identical_pairs(digests: Sequence[str]) -> np.ndarray:
-    """Pairs ``i < j`` of byte-identical files (distance 0)."""
-    by_digest: dict[str, list[int]] = {}
-    for i, digest in enumerate(digests):
-        by_digest.setdefault(digest, []).append(i)
-    pairs = [(a, b) for members in by_digest.values() if len(members) > 1
-             for x, a in enumerate(members) for b in members[x + 1:]]
-    out = np.empty(len(pairs), dtype=PAIR_DTYPE)
-    if pairs:
-        out["i"], out["j"] = np.array(pairs).T
-        out["distance"] = 0
-        out["similarity"] = 1.0
-        out["luma"] = 1.0
-        out["joined"] = False
-    return out
-
-
-def _pair_in(pairs: np.ndarray, others: np.ndarray) -> np.ndarray:
-    if not len(others) or not len(pairs):
-        return np.zeros(len(pairs), dtype=bool)
-    known = set(zip(others["i"].tolist(), others["j"].tolist(), strict=True))
-    return np.array([(i, j) in known
-                     for i, j in zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True)])
 
 
 def _key_overlaps(fold: int, fold_rows: pd.DataFrame, column: str, kind: str) -> list[dict]:

@@ -216,12 +216,25 @@ def hash_images(paths: Sequence[str], workers: int | None = None) -> tuple[list[
     return digests, hashes
 
 
-def fingerprint_images(paths: Sequence[str], workers: int | None = None
-                       ) -> tuple[list[str], np.ndarray, list]:
+def fingerprint_images(paths: Sequence[str], workers: int | None = None,
+                       cache: dict | None = None) -> tuple[list[str], np.ndarray, list]:
     """As :func:`hash_images`, plus each image's
     :class:`~leukocyte_cnn.splits.near_duplicate_screen.Fingerprint` for pixel verification
-    (from the same decode)."""
-    return _read_images(paths, workers, with_fingerprint=True)
+    (from the same decode).
+
+    ``cache`` (a dict the caller keeps for one task, keyed by path) holds what was read
+    before: a split that joins copies and then checks them across the owner's parts decodes
+    each file once."""
+    if cache is None:
+        return _read_images(paths, workers, with_fingerprint=True)
+    paths = [str(p) for p in paths]
+    missing = list(dict.fromkeys(p for p in paths if p not in cache))
+    if missing:
+        digests, hashes, prints = _read_images(missing, workers, with_fingerprint=True)
+        cache.update(zip(missing, zip(digests, hashes, prints, strict=True), strict=True))
+    found = [cache[p] for p in paths]
+    hashes = (np.stack([f[1] for f in found]) if found else np.zeros((0, 8), dtype=np.uint64))
+    return [f[0] for f in found], hashes, [f[2] for f in found]
 
 
 def near_pairs(hashes: np.ndarray, threshold: int, block_rows: int = BLOCK_ROWS) -> np.ndarray:

@@ -97,7 +97,7 @@ def make_split(table: pd.DataFrame, method: str, *, k: int = 5, p: int = 5, seed
                exclude_classes: Iterable[str] = (), groups: str | None = "auto",
                test_sources: Sequence[str] = ("TEST",), val_sources: Sequence[str] = (),
                train_sources: Sequence[str] | None = None,
-               where: str = "dataset") -> pd.DataFrame:
+               set_aside: Iterable[str] = (), where: str = "dataset") -> pd.DataFrame:
     """Assign every image of a reader table a role in every fold; return the long split table.
 
     ``table`` has the reader columns (``image, label, class_name, group`` and, for
@@ -108,7 +108,9 @@ def make_split(table: pd.DataFrame, method: str, *, k: int = 5, p: int = 5, seed
     ``random`` never is (it splits by image by definition). ``test_fraction``
     is used by ``random`` only; ``test_sources``/``val_sources``/``train_sources`` by
     ``predefined`` only (``train_sources=None``: every value that is not test or val).
-    ``where`` names the data in error messages. The result has passed :func:`check_split`.
+    ``set_aside``: image keys that take no part (role ``excluded``), e.g. training copies of
+    test images (:func:`leukocyte_cnn.splits.copies.copies_of_test`). ``where`` names the
+    data in error messages. The result has passed :func:`check_split`.
     """
     _check_table(table, where, need_source=(method == "predefined"))
     _check_fraction("--val-fraction", val_fraction, allow_zero=True)
@@ -120,6 +122,10 @@ def make_split(table: pd.DataFrame, method: str, *, k: int = 5, p: int = 5, seed
         raise InputError("--ignore-groups: contradicts --method group_kfold, which always "
                          "splits by group; use --method kfold to split by image")
     kept, excluded = apply_exclusion(table, min_images, exclude_classes)
+    aside = kept["image"].isin(set(set_aside)).to_numpy()
+    if aside.any():
+        excluded = pd.concat([excluded, kept[aside]], ignore_index=True)
+        kept = kept[~aside].reset_index(drop=True)
     if kept["class_name"].nunique() < 2:
         raise InputError(f"{where}: fewer than two classes left after setting aside classes "
                          f"with fewer than {min_images} images and excluded classes")

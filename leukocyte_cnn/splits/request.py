@@ -22,7 +22,11 @@ from leukocyte_cnn.base.artifacts import difference, fingerprint, short
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import read_json
 from leukocyte_cnn.splits import policy, split_files
-from leukocyte_cnn.splits.copies import NEAR_DUPLICATE_VERSION
+from leukocyte_cnn.splits.copies import (
+    COPIES_OF_TEST_VERSION,
+    NEAR_DUPLICATE_VERSION,
+    copies_of_test,
+)
 from leukocyte_cnn.splits.plans import SPLIT_CODE_VERSION, make_split
 from leukocyte_cnn.splits.split_table import class_names_by_label
 
@@ -163,6 +167,10 @@ def summary_lines(split, settings: dict) -> list[str]:
         "excluded: " + (", ".join(f"{name} {n}" for name, n in
                                   settings["excluded_classes"].items()) or "none"),
     ]
+    if settings.get("set_aside"):
+        lines.append(f"set aside: {len(settings['set_aside'])} TRAIN/validation images that are "
+                     "verified copies of test images (role excluded; the reasons are in the "
+                     "split's JSON)")
     if settings["skipped_bad_files"]:
         lines.append(f"skipped bad files: {len(settings['skipped_bad_files'])}")
     if settings.get("leaky"):
@@ -207,7 +215,21 @@ def split_inputs(request: SplitRequest, method: str, dataset_hash: str, table) -
     elif method == "predefined":
         inputs.update(test_sources=request.test_sources, val_sources=request.val_sources,
                       train_sources=request.train_sources)
+        if "near_duplicates" in inputs:  # copies of test images are looked for and set aside
+            inputs["code"]["copies_of_test"] = COPIES_OF_TEST_VERSION
     return inputs
+
+
+def set_aside_copies_of_test(split, table, threshold: int, cache: dict) -> dict[str, str]:
+    """For a split by the owner's TRAIN/TEST (one fold): the training and validation images
+    that are verified copies of a test image, with the reason (:func:`copies_of_test`, which
+    finds copies as the leakage audit does, over the images the split uses). ``{}`` for the
+    owner's folds (C-NMC): there each image tests one fold and trains the others."""
+    if split.loc[split["fold"] >= 0, "fold"].nunique() != 1:
+        return {}
+    rows = split[split["role"].isin(["train", "val", "test"])][["image", "role"]]
+    rows = rows.merge(table[["image", "path"]], on="image", how="left")
+    return copies_of_test(rows, threshold, cache=cache)
 
 
 def existing_split(csv_path: Path, inputs: dict, named: bool) -> Path | None:
@@ -277,7 +299,8 @@ def make_split_file(request: SplitRequest, say: Callable[[str], None] = print) -
         from leukocyte_cnn.splits.perceptual_hash import DEFAULT_THRESHOLD
 
         threshold = DEFAULT_THRESHOLD if request.near_threshold is None else request.near_threshold
-        table, near = near_duplicate_groups(table, threshold)
+        cache: dict = {}  # each file is decoded once for the grouping and the check across parts
+        table, near = near_duplicate_groups(table, threshold, cache=cache)
         say(f"near-duplicates: {near['images_joined']} images are verified copies, joined into "
             f"{near['groups_joined']} groups, the largest of {near['largest_group']} "
             f"({near['pairs_screened']} pairs screened at {threshold} bits or by ring "
@@ -286,11 +309,15 @@ def make_split_file(request: SplitRequest, say: Callable[[str], None] = print) -
         if near["links_broken"]:
             say(f"note: {near['links_broken']} weak link(s) between copies were broken so that "
                 "no group holds over half of its class (chains of look-alike images)")
-    split = make_split(table, method, k=request.k, p=request.p, seed=request.seed,
-                             val_fraction=request.val_fraction,
-                             test_fraction=request.test_fraction,
-                             min_images=request.min_images, exclude_classes=list(request.exclude),
-                             groups=groups, where=where, **extra)
+    how = dict(k=request.k, p=request.p, seed=request.seed, val_fraction=request.val_fraction,
+               test_fraction=request.test_fraction, min_images=request.min_images,
+               exclude_classes=list(request.exclude), groups=groups, where=where, **extra)
+    split = make_split(table, method, **how)
+    aside = None
+    if near is not None and method == "predefined":
+        aside = set_aside_copies_of_test(split, table, threshold, cache)
+        if aside:  # made again without them: validation is carved from what is left
+            split = make_split(table, method, set_aside=list(aside), **how)
     if near is not None and request.val_fraction > 0:
         kept_roles = split[split["role"].isin(["train", "val"])]
         reached = float((kept_roles["role"] == "val").sum() / max(1, len(kept_roles)))
@@ -316,6 +343,8 @@ def make_split_file(request: SplitRequest, say: Callable[[str], None] = print) -
     }
     if near is not None:
         settings["near_duplicate_groups"] = near
+    if aside is not None:
+        settings["set_aside"] = aside
     if method == "predefined":
         used = set(split["image"])
         settings["variant"] = policy.predefined_variant(table[table["image"].isin(used)],

@@ -27,9 +27,11 @@ from leukocyte_cnn.splits.split_table import (
 
 
 def describe_split(split: pd.DataFrame) -> dict[str, Any]:
-    """Counts that go into the settings JSON: folds, images per role, excluded classes."""
+    """Counts that go into the settings JSON: folds, images per role, excluded classes (those
+    with no image in any fold; single images set aside count in ``n_excluded`` only)."""
     in_folds = split[split["role"] != "excluded"]
     excluded = split[split["role"] == "excluded"]
+    whole = excluded[~excluded["class_name"].isin(set(in_folds["class_name"]))]
     role_counts = []
     for fold, rows in in_folds.groupby("fold"):
         counts = rows["role"].value_counts()
@@ -40,7 +42,7 @@ def describe_split(split: pd.DataFrame) -> dict[str, Any]:
         "n_images": int(in_folds["image"].nunique()),
         "n_excluded": int(len(excluded)),
         "excluded_classes": {str(k): int(v) for k, v in
-                             excluded.groupby("class_name").size().items()},
+                             whole.groupby("class_name").size().items()},
         "trained_class_names": class_names_by_label(in_folds),
         "role_counts": role_counts,
     }
