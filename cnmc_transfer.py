@@ -62,6 +62,8 @@ SHIFT = 0.2                   # translation, fraction of height/width
 ZOOM = 0.2                    # zoom range, ±20 %
 SHEAR_DEGREES = 0.2           # ImageDataGenerator's shear_range=0.2 is in degrees: barely any
 HORIZONTAL_FLIP = True        # report: horizontal flips only
+AUGMENT_IN = "step"           # where it runs: "step" (Keras layers inside the training step, on
+                              # the GPU when one trains) or "pipeline" (tf.data, CPU: the old path)
 # --quick: the whole chain (three folds + final test) in minutes on a 2-core CPU
 QUICK = dict(IMAGE_SIZE=48, EPOCHS=3, PATIENCE=2, BATCH_SIZE=16, MAX_TRAIN_IMAGES=96)
 
@@ -280,7 +282,8 @@ def main(args: argparse.Namespace):
             augment=online_augmentation(rotation_degrees=s["ROTATION_DEGREES"],
                                         horizontal_flip=s["HORIZONTAL_FLIP"],
                                         vertical_flip=False, shift=s["SHIFT"], zoom=s["ZOOM"],
-                                        shear=s["SHEAR_DEGREES"], seed=fold.seed))
+                                        shear=s["SHEAR_DEGREES"], seed=fold.seed,
+                                        where=s["AUGMENT_IN"]))
 
     run_dirs = []
     script = f"cnmc_transfer_{backbone.lower()}_{mode}"

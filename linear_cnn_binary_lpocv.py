@@ -41,6 +41,8 @@ PATIENCE = 30             # epochs without val-loss improvement before stopping 
 # --- augmentation (online, training batches only)
 ROTATION_DEGREES = 359    # rotation range (thesis: up to 359)
 FLIPS = True              # horizontal and vertical flips
+AUGMENT_IN = "step"       # where it runs: "step" (Keras layers inside the training step, on
+                          # the GPU when one trains) or "pipeline" (tf.data, CPU: the old path)
 # --quick: a smoke run of the whole chain in a minute or two on a laptop CPU
 QUICK = dict(IMAGE_SIZE=64, EPOCHS=25, PATIENCE=6, BATCH_SIZE=16, SPLIT_METHOD="kfold", K=3)
 
@@ -117,7 +119,7 @@ def main(args: argparse.Namespace):
             xla=run.devices.xla, color_mode=s["COLOR_MODE"], cache_mb=s["CACHE_MB"],
             augment=online_augmentation(rotation_degrees=s["ROTATION_DEGREES"],
                                         horizontal_flip=s["FLIPS"], vertical_flip=s["FLIPS"],
-                                        seed=fold.seed))
+                                        seed=fold.seed, where=s["AUGMENT_IN"]))
 
     run_folds(split, run_dir, parse_fold_list(run.folds, split.folds), run.seed, train_fold,
               settings=s)

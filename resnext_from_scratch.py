@@ -58,6 +58,8 @@ PATIENCE = 15              # epochs without validation-loss improvement before s
 # --- augmentation (online, training batches only)
 ROTATION_DEGREES = 359     # rotation range (cells have no orientation)
 FLIPS = True               # horizontal and vertical flips
+AUGMENT_IN = "step"        # where it runs: "step" (Keras layers inside the training step, on
+                           # the GPU when one trains) or "pipeline" (tf.data, CPU: the old path)
 # --quick: three folds of a narrow ResNeXt-14 at 48 px for a few epochs (minutes on 2 cores),
 # 40 balanced 64 px images per class
 QUICK = dict(STAGE_DEPTHS=(1, 1, 2), IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,

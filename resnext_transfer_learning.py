@@ -78,6 +78,8 @@ CURVE_EPOCH_IMAGES = 300   # learning curve: an epoch shows at least this many t
 # --- augmentation (online, training batches only)
 ROTATION_DEGREES = 359     # rotation range
 FLIPS = True               # horizontal and vertical flips
+AUGMENT_IN = "step"        # where it runs: "step" (Keras layers inside the training step, on
+                           # the GPU when one trains) or "pipeline" (tf.data, CPU: the old path)
 # --quick: a narrow ResNeXt-14 at 48 px, few epochs, three target folds, 40 balanced 64 px
 # images per class
 QUICK = dict(STAGE_DEPTHS=(1, 1, 2), IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
@@ -165,7 +167,7 @@ def source_parts(source_dataset: str, source_data_root, seed: int, s):
 # (fine-tuning, the target's split and balancing, caching) never reach pretraining.
 _PRETRAINING_KNOBS = ("SOURCE_DATASET", "SOURCE_HELD_OUT_FOLDS", "SOURCE_MIN_IMAGES", "IMAGE_SIZE",
                      "COLOR_MODE", "OPTIMIZER", "LEARNING_RATE", "BATCH_SIZE", "EPOCHS",
-                     "PATIENCE", "ROTATION_DEGREES", "FLIPS")
+                     "PATIENCE", "ROTATION_DEGREES", "FLIPS", "AUGMENT_IN")
 
 
 def pretrain(run, s, args: argparse.Namespace) -> Path:

@@ -8,9 +8,10 @@ Two kinds of augmentation live here, on purpose in one module so they use the sa
   can be rebuilt from the ``params`` column of a manifest (``apply_transform``), and
   ``plan_balancing`` decides which images to write so that every class reaches a target
   count (the thesis "rotate by distinct angles until the classes are balanced" scheme).
-* **Online** (``online_augmentation``): a seeded ``keras.Sequential`` of random
-  preprocessing layers applied to training batches in the ``tf.data`` pipeline
-  (``leukocyte_cnn.inputs.pipeline.make_dataset(..., augment=...)``). Keras 3 has no
+* **Online** (``online_augmentation``): seeded random transforms of every training batch,
+  inside the training step on the training device (``where="step"``,
+  :mod:`leukocyte_cnn.inputs.step_augment`) or, as before, in the ``tf.data`` pipeline on
+  the CPU (``where="pipeline"``, ``make_dataset(..., augment=...)``). Keras 3 has no
   ``ImageDataGenerator``.
 
 Conventions (image coordinates: x to the right, y down, origin top-left):
@@ -418,26 +419,41 @@ def _jitter(rng: np.random.Generator, size: tuple[int, int], shifts: float, zoom
 
 def online_augmentation(rotation_degrees: float = 359, horizontal_flip: bool = True,
                         vertical_flip: bool = True, shift: float = 0.0, zoom: float = 0.0,
-                        shear: float = 0.0, seed: int = 0):
-    """A seeded ``keras.Sequential`` holding one ``RandomAffine`` layer for training batches.
+                        shear: float = 0.0, seed: int = 0, where: str = "pipeline",
+                        brightness: float = 0.0, saturation: float = 0.0, stain: float = 0.0):
+    """Online augmentation for training batches, run where ``where`` says.
 
     ``rotation_degrees``: angles drawn from ±degrees (359 = any angle), reflect fill;
     ``horizontal_flip`` / ``vertical_flip``: each on half of the images; ``shift``:
     translation as a fraction of height/width; ``zoom``: magnification range 1 ± zoom
     (aspect kept); ``shear``: shear range ±degrees along x about the centre row. A zero
     switches that transform off. All transforms drawn for an image are composed and applied
-    as **one** bilinear resampling (``keras_augment.RandomAffine``), not one per transform
-    as a stack of Keras' ``RandomRotation``/``RandomFlip``/... would: less blur, and on a
-    CPU 2-4x less time. Computes in float32 even under a ``mixed_float16`` policy: the
-    pipeline promises float32 images in [0, 255].
+    as **one** bilinear resampling, not one per transform as a stack of Keras'
+    ``RandomRotation``/``RandomFlip``/... would: less blur, and on a CPU 2-4x less time.
 
-    Use it in ``make_dataset(..., augment=online_augmentation(...))`` for training data only.
+    ``where="step"``: a pure-Keras :class:`~leukocyte_cnn.inputs.step_augment.StepAugmentation`
+    that ``train_classifier_fold`` runs inside the training step, on the training device, fed
+    ``uint8`` batches; it also offers colour jitter (``brightness``, ``saturation``, ``stain``).
+    ``where="pipeline"``: the former path, a seeded ``keras.Sequential`` holding one
+    ``keras_augment.RandomAffine`` for ``make_dataset(..., augment=...)``, which runs in
+    ``tf.data`` on the CPU (float32 even under ``mixed_float16``); no colour jitter there.
     """
     import keras
 
+    if where not in ("step", "pipeline"):
+        raise InputError(f"augmentation in {where!r}: choose 'step' or 'pipeline'")
+    geometry = dict(rotation_degrees=rotation_degrees, horizontal_flip=horizontal_flip,
+                    vertical_flip=vertical_flip, shift=shift, zoom=zoom, shear=shear,
+                    fill_mode="reflect", seed=seed)
+    if where == "step":
+        from leukocyte_cnn.inputs.step_augment import StepAugmentation
+
+        return StepAugmentation(brightness=brightness, saturation=saturation, stain=stain,
+                                name="step_augmentation", **geometry)
+    if brightness or saturation or stain:
+        raise InputError("colour jitter runs in the training step only: set the augmentation "
+                         "to 'step' (AUGMENT_IN) or the jitter to 0")
     from leukocyte_cnn.inputs.keras_augment import RandomAffine
 
-    layer = RandomAffine(rotation_degrees=rotation_degrees, horizontal_flip=horizontal_flip,
-                         vertical_flip=vertical_flip, shift=shift, zoom=zoom, shear=shear,
-                         fill_mode="reflect", seed=seed, dtype="float32", name="random_affine")
+    layer = RandomAffine(dtype="float32", name="random_affine", **geometry)
     return keras.Sequential([layer], name="online_augmentation")

@@ -273,7 +273,8 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
                  label_mode: str = "int", drop_remainder: bool = False,
                  masks: Sequence[Any] | None = None, preprocess: Callable | None = None,
                  resize_method: str = "bilinear", keep_aspect: bool = False,
-                 shuffle_buffer: int | None = None, color_mode: str = "rgb"):
+                 shuffle_buffer: int | None = None, color_mode: str = "rgb",
+                 as_uint8: bool = False):
     """Build the ``tf.data.Dataset`` of ``(images, labels)`` batches for one image list.
 
     Args:
@@ -306,12 +307,19 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
             (an exact shuffle). Lower it if a file cache of large images exceeds memory.
         color_mode: ``"rgb"`` or ``"grayscale"`` (ITU-R 601 luminance replicated to three
             channels), applied after resizing, before the cache (and part of its fingerprint).
+        as_uint8: hand over the ``uint8`` batches as decoded and resized (for augmentation in
+            the training step, :mod:`leukocyte_cnn.inputs.step_augment`, which casts): a
+            quarter of the bytes to copy and move to the device. Not with ``preprocess`` or
+            ``augment``.
 
     Returns:
-        A dataset of ``(float32 (B, H, W, 3) in [0, 255], labels)``, or of images only when
-        ``labels`` is ``None``.
+        A dataset of ``(float32 (B, H, W, 3) in [0, 255], labels)`` (``uint8`` with
+        ``as_uint8``), or of images only when ``labels`` is ``None``.
     """
     import tensorflow as tf
+
+    if as_uint8 and (preprocess is not None or augment is not None):
+        raise ValueError("as_uint8 hands over images as decoded: not with preprocess or augment")
 
     size = _check_size(image_size)
     if resize_method not in RESIZE_METHODS:
@@ -367,7 +375,7 @@ def make_dataset(paths: Sequence[Any], labels: Sequence[int] | None, image_size:
             ds = ds.shuffle(shuffle_buffer or max(n, 1), seed=seed, reshuffle_each_iteration=True)
 
     def to_float(row):
-        image = tf.cast(row["image"], tf.float32)
+        image = row["image"] if as_uint8 else tf.cast(row["image"], tf.float32)
         if preprocess is not None:
             image = tf.cast(preprocess(image), tf.float32)
         return (image, row["label"]) if "label" in row else image

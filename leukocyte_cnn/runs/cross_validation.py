@@ -199,10 +199,12 @@ class _EpochTimer:
 
 
 def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: Path,
-        monitor: str = "val_loss", extra_callbacks: Sequence = (), verbose: int = 0):
+        monitor: str = "val_loss", extra_callbacks: Sequence = (), verbose: int = 0,
+        saved=None):
     """Train with early stopping on the validation images and keep the best weights.
 
-    Writes ``epochs.csv`` (one row per epoch) and the best checkpoint ``model.keras``, both
+    Writes ``epochs.csv`` (one row per epoch) and the best checkpoint ``model.keras`` (of
+    ``saved``, default ``model``: the network inside an ``AugmentedTrainer``), both
     atomically. Without validation images the training loss is monitored instead, and the
     epochs file says so in its ``monitor`` column.
     """
@@ -224,7 +226,7 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
     log.insert(0, "epoch", np.arange(1, len(log) + 1))
     log["monitor"] = monitor
     write_csv(fold_directory / EPOCHS, log)
-    save_model(model, fold_directory / CHECKPOINT)
+    save_model(model if saved is None else saved, fold_directory / CHECKPOINT)
     return history
 
 
@@ -351,17 +353,19 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     test images once and write the fold's files (the last one marks it finished).
 
     ``build_model()`` returns an uncompiled model taking [0, 255] pixels. ``augment`` (a Keras
-    layer stack) touches training batches only. ``train_table`` replaces the fold's training
-    rows (e.g. the class-balanced augmented images of that fold); validation and test rows
-    always come from the split; ``fold_XX/inputs.csv`` lists what was fed, before training.
-    ``optimizer_options`` go to the optimizer (e.g. SGD's ``momentum``). ``mask_column`` names
-    a column of the tables holding one mask file per image; the pipeline then blanks every
-    image's background (training, validation and test alike) before resizing. ``color_mode``
-    (``rgb`` or ``grayscale``) is applied by the pipeline to every image; sets whose decoded
-    images fit ``cache_mb`` are cached in memory. ``extra_metrics`` are followed per epoch
-    (``epochs.csv``); the checkpoint is then saved compiled with built-in metrics only, so
-    ``keras.models.load_model(safe_mode=True)`` opens it anywhere. ``timings`` join the fold's
-    ``timing.json``. ``batch_size`` is the global batch: under several replicas
+    layer stack, ``augment.online_augmentation``) touches training batches only: inside the
+    training step when it is ``in_step`` (the feed then hands over ``uint8`` batches; the
+    checkpoint holds the network alone), else in the ``tf.data`` pipeline. ``train_table``
+    replaces the fold's training rows (e.g. the class-balanced augmented images of that fold);
+    validation and test rows always come from the split; ``fold_XX/inputs.csv`` lists what was
+    fed, before training. ``optimizer_options`` go to the optimizer (e.g. SGD's ``momentum``).
+    ``mask_column`` names a column of the tables holding one mask file per image; the pipeline
+    then blanks every image's background (training, validation and test alike) before resizing.
+    ``color_mode`` (``rgb`` or ``grayscale``) is applied by the pipeline to every image; sets
+    whose decoded images fit ``cache_mb`` are cached in memory. ``extra_metrics`` are followed
+    per epoch (``epochs.csv``); the checkpoint is then saved compiled with built-in metrics
+    only, so ``keras.models.load_model(safe_mode=True)`` opens it anywhere. ``timings`` join the
+    fold's ``timing.json``. ``batch_size`` is the global batch: under several replicas
     (:func:`devices.model_scope`) each step's ``batch_size`` images are split over them.
     """
     from leukocyte_cnn.base.devices import (
@@ -376,30 +380,38 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     record_fold_inputs(fold, train)  # fold_XX/inputs.csv: what this fold feeds, before training
     label_mode = "binary" if binary else "int"
     loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+    in_step = getattr(augment, "in_step", False)  # augmented in the training step, fed uint8
 
     def dataset(table, training: bool):
         return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),
                             image_size, batch_size, shuffle=training,
-                            augment=augment if training else None, seed=fold.seed,
-                            label_mode=label_mode,
+                            augment=augment if training and not in_step else None,
+                            seed=fold.seed, label_mode=label_mode,
                             cache=memory_cache(len(table), image_size, cache_mb),
                             masks=table[mask_column].tolist() if mask_column else None,
-                            color_mode=color_mode)
+                            color_mode=color_mode, as_uint8=training and in_step)
 
     check_global_batch(batch_size)
     with model_scope():  # several replicas: weights, optimizer state and metrics mirrored
         model = build_model()
-        model.compile(optimizer=make_optimizer(optimizer, learning_rate,
-                                               **(optimizer_options or {})),
-                      loss=loss, metrics=["accuracy", *extra_metrics], **compile_kwargs(xla))
-    require_xla(model, xla)
+        trainer = model
+        if in_step:
+            from leukocyte_cnn.inputs.step_augment import AugmentedTrainer
+
+            trainer = AugmentedTrainer(model, augment, name=f"{model.name}_augmented")
+        trainer.compile(optimizer=make_optimizer(optimizer, learning_rate,
+                                                 **(optimizer_options or {})),
+                        loss=loss, metrics=["accuracy", *extra_metrics], **compile_kwargs(xla))
+    require_xla(trainer, xla)
     start = time.perf_counter()
-    history = fit(model, dataset(train, True),
+    history = fit(trainer, dataset(train, True),
                   dataset(fold.val, False) if len(fold.val) else None, epochs=epochs,
-                  patience=patience, fold_directory=fold.directory, verbose=verbose)
-    if extra_metrics:  # the checkpoint's compile state names built-in metrics only
+                  patience=patience, fold_directory=fold.directory, verbose=verbose,
+                  saved=model)
+    if extra_metrics or in_step:
+        # The checkpoint is the network alone, compiled with built-in metrics only.
         with model_scope():
-            model.compile(optimizer=model.optimizer, loss=loss, metrics=["accuracy"])
+            model.compile(optimizer=trainer.optimizer, loss=loss, metrics=["accuracy"])
         save_model(model, fold.directory / CHECKPOINT)
     trained = time.perf_counter()
     predictions = predict_table(model, dataset(fold.test, False), fold.test, class_names,

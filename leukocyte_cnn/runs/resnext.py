@@ -140,4 +140,4 @@ def train_resnext_fold(fold, build, *, class_names, settings, train_table, xla: 
         train_table=train_table, xla=xla, color_mode=s["COLOR_MODE"], cache_mb=s["CACHE_MB"],
         augment=online_augmentation(rotation_degrees=s["ROTATION_DEGREES"],
                                     horizontal_flip=s["FLIPS"], vertical_flip=s["FLIPS"],
-                                    seed=fold.seed))
+                                    seed=fold.seed, where=s["AUGMENT_IN"]))
