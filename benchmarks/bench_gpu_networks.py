@@ -4,7 +4,12 @@ Every network of ``leukocyte_cnn/models/`` (``networks.py``, ``resnext.py``) is 
 batches held in memory, at the input size and batch size of the study that uses it (no input
 pipeline: this is what the accelerator can do). For each precision policy:
 
-* images/s of training, timed over ``SECONDS_PER_CASE`` after two untimed steps;
+* images/s of training, timed over ``SECONDS_PER_CASE`` after two untimed steps; each step
+  is a whole training step as the scripts run it (``AUGMENT_IN = "step"``): uint8 batches
+  in, then the online augmentation (any-angle turn and flips,
+  ``step_augment.StepAugmentation``) on the device, then the network (``--no-augment``: the
+  network alone, float32 batches; the U-Net is never augmented: its masks would need the
+  same transform);
 * the first step's wall time: building the step function (tracing, XLA/cuDNN compilation),
   which every fold of a run pays once;
 * whether the loss stayed finite over all steps (``mixed_float16`` trains with Keras' loss
@@ -89,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated network names, e.g. elu_cnn,resnext29")
     parser.add_argument("--policies", default=",".join(POLICIES),
                         help=f"comma-separated precision policies (default {','.join(POLICIES)})")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="time the network alone (no in-step augmentation, float32 input)")
     parser.add_argument("--seconds", type=float, default=None,
                         help=f"timed seconds per case (default {SECONDS_PER_CASE})")
     return parser.parse_args(argv)
@@ -132,10 +139,12 @@ def build(builder: str, shape: tuple[int, int, int], classes: int):
         return common.study_network(builder, shape, classes)
 
 
-def random_batch(model, batch: int, classes: int, rng):
-    """Pixels in [0, 255] and labels (a binary mask for the U-Net)."""
+def random_batch(model, batch: int, classes: int, rng, as_uint8: bool = False):
+    """Pixels in [0, 255] (uint8 for a step that augments and casts) and labels (a binary
+    mask for the U-Net)."""
 
-    x = rng.uniform(0, 255, (batch, *model.input_shape[1:])).astype("float32")
+    x = rng.uniform(0, 255, (batch, *model.input_shape[1:])).astype(
+        "uint8" if as_uint8 else "float32")
     out = model.output_shape
     if len(out) == 4:  # U-Net: one mask per image
         y = (rng.uniform(size=(batch, *out[1:])) > 0.5).astype("float32")
@@ -147,20 +156,27 @@ def random_batch(model, batch: int, classes: int, rng):
 
 
 def measure(builder: str, shape, batch: int, classes: int, policy: str, *, seconds: float,
-            warmup: int, eager: bool = False) -> dict:
-    """images/s, first-step seconds and a finite-loss check of one network under ``policy``."""
+            warmup: int, eager: bool = False, augment: bool = True) -> dict:
+    """images/s, first-step seconds and a finite-loss check of one network under ``policy``,
+    trained behind the in-step augmentation unless ``augment`` is false (or a U-Net)."""
     import keras
     import numpy as np
 
     keras.mixed_precision.set_global_policy(policy)
     try:
         keras.utils.set_random_seed(SEED)
-        model = build(builder, shape, classes)
-        out = model.output_shape
+        network = model = build(builder, shape, classes)
+        out = network.output_shape
+        augment = augment and len(out) != 4  # a U-Net's masks would need the same transform
+        if augment:
+            from leukocyte_cnn.inputs.step_augment import AugmentedTrainer, StepAugmentation
+
+            model = AugmentedTrainer(network, StepAugmentation(
+                rotation_degrees=359, horizontal_flip=True, vertical_flip=True, seed=SEED))
         loss = ("binary_crossentropy" if len(out) == 4 or out[-1] == 1
                 else "sparse_categorical_crossentropy")
         model.compile(optimizer="adam", loss=loss, run_eagerly=eager)
-        x, y = random_batch(model, batch, classes, np.random.default_rng(SEED))
+        x, y = random_batch(network, batch, classes, np.random.default_rng(SEED), augment)
         losses = []
         start = time.perf_counter()
         losses.append(model.train_on_batch(x, y))
@@ -175,7 +191,7 @@ def measure(builder: str, shape, batch: int, classes: int, policy: str, *, secon
         rate = steps * batch / (time.perf_counter() - start) if steps else batch / first
         finite = all(math.isfinite(float(np.asarray(v).ravel()[0])) for v in losses)
         return {"img_s": rate, "first_s": first, "finite": finite,
-                "params": model.count_params()}
+                "params": network.count_params(), "augmented": augment}
     except Exception as exc:  # noqa: BLE001 - e.g. a kernel this device lacks for a dtype
         text = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return {"error": f"{type(exc).__name__}: {(text[-1] if text else '')[:100]}"}
@@ -215,7 +231,10 @@ def main(args: argparse.Namespace) -> int:
         wanted = {w.strip() for w in args.only.split(",")}
         cases = [case for case in CASES if case[0] in wanted]
     print("== training throughput per precision policy (random batches in memory, "
-          f"{'QUICK: tiny inputs' if args.quick else 'study input sizes and batches'})")
+          f"{'QUICK: tiny inputs' if args.quick else 'study input sizes and batches'}; "
+          + ("the network alone)" if args.no_augment else
+             "whole steps: uint8 in, any-angle turn + flips on the device, the network; "
+             "U-Net not augmented)"))
     print(machine_line(), flush=True)
     head = f"{'network':22s} {'input':>11s} {'batch':>5s} {'params':>11s}"
     for policy in policies:
@@ -234,7 +253,7 @@ def main(args: argparse.Namespace) -> int:
                 results[policy] = {"skipped": True}
                 continue
             results[policy] = measure(builder, shape, batch, classes, policy, seconds=seconds,
-                                      warmup=warmup, eager=eager)
+                                      warmup=warmup, eager=eager, augment=not args.no_augment)
         params = next((r["params"] for r in results.values() if "params" in r), 0)
         line = f"{name:22s} {'x'.join(map(str, shape[:2])):>11s} {batch:5d} {params:11,d}"
         for policy in policies:

@@ -24,7 +24,11 @@ the best of ``REPEATS`` passes counts):
 
 1. images/s of the pipeline alone and of the naive loop, both without and with the same
    augmentation. **Target: pipeline with augmentation >= 5 x the naive loop with it.**
-2. one training epoch of a small CNN fed by the pipeline streaming from disk vs the same
+2. the feed as the training step sees it (decode and cache once, then per epoch shuffle,
+   batch and hand over), old (augmented in ``tf.data``) and new (uint8 batches, augmented in
+   the training step, ``AUGMENT_IN = "step"``), in CPU ms per image, with the ceiling of a
+   16-core machine (16 / ms). **Target: the new feed alone <= 0.2 ms CPU per image.**
+3. one training epoch of a small CNN fed by the pipeline streaming from disk vs the same
    epoch fed by ``tf.data.Dataset.from_tensor_slices`` of the same images preloaded as a
    float32 array (the baseline); both shuffled, no augmentation, the same seeded model; the
    second and later epochs are timed. **Target: streamed epoch <= 1.10 x in-memory epoch.**
@@ -54,6 +58,7 @@ SEED = 0
 SMALL_ELU = dict(filters=(16, 32, 64, 128), convs_per_block=1, dense_units=128, dense_layers=1)
 TARGET_PIPELINE_VS_NAIVE = 5.0   # pipeline with augmentation / naive loop with augmentation
 TARGET_STREAMED_VS_MEMORY = 1.10  # streamed epoch time / in-memory epoch time
+TARGET_FEED_MS = 0.2     # CPU ms per image of the cached uint8 feed, after the first epoch
 # --quick: a smoke run in about a minute or two
 QUICK = dict(N_IMAGES=240, EPOCH_IMAGES=160, REPEATS=1, TIMED_EPOCHS=1)
 
@@ -179,6 +184,54 @@ def in_memory_dataset(images, labels, batch_size: int, seed: int):
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+# --------------------------------------------------------------------------- the feed
+
+
+def feed_as_the_step_sees_it(paths, labels, repeats: int) -> str:
+    """Section 3: CPU ms per training image of the feed after its first epoch, old and new.
+
+    Old (``AUGMENT_IN = "pipeline"``): decoded once into the memory cache, then per epoch
+    shuffled, batched, cast to float32 and turned and flipped in ``tf.data``, on the CPU.
+    New (``AUGMENT_IN = "step"``): the same cache, shuffled and batched, handed over as uint8;
+    the turn and flips (``step_augment.StepAugmentation``) run inside the training step, on
+    the device that trains. Their cost here (a CPU) is measured apart, on the fed batches.
+    """
+    import os
+
+    import tensorflow as tf
+
+    from leukocyte_cnn.inputs.augment import online_augmentation
+    from leukocyte_cnn.inputs.pipeline import make_dataset
+
+    n = len(paths)
+    old = pipeline(paths, labels, IMAGE_SIZE, BATCH_SIZE, True, SEED, shuffle=True,
+                   cache="memory")
+    new = make_dataset(paths, labels, IMAGE_SIZE, BATCH_SIZE, shuffle=True, seed=SEED,
+                       cache="memory", as_uint8=True)
+    layer = online_augmentation(rotation_degrees=ROTATION_DEGREES, horizontal_flip=FLIPS,
+                                vertical_flip=FLIPS, seed=SEED, where="step")
+    step = tf.function(lambda images: layer(images, training=True))
+    augmented = new.map(lambda images, labels: (step(images), labels))
+    figures = {name: rate(lambda ds=ds: ds, n, repeats)
+               for name, ds in (("old", old), ("new", new), ("new+aug", augmented))}
+    feed, old_ms = figures["new"][1], figures["old"][1]
+    in_step = figures["new+aug"][1] - feed
+    cores = 16
+    print(f"\n2. the feed as the training step sees it: decoded and cached once, then per "
+          f"epoch shuffled, batched and handed over (CPU ms per image, best of {repeats} "
+          "epoch(s) after the first); a 16-core machine's ceiling is 16 / (CPU ms per image)")
+    print(f"   old: tf.data casts, turns and flips on the CPU: {old_ms:6.3f} ms CPU/img -> "
+          f"{cores * 1e3 / old_ms:9,.0f} img/s on {cores} cores")
+    print(f"   new: uint8 batches only:                      {feed:6.3f} ms CPU/img -> "
+          f"{cores * 1e3 / feed:9,.0f} img/s on {cores} cores ({old_ms / feed:.0f}x less CPU)")
+    print(f"   new: the turn and flips in the step, here on the CPU ({os.cpu_count()} cores): "
+          f"{in_step:.3f} ms CPU/img (on a GPU this runs there, beside the network)")
+    return common.verdict("feed alone after the first epoch (AUGMENT_IN step)",
+                          feed <= TARGET_FEED_MS, f"{feed:.3f} ms CPU/img",
+                          f"<= {TARGET_FEED_MS} ms ({cores * 1e3 / TARGET_FEED_MS:,.0f} img/s "
+                          f"on {cores} cores)")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -247,6 +300,8 @@ def main(args: argparse.Namespace) -> int:
           f"{math.ceil(TARGET_PIPELINE_VS_NAIVE * pipe[1] / naive[1])} free cores at these "
           f"per-image costs")
 
+    results.append(feed_as_the_step_sees_it(paths, labels, s["REPEATS"]))
+
     if not args.skip_epochs:
         from leukocyte_cnn.inputs.pipeline import load_arrays
 
@@ -254,7 +309,7 @@ def main(args: argparse.Namespace) -> int:
         epaths, elabels = paths[:m], labels[:m]
         classes = max(elabels) + 1
         preloaded = load_arrays(epaths, IMAGE_SIZE)  # the same pixels the pipeline yields
-        print(f"\n2. one training epoch of {m} images (shuffled, no augmentation), fastest of "
+        print(f"\n3. one training epoch of {m} images (shuffled, no augmentation), fastest of "
               f"{s['TIMED_EPOCHS']} epoch(s) after the first; in-memory = float32 array of "
               f"{preloaded.nbytes / 2**20:.0f} MiB; streamed = make_dataset from the JPEGs "
               f"(cache='memory' in brackets: uint8 cache of {preloaded.nbytes / 4 / 2**20:.0f} "
