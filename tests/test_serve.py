@@ -2,12 +2,17 @@
 
 Valid images of each class and every kind of bad upload get the promised JSON; a short
 concurrent load ends with no 5xx and the process alive; served probabilities equal the
-in-process model on the training pipeline's pixels."""
+in-process model on the training pipeline's pixels. Authentication: 401 without the bearer
+token or with a wrong one, 200 with it, ``/health`` open; every start that would expose the
+service without a token, or with a token file other users can read, stops in one line before
+a socket opens (``uvicorn.run`` is replaced, and no test binds beyond loopback); the token
+appears in no log and no answer."""
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -21,7 +26,9 @@ import pytest
 import reference_networks as ref
 from PIL import Image
 
+from leukocyte_cnn.base.cli import run_main
 from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.service.auth import TOKEN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["other", "lymphoblast"]
@@ -30,6 +37,9 @@ MAX_UPLOAD_MB = 0.25            # small limits keep the oversize requests small
 MAX_MEGAPIXELS = 0.5
 STARTUP_DEADLINE_S = 180        # TensorFlow import on a loaded 2-core machine
 LOAD_REQUESTS, LOAD_CONCURRENCY, LOAD_DEADLINE_S = 300, 8, 120
+TOKEN = "tok-4f9c2e71a8b3d6e0-5b1aFq_Zr9"   # distinctive: searched for in logs and answers
+WRONG = TOKEN[:-1] + "X"                    # one character off
+CHALLENGE = 'Bearer realm="leukocyte-cnn"'
 
 
 def cell_image(label: int, size=(40, 40), seed: int = 0) -> np.ndarray:
@@ -82,42 +92,60 @@ def run_dir(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("serve"))
 
 
-@pytest.fixture(scope="module")
-def server(run_dir, tmp_path_factory):
-    """``serve.py --run`` in a subprocess; yields its base URL; stopped in teardown."""
+def start_server(run_dir: Path, log: Path, *extra: str, env: dict | None = None) -> dict:
+    """``serve.py --run`` in a subprocess on a free loopback port, once ``/health`` answers."""
     import httpx
 
     port = free_port()
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment = {key: value for key, value in os.environ.items() if key != TOKEN_ENV}
+    environment.update({"TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, str(REPO / "serve.py"), "--run", str(run_dir), "--port", str(port),
              "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-megapixels", str(MAX_MEGAPIXELS),
-             "--no-access-log"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+             *extra], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=environment)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve.py exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve.py not up after {STARTUP_DEADLINE_S} s: "
-                            f"{log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield {"url": url, "proc": proc, "log": log}
-    finally:
-        proc.terminate()
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"serve.py exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return {"url": url, "proc": proc, "log": log}
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            pytest.fail(f"serve.py not up after {STARTUP_DEADLINE_S} s: "
+                        f"{log.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, tmp_path_factory):
+    """``serve.py --run`` on loopback without a token; yields its base URL; stopped in teardown."""
+    started = start_server(run_dir, tmp_path_factory.mktemp("log") / "serve.log",
+                           "--no-access-log")
+    yield started
+    stop_server(started["proc"])
+
+
+@pytest.fixture(scope="module")
+def auth_server(run_dir, tmp_path_factory):
+    """``serve.py`` with the token in ``$LEUKOCYTE_SERVE_TOKEN`` and the access log on."""
+    started = start_server(run_dir, tmp_path_factory.mktemp("log") / "serve_auth.log",
+                           env={TOKEN_ENV: TOKEN})
+    yield started
+    stop_server(started["proc"])
 
 
 def classify(server, files=None, **kw):
@@ -145,7 +173,7 @@ def test_health_names_the_best_fold_and_checkpoint_hash(server, run_dir):
 
     body = httpx.get(f"{server['url']}/health", timeout=10).json()
     sha = checkpoint_sha256(run_dir / "fold_01" / "model.keras")
-    assert body["status"] == "ok"
+    assert body["status"] == "ok" and body["auth"] == "none"
     assert body["model_id"] == f"tiny_run/fold_01@{sha[:12]}"  # lowest validation loss
     assert body["class_names"] == CLASSES and body["image_size"] == list(SIZE)
     assert httpx.get(f"{server['url']}/docs", timeout=10).status_code == 200
@@ -315,3 +343,310 @@ def test_load_image_equals_the_training_pipeline(tmp_path, fmt, mode):
         got = load_image(path, SIZE, **kw)
         assert got.dtype == np.float32 and got.shape == (*SIZE, 3)
         assert np.array_equal(got, expected)
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def client_of(app):
+    """FastAPI's TestClient for ``app``, in process: nothing listens on any socket.
+
+    Not used as a context manager, so the app's lifespan (which closes the classifier when the
+    service stops) never runs and a module's classifier serves several tests."""
+    import warnings
+
+    with warnings.catch_warnings():  # Starlette's notice that httpx2 exists; not our concern
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    return TestClient(app)
+
+
+def bearer(token: str) -> dict:
+    return {"authorization": f"Bearer {token}"}
+
+
+def assert_unauthorized(response, *, wrong: bool = False) -> None:
+    """401, the one-line error shape of every 4xx, the Bearer challenge, and no token echoed."""
+    assert_error(response, 401, "unauthorized", "authorization header")
+    assert response.json()["error"] == "unauthorized"
+    expected = CHALLENGE + (', error="invalid_token"' if wrong else "")
+    assert response.headers["www-authenticate"] == expected
+    assert TOKEN not in response.text and WRONG not in response.text
+
+
+def test_real_service_needs_the_token_and_never_logs_it(auth_server):
+    """Over real HTTP (token from the environment, access log on): /health open, 401 without
+    or with a wrong token on one kept-alive connection, 200 with it; the log never has it."""
+    import httpx
+
+    jpeg = encode(cell_image(1), "JPEG")
+    upload = {"file": ("cell.jpg", jpeg, "image/jpeg")}
+    with httpx.Client(base_url=auth_server["url"], timeout=30) as client:
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["auth"] == "bearer"
+        assert_unauthorized(client.post("/v1/classify", files=upload))
+        assert_unauthorized(client.post("/v1/classify", files=upload, headers=bearer(WRONG)),
+                            wrong=True)
+        good = client.post("/v1/classify", files=upload, headers=bearer(TOKEN))
+        assert good.status_code == 200, good.text
+        assert set(good.json()) == {"class", "probabilities", "model_id", "disclaimer"}
+        assert_error(client.post("/v1/classify", headers=bearer(TOKEN),
+                                 files={"file": ("x.png", b"not a png", "image/png")}),
+                     400, "not an image")
+        assert_unauthorized(client.get("/docs"))
+        assert client.get("/docs", headers=bearer(TOKEN)).status_code == 200
+    assert auth_server["proc"].poll() is None
+    log = auth_server["log"].read_text()
+    assert "auth: bearer token from $LEUKOCYTE_SERVE_TOKEN" in log
+    assert '"POST /v1/classify HTTP/1.1" 401' in log and '"POST /v1/classify HTTP/1.1" 200' in log
+    assert TOKEN not in log and WRONG not in log
+
+
+@pytest.fixture(scope="module")
+def classifier(run_dir):
+    from leukocyte_cnn.service.app import load_classifier
+
+    loaded = load_classifier(run_dir / "fold_01" / "model.keras", run_dir / "settings.json")
+    yield loaded
+    loaded.close()
+
+
+@pytest.mark.parametrize("headers,status,wrong", [
+    ({}, 401, False),
+    (bearer(WRONG), 401, True),
+    (bearer(TOKEN[:-4]), 401, True),                     # a prefix is not the token
+    (bearer(TOKEN + "x"), 401, True),
+    ({"authorization": f"Basic {TOKEN}"}, 401, False),   # another scheme
+    ({"authorization": "Bearer"}, 401, False),           # no token after the scheme
+    ({"authorization": TOKEN}, 401, False),              # no scheme
+    ([("authorization", f"Bearer {TOKEN}"), ("authorization", f"Bearer {WRONG}")], 401, False),
+    (bearer(TOKEN), 200, False),
+    ({"authorization": f"bearer {TOKEN}"}, 200, False),  # the scheme is case-insensitive
+])
+def test_classify_needs_the_bearer_token(classifier, headers, status, wrong):
+    from leukocyte_cnn.service.app import create_app
+
+    client = client_of(create_app(classifier, token=TOKEN))
+    response = client.post("/v1/classify", headers=headers,
+                           files={"file": ("cell.jpg", encode(cell_image(0), "JPEG"),
+                                           "image/jpeg")})
+    if status == 401:
+        assert_unauthorized(response, wrong=wrong)
+    else:
+        assert response.status_code == 200, response.text
+        assert response.json()["class"] in CLASSES
+
+
+def test_only_health_is_open_and_nothing_is_read_before_the_token(classifier):
+    from leukocyte_cnn.service.app import create_app
+
+    client = client_of(create_app(classifier, max_bytes=1024, token=TOKEN))
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["auth"] == "bearer"
+    for path in ("/docs", "/openapi.json", "/nowhere"):
+        assert_unauthorized(client.get(path))
+    # Over the body limit but without the token: 401, not 413 (the body is never read) ...
+    big = {"file": ("big.jpg", bytes(4096), "image/jpeg")}
+    assert_unauthorized(client.post("/v1/classify", files=big))
+    # ... while with the token the limit answers.
+    assert_error(client.post("/v1/classify", files=big, headers=bearer(TOKEN)), 413, "limit")
+    # Without a token the app is open, and /health says so.
+    open_client = client_of(create_app(classifier))
+    assert open_client.get("/health").json()["auth"] == "none"
+    assert open_client.post("/v1/classify", files={"file": (
+        "c.jpg", encode(cell_image(1), "JPEG"), "image/jpeg")}).status_code == 200
+
+
+def test_the_token_is_compared_in_constant_time(monkeypatch):
+    """Both the right and a wrong token go through hmac.compare_digest on equal-length
+    digests, whatever the length of the token sent."""
+    from leukocyte_cnn.service import auth
+
+    calls = []
+
+    def spy(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    real = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    guard = auth.BearerAuth(app=None, token=TOKEN)
+    assert guard.problem([(b"authorization", f"Bearer {TOKEN}".encode())]) is None
+    assert guard.problem([(b"authorization", b"Bearer x")])[0].endswith("wrong bearer token")
+    assert guard.problem([(b"authorization", b"Bearer " + b"y" * 500)]) is not None
+    assert calls == [(32, 32)] * 3
+    assert TOKEN.encode() not in repr(vars(guard)).encode()  # only its digest is kept
+
+
+@pytest.mark.parametrize("host,loopback", [
+    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("[::1]", True),
+    ("localhost", True), ("LOCALHOST", True), ("::ffff:127.0.0.1", True),
+    ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("128.0.0.1", False),
+    ("example.org", False), ("localhost.example.org", False), ("", False)])
+def test_what_counts_as_loopback(host, loopback):
+    from leukocyte_cnn.service.auth import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+@pytest.fixture
+def starts(monkeypatch):
+    """serve.main's ``uvicorn.run`` replaced: records (app, host, port) instead of binding;
+    any bind beyond loopback in this process fails the test; no token in the environment."""
+    import uvicorn
+
+    from leukocyte_cnn.service.auth import is_loopback
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: calls.append(
+        {"app": app, "host": host, "port": port}))
+    real_bind = socket.socket.bind
+
+    def loopback_bind(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address[0]):
+            pytest.fail(f"bound {address} beyond loopback")
+        return real_bind(sock, address)
+
+    monkeypatch.setattr(socket.socket, "bind", loopback_bind)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    return calls
+
+
+def run_serve(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``serve.py``'s ``__main__``: main(parse_args(argv)) under run_main; (exit, out, err)."""
+    import serve
+
+    capsys.readouterr()
+    code = 0
+    try:
+        run_main(lambda: serve.main(serve.parse_args(argv)))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def token_file(folder: Path, text: str, mode: int = 0o600, name: str = "token") -> Path:
+    path = folder / name
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("case", ["public host", "public ipv6", "public name", "group-readable",
+                                  "other-readable", "group-writable", "empty file",
+                                  "blank file", "missing file", "a folder", "two lines",
+                                  "empty variable", "file and variable", "no-auth with token"])
+def test_unsafe_starts_stop_in_one_line_before_any_socket(case, starts, run_dir, tmp_path,
+                                                         monkeypatch, capsys):
+    """Each refusal: exit 2, one ``error:`` line naming the problem, no traceback, the model
+    never loaded and uvicorn.run never reached."""
+    import leukocyte_cnn.service.app as app_module
+
+    monkeypatch.setattr(app_module, "resolve_model",
+                        lambda *a, **k: pytest.fail("model loaded before the auth check"))
+    good = token_file(tmp_path, TOKEN + "\n", name="good")
+    cases = {
+        "public host": (["--host", "0.0.0.0"], {}, ["--host 0.0.0.0", "not a loopback",
+                                                    "--token-file", TOKEN_ENV, "--no-auth"]),
+        "public ipv6": (["--host", "::"], {}, ["--host ::", "not a loopback"]),
+        "public name": (["--host", "example.org"], {}, ["not a loopback"]),
+        "group-readable": (["--token-file", str(token_file(tmp_path, TOKEN, 0o640, "g"))], {},
+                           [f"{tmp_path / 'g'}: token file has mode 0640", "chmod 600"]),
+        "other-readable": (["--token-file", str(token_file(tmp_path, TOKEN, 0o604, "o"))], {},
+                           ["mode 0604", f"chmod 600 {tmp_path / 'o'}"]),
+        "group-writable": (["--token-file", str(token_file(tmp_path, TOKEN, 0o620, "w"))], {},
+                           ["mode 0620", "chmod 600"]),
+        "empty file": (["--token-file", str(token_file(tmp_path, "", name="e"))], {},
+                       [f"{tmp_path / 'e'}: token file is empty"]),
+        "blank file": (["--token-file", str(token_file(tmp_path, " \n\n", name="b"))], {},
+                       [f"{tmp_path / 'b'}: token file is empty"]),
+        "missing file": (["--token-file", str(tmp_path / "nope")], {},
+                         [f"{tmp_path / 'nope'}: token file not found"]),
+        "a folder": (["--token-file", str(tmp_path)], {}, ["not a regular file"]),
+        "two lines": (["--token-file", str(token_file(tmp_path, f"{TOKEN}\n{TOKEN}\n",
+                                                      name="two"))], {},
+                      ["whitespace inside the token"]),
+        "empty variable": ([], {TOKEN_ENV: ""}, [f"${TOKEN_ENV} is empty"]),
+        "file and variable": (["--token-file", str(good)], {TOKEN_ENV: TOKEN},
+                              ["both give a token"]),
+        "no-auth with token": (["--no-auth", "--host", "0.0.0.0", "--token-file", str(good)],
+                               {}, ["--no-auth", "give one or the other"]),
+    }
+    argv, env, words = cases[case]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, out, err = run_serve(["--run", str(run_dir), *argv], capsys)
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in out + err and "serving" not in out
+    assert TOKEN not in out + err
+    assert starts == []
+
+
+def test_loopback_without_a_token_starts_open_and_quiet(starts, run_dir, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    for host in ("127.0.0.2", "localhost", "::1"):
+        code, out, err = run_serve(["--run", str(run_dir), "--host", host], capsys)
+        assert code == 0, err
+        assert f"on http://{host}:8000  auth: none" in out
+    assert [c["host"] for c in starts] == ["127.0.0.2", "localhost", "::1"]
+    assert client_of(starts[0]["app"]).get("/health").json()["auth"] == "none"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_no_auth_on_a_public_host_is_allowed_and_warns(starts, run_dir, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    code, out, err = run_serve(["--run", str(run_dir), "--host", "0.0.0.0", "--no-auth"],
+                               capsys)
+    assert code == 0, err
+    assert [(c["host"], c["port"]) for c in starts] == [("0.0.0.0", 8000)]  # recorded, not bound
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "--no-auth" in warnings[0] and "0.0.0.0:8000 without authentication" in warnings[0]
+    client = client_of(starts[0]["app"])
+    assert client.get("/health").json()["auth"] == "none"
+    assert client.post("/v1/classify", files={"file": (
+        "c.jpg", encode(cell_image(1), "JPEG"), "image/jpeg")}).status_code == 200
+
+
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_the_token_appears_in_no_log_output_or_answer(source, starts, run_dir, tmp_path,
+                                                      monkeypatch, capsys, caplog):
+    """serve.main on a public host with the token, then every kind of answer through the app
+    it would serve: no log record, no line on stdout/stderr, no body or header has it."""
+    caplog.set_level(logging.DEBUG)
+    if source == "file":
+        argv = ["--token-file", str(token_file(tmp_path, TOKEN + "\n"))]
+    else:
+        argv = []
+        monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    code, out, err = run_serve(["--run", str(run_dir), "--host", "0.0.0.0", *argv], capsys)
+    assert code == 0, err
+    assert ("auth: bearer token from " + ("--token-file" if source == "file" else "$")) in out
+    client = client_of(starts[0]["app"])
+    jpeg = encode(cell_image(1), "JPEG")
+    responses = [
+        client.get("/health"),
+        client.post("/v1/classify", files={"file": ("c.jpg", jpeg, "image/jpeg")}),
+        client.post("/v1/classify", files={"file": ("c.jpg", jpeg, "image/jpeg")},
+                    headers=bearer(WRONG)),
+        client.post("/v1/classify", files={"file": ("c.jpg", jpeg, "image/jpeg")},
+                    headers={"authorization": f"Token {TOKEN}"}),
+        client.post("/v1/classify", files={"file": ("c.jpg", jpeg, "image/jpeg")},
+                    headers=bearer(TOKEN)),
+        client.post("/v1/classify", files={"file": ("e.jpg", b"", "image/jpeg")},
+                    headers=bearer(TOKEN)),
+        client.post("/v1/classify", content=b"x", headers=bearer(TOKEN)),
+    ]
+    assert [r.status_code for r in responses] == [200, 401, 401, 401, 200, 400, 415]
+    later_out, later_err = capsys.readouterr()
+    logged = "\n".join(f"{r.name} {r.getMessage()} {r.args}" for r in caplog.records)
+    answers = "\n".join(f"{r.headers} {r.text}" for r in responses)
+    for secret in (TOKEN, WRONG):
+        for where, text in (("stdout", out + later_out), ("stderr", err + later_err),
+                            ("log", logged), ("answers", answers)):
+            assert secret not in text, f"token in {where}"

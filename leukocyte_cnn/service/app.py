@@ -6,6 +6,9 @@ every response says so.
 
 What a request goes through, and why:
 
+0. Token: with a token (``serve.py --token-file``/``$LEUKOCYTE_SERVE_TOKEN``), every request
+   but ``GET /health`` needs ``Authorization: Bearer <token>``, checked before anything else
+   so that an unauthenticated upload is never read (401; :mod:`leukocyte_cnn.service.auth`).
 1. Body size: a pure ASGI guard refuses a ``Content-Length`` over the limit before reading
    and counts the bytes of bodies without one while they arrive (413), so a huge upload
    never fills memory or disk; the file part itself is checked against ``max_bytes`` too.
@@ -43,6 +46,7 @@ import numpy as np
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import file_sha256, read_json
 from leukocyte_cnn.models.checkpoints import checkpoint_class_count
+from leukocyte_cnn.service.auth import BearerAuth
 
 DISCLAIMER = "Research use only; not a medical diagnosis."
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024   # largest accepted file
@@ -345,8 +349,13 @@ def decode_upload(data: bytes, name: str, classifier: Classifier,
 
 
 def create_app(classifier: Classifier, *, max_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS):
-    """The FastAPI app: ``POST /v1/classify``, ``GET /health``, OpenAPI at ``/docs``."""
+               max_pixels: int = MAX_PIXELS, token: str | None = None):
+    """The FastAPI app: ``POST /v1/classify``, ``GET /health``, OpenAPI at ``/docs``.
+
+    ``token``: every request but ``GET /health`` must carry ``Authorization: Bearer <token>``
+    (401 otherwise); ``None`` serves without authentication (``serve.py`` allows that on
+    loopback only, or with ``--no-auth``).
+    """
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, File, Request, UploadFile
@@ -395,8 +404,9 @@ def create_app(classifier: Classifier, *, max_bytes: int = MAX_UPLOAD_BYTES,
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness and the model being served."""
-        return {"status": "ok", "model_id": classifier.model_id,
+        """Liveness, the model being served, whether requests need a token; always open."""
+        return {"status": "ok", "auth": "bearer" if token else "none",
+                "model_id": classifier.model_id,
                 "class_names": classifier.class_names,
                 "image_size": list(classifier.image_size), "disclaimer": DISCLAIMER}
 
@@ -423,8 +433,10 @@ def create_app(classifier: Classifier, *, max_bytes: int = MAX_UPLOAD_BYTES,
                                   zip(classifier.class_names, prob, strict=True)},
                 "model_id": classifier.model_id, "disclaimer": DISCLAIMER}
 
-    # Outermost: refuses oversized bodies before FastAPI parses them.
-    return BodyLimit(app, max_bytes + MULTIPART_SLACK) if max_bytes else app
+    # Refuses oversized bodies before FastAPI parses them; outside it, the token check, so that
+    # a request without the token is refused before any of its body is read.
+    guarded = BodyLimit(app, max_bytes + MULTIPART_SLACK) if max_bytes else app
+    return BearerAuth(guarded, token) if token else guarded
 
 
 def _reason(status: int) -> str:
