@@ -191,7 +191,9 @@ def test_valid_images_of_each_class(server, fmt, mode, ctype):
         response = classify(server, {"file": (f"cell{label}.{fmt.lower()}", data, ctype)})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == {"class", "probabilities", "model_id", "disclaimer"}
+        assert set(body) == {"class", "probabilities", "calibrated", "temperature", "model_id",
+                             "disclaimer"}
+        assert body["calibrated"] is False and body["temperature"] is None  # none fitted
         assert list(body["probabilities"]) == CLASSES
         assert body["class"] in CLASSES
         assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -389,7 +391,8 @@ def test_real_service_needs_the_token_and_never_logs_it(auth_server):
                             wrong=True)
         good = client.post("/v1/classify", files=upload, headers=bearer(TOKEN))
         assert good.status_code == 200, good.text
-        assert set(good.json()) == {"class", "probabilities", "model_id", "disclaimer"}
+        assert set(good.json()) == {"class", "probabilities", "calibrated", "temperature",
+                                    "model_id", "disclaimer"}
         assert_error(client.post("/v1/classify", headers=bearer(TOKEN),
                                  files={"file": ("x.png", b"not a png", "image/png")}),
                      400, "not an image")
@@ -650,3 +653,31 @@ def test_the_token_appears_in_no_log_output_or_answer(source, starts, run_dir, t
         for where, text in (("stdout", out + later_out), ("stderr", err + later_err),
                             ("log", logged), ("answers", answers)):
             assert secret not in text, f"token in {where}"
+
+
+def test_served_probabilities_are_temperature_scaled_when_the_fold_has_a_temperature(
+        tmp_path):
+    """Issue 24: the temperature fitted on the fold's validation images is stored beside its
+    checkpoint; the service applies it and says so (in each answer and in /health)."""
+    import keras
+
+    from leukocyte_cnn.inputs.pipeline import load_arrays
+    from leukocyte_cnn.reporting.calibration import apply_temperature, write_temperature
+    from leukocyte_cnn.service.app import create_app, resolve_model
+
+    run = make_run(tmp_path)
+    write_temperature(run / "fold_01", {"temperature": 2.5, "fitted_on": "validation images"})
+    classifier = resolve_model(run=str(run))
+    assert classifier.temperature == 2.5
+    path = tmp_path / "cell.jpg"
+    path.write_bytes(encode(cell_image(1, size=(61, 47), seed=3), "JPEG"))
+    model = keras.models.load_model(run / "fold_01" / "model.keras", safe_mode=True)
+    raw = model.predict(load_arrays([path], SIZE), verbose=0)
+    client = client_of(create_app(classifier))
+    body = client.post("/v1/classify", files={"file": ("cell.jpg", path.read_bytes(),
+                                                        "image/jpeg")}).json()
+    assert body["calibrated"] is True and body["temperature"] == 2.5
+    served = [body["probabilities"][c] for c in CLASSES]
+    assert served == pytest.approx(apply_temperature(raw, 2.5)[0], abs=1e-5)
+    assert served != pytest.approx(raw[0], abs=1e-3)  # scaling changed them
+    assert client.get("/health").json()["calibrated"] is True

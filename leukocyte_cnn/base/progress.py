@@ -41,7 +41,7 @@ TF_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl::InitializeLo
 BAR_INTERVAL = 0.2        # seconds between redraws of the in-epoch progress bar (terminals)
 COUNTER_INTERVAL = 10.0   # seconds between lines of a Counter
 
-_console = {"quiet": False, "verbose": False}
+_console = {"quiet": False, "verbose": False, "tensorboard": True}
 
 
 # --------------------------------------------------------------------------- console
@@ -55,9 +55,18 @@ def quiet() -> bool:
     return _console["quiet"]
 
 
-def set_console(*, quiet: bool | None = None, verbose: bool | None = None) -> None:
+def tensorboard() -> bool:
+    """Whether folds write TensorBoard logs (``fold_XX/tensorboard/``; ``--no-tensorboard``)."""
+    return _console["tensorboard"]
+
+
+def set_console(*, quiet: bool | None = None, verbose: bool | None = None,
+                tensorboard: bool | None = None) -> None:
     """``quiet``: per-fold lines only. ``verbose``: TensorFlow's own logging too; must be set
-    before TensorFlow is imported to show its C++ lines (``--verbose`` does so while parsing)."""
+    before TensorFlow is imported to show its C++ lines (``--verbose`` does so while parsing).
+    ``tensorboard``: each fold also writes TensorBoard logs (on unless ``--no-tensorboard``)."""
+    if tensorboard is not None:
+        _console["tensorboard"] = bool(tensorboard)
     if quiet is not None:
         _console["quiet"] = bool(quiet)
     if verbose is not None:

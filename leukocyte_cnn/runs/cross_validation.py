@@ -35,6 +35,8 @@ from leukocyte_cnn.reporting.metrics import (
     probabilities_from_output,
 )
 
+TENSORBOARD = "tensorboard"  # a fold's TensorBoard logs: fold_XX/tensorboard/
+
 
 @dataclasses.dataclass
 class Fold:
@@ -203,7 +205,9 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
         saved=None):
     """Train with early stopping on the validation images and keep the best weights.
 
-    Writes ``epochs.csv`` (one row per epoch) and the best checkpoint ``model.keras`` (of
+    Writes ``epochs.csv`` (one row per epoch), TensorBoard logs (``tensorboard/``: train and
+    validation scalars per epoch and the learning rate; unless ``--no-tensorboard``) and the
+    best checkpoint ``model.keras`` (of
     ``saved``, default ``model``: the network inside an ``AugmentedTrainer``), both
     atomically. Without validation images the training loss is monitored instead, and the
     epochs file says so in its ``monitor`` column.
@@ -212,12 +216,16 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
 
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[4:]
-    from leukocyte_cnn.base.progress import epoch_callback
+    from leukocyte_cnn.base.progress import epoch_callback, tensorboard
 
     callbacks = [_EpochTimer(),
                  keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
                                                restore_best_weights=True, verbose=0),
                  *extra_callbacks]
+    if tensorboard():  # the epoch scalars and the learning rate; --no-tensorboard: none
+        from leukocyte_cnn.runs.tensorboard_logs import EpochScalars
+
+        callbacks.append(EpochScalars(fold_directory / TENSORBOARD))
     if not verbose:  # Keras' own per-epoch output replaces ours when asked for
         callbacks.append(epoch_callback(epochs))
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
@@ -366,7 +374,9 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     per epoch (``epochs.csv``); the checkpoint is then saved compiled with built-in metrics
     only, so ``keras.models.load_model(safe_mode=True)`` opens it anywhere. ``timings`` join the
     fold's ``timing.json``. ``batch_size`` is the global batch: under several replicas
-    (:func:`devices.model_scope`) each step's ``batch_size`` images are split over them.
+    (:func:`devices.model_scope`) each step's ``batch_size`` images are split over them. The
+    fold's temperature (``temperature.json`` beside the checkpoint, for calibrated
+    probabilities) is fitted on its validation images' predictions, never on a test image.
     """
     from leukocyte_cnn.base.devices import (
         check_global_batch,
@@ -414,6 +424,12 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
             model.compile(optimizer=trainer.optimizer, loss=loss, metrics=["accuracy"])
         save_model(model, fold.directory / CHECKPOINT)
     trained = time.perf_counter()
+    if len(fold.val):  # temperature scaling, fitted on this fold's validation images only
+        from leukocyte_cnn.reporting.calibration import fit_fold_temperature, write_temperature
+
+        val = predict_table(model, dataset(fold.val, False), fold.val, class_names, fold.fold)
+        write_temperature(fold.directory, fit_fold_temperature(fold.test["image"], val,
+                                                               class_names))
     predictions = predict_table(model, dataset(fold.test, False), fold.test, class_names,
                                 fold.fold)
     return finish_fold(fold, predictions, class_names, {

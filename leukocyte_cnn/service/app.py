@@ -71,6 +71,7 @@ class Classifier:
     resize_method: str = "bilinear"
     keep_aspect: bool = False
     color_mode: str = "rgb"  # the run's COLOR_MODE knob: uploads are converted as in training
+    temperature: float | None = None  # the fold's fitted temperature: calibrated probabilities
     _predict_fn: Any = field(default=None, repr=False)
     _executor: ThreadPoolExecutor | None = field(default=None, repr=False)
 
@@ -86,11 +87,16 @@ class Classifier:
         self.predict(np.zeros((height, width, 3), np.float32))  # trace once, before serving
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (C,) of one float32 (H, W, 3) image in [0, 255]."""
+        """Class probabilities (C,) of one float32 (H, W, 3) image in [0, 255]; temperature
+        scaled when the checkpoint's fold has a fitted temperature."""
+        from leukocyte_cnn.reporting.calibration import apply_temperature
         from leukocyte_cnn.reporting.metrics import probabilities_from_output
 
         output = self._predict_fn(np.asarray(image, np.float32)[None]).numpy()
-        prob = probabilities_from_output(output)[0]
+        prob = probabilities_from_output(output)
+        if self.temperature is not None:
+            prob = apply_temperature(prob, self.temperature)
+        prob = prob[0]
         if prob.shape[0] != len(self.class_names):
             raise RuntimeError(f"model gives {prob.shape[0]} probabilities for "
                                f"{len(self.class_names)} classes")
@@ -176,7 +182,9 @@ def _image_size(config: dict, model, settings_path: Path) -> tuple[int, int]:
 
 
 def load_classifier(checkpoint: str | os.PathLike, settings: str | os.PathLike) -> Classifier:
-    """Load a ``.keras`` checkpoint (safe mode, no compile state) and its run settings."""
+    """Load a ``.keras`` checkpoint (safe mode, no compile state) and its run settings, and
+    the temperature fitted on its fold's validation images (``temperature.json`` beside it)
+    when there is one."""
     import keras
 
     from leukocyte_cnn.inputs.pipeline import COLOR_MODES
@@ -203,12 +211,15 @@ def load_classifier(checkpoint: str | os.PathLike, settings: str | os.PathLike) 
     if color_mode not in COLOR_MODES:
         raise InputError(f"{settings}: knob COLOR_MODE {color_mode!r} is not one of "
                          f"{', '.join(COLOR_MODES)}")
+    from leukocyte_cnn.reporting.calibration import read_temperature
+
     return Classifier(model=model, class_names=[str(n) for n in names], image_size=size,
                       model_id=model_id_for(checkpoint, checkpoint_sha256(checkpoint)),
                       checkpoint=checkpoint,
                       resize_method=str(config.get("resize_method", "bilinear")),
                       keep_aspect=bool(config.get("keep_aspect", False)),
-                      color_mode=color_mode)
+                      color_mode=color_mode,
+                      temperature=read_temperature(checkpoint.parent))
 
 
 def resolve_model(run: str | None = None, fold: int | None = None,
@@ -402,11 +413,15 @@ def create_app(classifier: Classifier, *, max_bytes: int = MAX_UPLOAD_BYTES,
     async def unexpected_handler(request: Request, exc: Exception):  # pragma: no cover
         return JSONResponse(error_body("internal error", type(exc).__name__), status_code=500)
 
+    # Whether the probabilities are temperature-scaled (fitted on the fold's validation images).
+    calibration = {"calibrated": classifier.temperature is not None,
+                   "temperature": classifier.temperature}
+
     @app.get("/health")
     async def health() -> dict:
         """Liveness, the model being served, whether requests need a token; always open."""
         return {"status": "ok", "auth": "bearer" if token else "none",
-                "model_id": classifier.model_id,
+                "model_id": classifier.model_id, **calibration,
                 "class_names": classifier.class_names,
                 "image_size": list(classifier.image_size), "disclaimer": DISCLAIMER}
 
@@ -431,7 +446,7 @@ def create_app(classifier: Classifier, *, max_bytes: int = MAX_UPLOAD_BYTES,
         return {"class": classifier.class_names[best],
                 "probabilities": {c: float(p) for c, p in
                                   zip(classifier.class_names, prob, strict=True)},
-                "model_id": classifier.model_id, "disclaimer": DISCLAIMER}
+                **calibration, "model_id": classifier.model_id, "disclaimer": DISCLAIMER}
 
     # Refuses oversized bodies before FastAPI parses them; outside it, the token check, so that
     # a request without the token is refused before any of its body is read.
