@@ -2,12 +2,16 @@
 
 Give it run folders (any script's ``results/<run>``, e.g. the main job with two seeds, or a
 run against a baseline) or study folders (each setting becomes an entry). For every entry the
-table shows pooled test accuracy and ROC-AUC with 95 % bootstrap intervals, and for every
+table shows pooled test accuracy, ROC-AUC and ECE with 95 % bootstrap intervals, and for every
 entry but the best its difference to the best one, with a 95 % interval and a paired test on
 the same test images (exact McNemar for accuracy, DeLong for a binary ROC-AUC, a paired
-bootstrap for a multiclass one; a paired t-test over seeds for studies whose entries share
-trial seeds). Runs made from other images (another dataset hash) are compared unpaired:
-intervals only, no test. Reads only ``settings.json`` and ``fold_XX/predictions.csv``.
+bootstrap for a multiclass one and for the expected calibration error (ECE, top-label, 15
+bins); a paired t-test over seeds for studies whose entries share trial seeds). Where test
+images share groups (C-NMC patients, ALL-IDB1 smears), a second table compares the
+group-level accuracy (each group's prediction is the mean of its images' probabilities),
+bootstrapped over whole groups and paired by McNemar on the same groups. Runs made from
+other images (another dataset hash) are compared unpaired: intervals only, no test. Reads
+only ``settings.json`` and ``fold_XX/predictions.csv``.
 
     python compare_runs.py results/seed0/linear_cnn_binary_synthetic_all_idb2_quick \\
         results/seed1/linear_cnn_binary_synthetic_all_idb2_quick
@@ -19,9 +23,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-METRICS = ("accuracy", "roc_auc")   # compared metrics; the first one picks the best entry
+METRICS = ("accuracy", "roc_auc", "ece")  # compared metrics; the first one picks the best entry
 OUT_DIR = "results/comparisons"     # where a comparison folder goes unless --out says
-LABELS = {"accuracy": "accuracy", "roc_auc": "ROC-AUC"}  # metric names in tables and figures
+LABELS = {"accuracy": "accuracy", "roc_auc": "ROC-AUC",  # metric names in tables and figures
+          "ece": "ECE (lower is better)"}
+GROUP_METRICS = ("accuracy",)       # compared per group (patient, smear) where groups repeat
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,6 +81,7 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.base.io import write_csv, write_text
     from leukocyte_cnn.base.knobs import resolve_settings
     from leukocyte_cnn.base.run_folder import read_settings
+    from leukocyte_cnn.reporting.calibration import expected_calibration_error
     from leukocyte_cnn.reporting.html_report import (
         esc,
         read_split_settings,
@@ -107,11 +114,13 @@ def main(args: argparse.Namespace):
                       if "trial" in t else t) for n, t in tables.items()}
 
     # 2. Intervals, differences to the best entry, paired tests.
+    functions = {"ece": expected_calibration_error}
     if paired:
         numbers = compare_to_best(tables, class_names, metrics, pair_on=("image",),
-                                  seeds_column="trial" if all_trials else None)
+                                  seeds_column="trial" if all_trials else None,
+                                  functions=functions)
     else:  # other images under the same names: no pairing, intervals only
-        numbers = pd.concat([compare_to_best({n: t}, class_names, metrics)
+        numbers = pd.concat([compare_to_best({n: t}, class_names, metrics, functions=functions)
                              for n, t in tables.items()], ignore_index=True)
         for m in metrics:
             numbers[f"{m}_test"] = "not paired: runs of different images"
@@ -143,17 +152,52 @@ def main(args: argparse.Namespace):
         lines += [f"> **Some runs used a {LEAKY_TEXT}** (column `leaky`)", ""]
     lines += [*[f"- `{n}`: `{f}`" for n, f in folders.items()], "", note, "",
               markdown_table(shown), "", f"![comparison]({figure.name})", ""]
+    sections = [("Comparison", table_html(shown) + f"<p class=note>{esc(note)}</p>")]
+    groups = compare_groups(tables, class_names, s["GROUP_METRICS"], labels, paired)
+    if groups is not None:
+        group_note = ("Per group (patient, smear or source cell: each group's prediction is "
+                      "the mean of its test images' probabilities); intervals by a bootstrap "
+                      "over groups, differences paired on the same groups (exact McNemar).")
+        write_csv(out / "comparison_groups.csv", groups[0])
+        lines += ["## Per group", "", group_note, "", markdown_table(groups[1]), ""]
+        sections.append(("Per group", table_html(groups[1])
+                         + f"<p class=note>{esc(group_note)}</p>"))
     write_text(out / "comparison.md", "\n".join(lines))
     write_report(out, title=f"Comparison of {len(tables)} runs",
                  subtitle=", ".join(tables), banner=LEAKY_TEXT if leaky else "",
                  facts=[(n, f"<code>{esc(f)}</code> — "
                             + esc(split_protocol(c, read_split_settings(c, f))))
                         for (n, f), c in zip(folders.items(), _configs_of(folders), strict=True)],
-                 sections=[("Comparison", table_html(shown) + f"<p class=note>{esc(note)}</p>")],
+                 sections=sections,
                  figures=[figure], figure_captions={"_wide": (figure.name,)})
     print(f"\n{out / 'comparison.md'}:\n\n{markdown_table(shown)}\nfigure: {figure}\n"
           f"report: {out / 'report.html'}")
     return numbers
+
+
+def compare_groups(tables: dict, class_names: list, metrics, labels: dict, paired: bool):
+    """(numbers, shown) of the group-level comparison, or None when no entry's test images
+    share groups: each entry's per-group predictions (``group_metrics.group_predictions``)
+    compared as the images are, paired on the same groups."""
+    import pandas as pd
+
+    from leukocyte_cnn.reporting.group_metrics import group_predictions, has_shared_groups
+    from leukocyte_cnn.reporting.stats import compare_to_best, shown_comparison
+
+    if not all(has_shared_groups(t) for t in tables.values()):
+        return None
+    grouped = {n: group_predictions(t, class_names) for n, t in tables.items()}
+    if paired:
+        numbers = compare_to_best(grouped, class_names, metrics, pair_on=("group",))
+    else:
+        numbers = pd.concat([compare_to_best({n: t}, class_names, metrics, pair_on=("group",))
+                             for n, t in grouped.items()], ignore_index=True)
+        numbers["best"] = numbers[metrics[0]] == numbers[metrics[0]].max()
+    shown = shown_comparison(numbers, metrics, {m: f"group {labels.get(m, m)}" for m in metrics})
+    shown.insert(1, "test groups", numbers["n_images"])
+    if not paired:
+        shown = shown[[c for c in shown.columns if not c.startswith(("Δ", "p ("))]]
+    return numbers, shown
 
 
 def _configs_of(folders: dict) -> list[dict]:

@@ -282,7 +282,7 @@ def format_p(p: float) -> str:
 def compare_to_best(predictions: dict, class_names: Sequence[str],
                     metrics: Sequence[str] = ("accuracy",), *, pair_on: Sequence[str] = ("image",),
                     seeds_column: str | None = None, n_boot: int = N_BOOTSTRAP,
-                    seed: int = SEED) -> pd.DataFrame:
+                    seed: int = SEED, functions: dict | None = None) -> pd.DataFrame:
     """Each entry's metrics with 95 % intervals, and its difference to the best entry.
 
     ``predictions`` maps a name (a setting, a run) to its predictions table (``label``,
@@ -298,8 +298,11 @@ def compare_to_best(predictions: dict, class_names: Sequence[str],
 
     Columns per metric ``m``: ``m``, ``m_ci_low``, ``m_ci_high``, ``m_diff``,
     ``m_diff_low``, ``m_diff_high``, ``m_p``, ``m_test``; plus ``name``, ``n_images`` and
-    ``best`` (True for the reference).
+    ``best`` (True for the reference). ``functions`` adds metrics by name (``f(y, prob)``,
+    e.g. the calibration error) to :data:`METRICS`; the best entry is still the one with the
+    highest first metric.
     """
+    registry = {**METRICS, **(functions or {})}
     names = list(predictions)
     columns = [f"prob_{c}" for c in class_names]
     keys = list(pair_on) + ([seeds_column] if seeds_column else [])
@@ -311,9 +314,9 @@ def compare_to_best(predictions: dict, class_names: Sequence[str],
         groups = table[list(pair_on)].astype(str).agg("/".join, axis=1).to_numpy()
         row = {"name": name, "n_images": int(table[list(pair_on)].drop_duplicates().shape[0])}
         for m in metrics:
-            row[m] = METRICS[m](y, prob)
+            row[m] = registry[m](y, prob)
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = bootstrap_ci(
-                y, prob, m, groups=groups, n_boot=n_boot, seed=seed)
+                y, prob, registry[m], groups=groups, n_boot=n_boot, seed=seed)
         values[name] = row
         rows.append(row)
     finite = [n for n in names if np.isfinite(values[n][metrics[0]])]
@@ -337,14 +340,15 @@ def compare_to_best(predictions: dict, class_names: Sequence[str],
         seeds = (sorted(merged[seeds_column].unique()) if seeds_column else [None])
         for m in metrics:
             if len(seeds) >= 2:
-                per_seed = [(METRICS[m](y[mask], prob[mask]), METRICS[m](y[mask], prob_best[mask]))
+                f = registry[m]
+                per_seed = [(f(y[mask], prob[mask]), f(y[mask], prob_best[mask]))
                             for mask in (merged[seeds_column].to_numpy() == s for s in seeds)]
                 result = paired_across_seeds([a for a, _ in per_seed], [b for _, b in per_seed])
                 row.update({f"{m}_diff": result["difference"], f"{m}_diff_low": result["ci_low"],
                             f"{m}_diff_high": result["ci_high"], f"{m}_p": result["p_ttest"],
                             f"{m}_test": f"paired t-test over {len(seeds)} seeds"})
                 continue
-            paired = paired_bootstrap(y, prob, prob_best, m, n_boot=n_boot, seed=seed)
+            paired = paired_bootstrap(y, prob, prob_best, registry[m], n_boot=n_boot, seed=seed)
             p, test = paired["p"], "paired bootstrap"
             if m == "accuracy":
                 p = mcnemar_exact(prob.argmax(1) == y, prob_best.argmax(1) == y)["p"]
