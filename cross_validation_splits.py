@@ -121,7 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace):
     """Write the split (or find the identical one already written); return its CSV path."""
     from leukocyte_cnn.base.knobs import resolve_settings
-    from leukocyte_cnn.splits.request import SplitRequest, make_split_file, parse_reader_options
+    from leukocyte_cnn.runs.experiment import make_split_file_once
+    from leukocyte_cnn.splits.request import SplitRequest, parse_reader_options
 
     s = resolve_settings(sys.modules[__name__], args, quick=False)
     request = SplitRequest(
@@ -133,7 +134,7 @@ def main(args: argparse.Namespace):
         train_sources=args.train_sources, near_duplicates=args.near_duplicates,
         near_threshold=args.near_threshold, ignore_groups=args.ignore_groups, name=args.name,
         out_dir=s["OUT_DIR"], skip_bad=args.skip_bad, check_images=not args.no_check_images)
-    csv_path = make_split_file(request)
+    csv_path = make_split_file_once(request)  # jobs started together write it once
     if args.print_path:
         print(csv_path, flush=True)
     return csv_path

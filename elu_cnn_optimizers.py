@@ -93,6 +93,7 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.runs.experiment import resolve_run
 
     run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
+    from leukocyte_cnn.base.run_folder import run_lock
     from leukocyte_cnn.reporting.comparisons import Setting, report_trials, write_comparison
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, train_classifier_fold
     from leukocyte_cnn.runs.experiment import start_run
@@ -136,14 +137,18 @@ def main(args: argparse.Namespace):
     run_trials(split, run_dir, setups, range(s["SEEDS"]), run.seed, train_fold, folds=folds,
                knobs=s)
 
-    numeric, shown = report_trials(run_dir, setups, class_names, s["CONVERGENCE_ACCURACY"])
-    return write_comparison(
-        run_dir, numeric, shown, title="ELU CNN: test accuracy per optimizer",
-        notes=[f"mean ± sample std [min, max] over {s['SEEDS']} seed(s) per optimizer; each "
-               "seed trains a newly built model", "epochs to best: epoch of the kept checkpoint "
-               f"(lowest validation loss) of at most {s['EPOCHS']}",
-               f"images {s['IMAGE_SIZE'][0]}x{s['IMAGE_SIZE'][1]}, batch {s['BATCH_SIZE']}, SGD "
-               f"momentum {s['SGD_MOMENTUM']}, dropout {s['DROPOUT']} (sgd_dropout only)"])
+    # One job's summary at a time: jobs finishing together never read each other's
+    # half-written files, and the last one's tables hold every finished trial.
+    with run_lock(run_dir, "summary of"):
+        numeric, shown = report_trials(run_dir, setups, class_names, s["CONVERGENCE_ACCURACY"])
+        return write_comparison(
+            run_dir, numeric, shown, title="ELU CNN: test accuracy per optimizer",
+            notes=[f"mean ± sample std [min, max] over {s['SEEDS']} seed(s) per optimizer; "
+                   "each seed trains a newly built model", "epochs to best: epoch of the kept "
+                   f"checkpoint (lowest validation loss) of at most {s['EPOCHS']}",
+                   f"images {s['IMAGE_SIZE'][0]}x{s['IMAGE_SIZE'][1]}, batch "
+                   f"{s['BATCH_SIZE']}, SGD momentum {s['SGD_MOMENTUM']}, dropout "
+                   f"{s['DROPOUT']} (sgd_dropout only)"])
 
 
 if __name__ == "__main__":

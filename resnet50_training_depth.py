@@ -81,6 +81,7 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.runs.experiment import resolve_run
 
     run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
+    from leukocyte_cnn.base.run_folder import run_lock
     from leukocyte_cnn.models.applications import resnet50_model
     from leukocyte_cnn.models.pretrained import (
         resolve_imagenet_weights,
@@ -138,17 +139,21 @@ def main(args: argparse.Namespace):
     run_trials(split, run_dir, setups, range(s["SEEDS"]), run.seed, train_fold, folds=folds,
                knobs=s)
 
-    numeric, shown = report_trials(run_dir, setups, class_names, s["CONVERGENCE_ACCURACY"])
-    notes = [f"backbone weights: {init}" + (" -- NOT the study's ImageNet ResNet50; numbers "
-                                             "say nothing about transfer learning"
-                                             if weights is None else ""),
-             f"mean ± sample std [min, max] over {s['SEEDS']} seed(s) per depth; "
-             f"{s['OPTIMIZER']}, images {size[0]}x{size[1]}, batch {s['BATCH_SIZE']}, "
-             f"at most {s['EPOCHS']} epochs with early stopping on validation loss",
-             "partial: BatchNorm layers of the trained stages stay frozen (ImageNet statistics)"]
-    return write_comparison(run_dir, numeric, shown,
-                            title="ResNet50: test accuracy per training depth"
-                            + (" (random init)" if weights is None else ""), notes=notes)
+    # One job's summary at a time: jobs finishing together never read each other's
+    # half-written files, and the last one's tables hold every finished trial.
+    with run_lock(run_dir, "summary of"):
+        numeric, shown = report_trials(run_dir, setups, class_names, s["CONVERGENCE_ACCURACY"])
+        notes = [f"backbone weights: {init}" + (" -- NOT the study's ImageNet ResNet50; numbers "
+                                                 "say nothing about transfer learning"
+                                                 if weights is None else ""),
+                 f"mean ± sample std [min, max] over {s['SEEDS']} seed(s) per depth; "
+                 f"{s['OPTIMIZER']}, images {size[0]}x{size[1]}, batch {s['BATCH_SIZE']}, "
+                 f"at most {s['EPOCHS']} epochs with early stopping on validation loss",
+                 "partial: BatchNorm layers of the trained stages stay frozen (ImageNet "
+                 "statistics)"]
+        return write_comparison(run_dir, numeric, shown,
+                                title="ResNet50: test accuracy per training depth"
+                                + (" (random init)" if weights is None else ""), notes=notes)
 
 
 if __name__ == "__main__":

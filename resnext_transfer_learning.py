@@ -178,6 +178,7 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
     from leukocyte_cnn.base.artifacts import canonical, fingerprint, short
     from leukocyte_cnn.base.errors import InputError
     from leukocyte_cnn.base.io import read_json
+    from leukocyte_cnn.base.locks import artifact_lock
     from leukocyte_cnn.base.provenance import provenance
     from leukocyte_cnn.base.seeding import set_seed
     from leukocyte_cnn.models.source_checkpoints import (
@@ -203,38 +204,40 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
         ["resnext", source, arch["variant"], f"{arch['image_size']}px", f"seed{run.seed}"]
         + (["quick"] if run.quick else []) + [short(fingerprint(inputs))])
     checkpoint = Path(run.results_dir) / "checkpoints" / f"{name}.keras"
-    if sidecar_path(checkpoint).exists():
-        done = read_json(sidecar_path(checkpoint))
-        if done.get("fingerprint") != fingerprint(inputs):
-            raise InputError(f"{checkpoint}: pretrained with other settings or source images "
-                             "(fingerprint differs); it is kept: choose another "
-                             "--checkpoint-name or delete it")
-        print(f"{checkpoint}: pretrained earlier from the same inputs (val accuracy "
-              f"{done.get('val_accuracy', 0):.3f}), kept", flush=True)
+    # Fold jobs started together pretrain once: the others wait, then reuse the checkpoint.
+    with artifact_lock(checkpoint, f"source checkpoint {checkpoint}"):
+        if sidecar_path(checkpoint).exists():
+            done = read_json(sidecar_path(checkpoint))
+            if done.get("fingerprint") != fingerprint(inputs):
+                raise InputError(f"{checkpoint}: pretrained with other settings or source images "
+                                 "(fingerprint differs); it is kept: choose another "
+                                 "--checkpoint-name or delete it")
+            print(f"{checkpoint}: pretrained earlier from the same inputs (val accuracy "
+                  f"{done.get('val_accuracy', 0):.3f}), kept", flush=True)
+            return checkpoint
+        print(f"pretraining {arch['variant']} on {source}: {len(train)} training, "
+              f"{len(held_out)} held-out images, classes {', '.join(names)}", flush=True)
+        fold = Fold(fold=0, train=train, val=held_out, test=held_out,
+                    directory=checkpoint.with_name(f"{name}_training"), seed=run.seed)
+        fold.directory.mkdir(parents=True, exist_ok=True)
+        set_seed(run.seed)
+        predictions = train_resnext_fold(fold, lambda: build_model(arch, len(names)),
+                                         class_names=names, settings=s, train_table=train,
+                                         xla=run.devices.xla)
+        val_accuracy = float((predictions["pred"] == predictions["label"]).mean())
+        model = keras.models.load_model(fold.directory / "model.keras", safe_mode=True)
+        metadata = {"class_names": names, "architecture": arch,
+                    "source_dataset": source, "source_data_root": args.source_data_root,
+                    "source_dataset_hash": source_hash, "held_out_method": method,
+                    "n_train": len(train), "n_val": len(held_out), "seed": run.seed,
+                    "val_accuracy": val_accuracy, "knobs": s.recorded(),
+                    "overrides": s.overrides(), "provenance": provenance(),
+                    "fingerprint": fingerprint(inputs), "fingerprint_inputs": canonical(inputs)}
+        save_source_checkpoint(model, checkpoint, metadata=metadata,
+                               images=pd.concat([train, held_out], ignore_index=True))
+        print(f"saved {checkpoint} (held-out accuracy {val_accuracy:.3f}); fine-tune with "
+              f"--source-checkpoint {checkpoint} --image-size {arch['image_size']}", flush=True)
         return checkpoint
-    print(f"pretraining {arch['variant']} on {source}: {len(train)} training, "
-          f"{len(held_out)} held-out images, classes {', '.join(names)}", flush=True)
-    fold = Fold(fold=0, train=train, val=held_out, test=held_out,
-                directory=checkpoint.with_name(f"{name}_training"), seed=run.seed)
-    fold.directory.mkdir(parents=True, exist_ok=True)
-    set_seed(run.seed)
-    predictions = train_resnext_fold(fold, lambda: build_model(arch, len(names)),
-                                     class_names=names, settings=s, train_table=train,
-                                     xla=run.devices.xla)
-    val_accuracy = float((predictions["pred"] == predictions["label"]).mean())
-    model = keras.models.load_model(fold.directory / "model.keras", safe_mode=True)
-    metadata = {"class_names": names, "architecture": arch,
-                "source_dataset": source, "source_data_root": args.source_data_root,
-                "source_dataset_hash": source_hash, "held_out_method": method,
-                "n_train": len(train), "n_val": len(held_out), "seed": run.seed,
-                "val_accuracy": val_accuracy, "knobs": s.recorded(),
-                "overrides": s.overrides(), "provenance": provenance(),
-                "fingerprint": fingerprint(inputs), "fingerprint_inputs": canonical(inputs)}
-    save_source_checkpoint(model, checkpoint, metadata=metadata,
-                           images=pd.concat([train, held_out], ignore_index=True))
-    print(f"saved {checkpoint} (held-out accuracy {val_accuracy:.3f}); fine-tune with "
-          f"--source-checkpoint {checkpoint} --image-size {arch['image_size']}", flush=True)
-    return checkpoint
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -308,6 +311,7 @@ def fine_tune(run, s, args: argparse.Namespace):
 
 def learning_curve(run, s, args: argparse.Namespace):
     """Accuracy, macro-F1, ROC-AUC vs training images per class, from scratch and by transfer."""
+    from leukocyte_cnn.base.run_folder import run_lock
     from leukocyte_cnn.reporting.learning_curve import (
         MODES,
         curve_dir,
@@ -362,15 +366,16 @@ def learning_curve(run, s, args: argparse.Namespace):
 
             run_folds(split, curve_dir(run_dir, size, mode), folds, run.seed, train_fold,
                       settings=s)
-    table = learning_curve_table(run_dir, sizes, split.class_names)
-    write_learning_curve(
-        table, run_dir, title="ResNeXt learning curve: from scratch vs transfer",
-        note=(f"Test folds of {split.csv_path.name}; per fold, the first N training images of "
-              f"each class in a seeded order (nested subsets; validation and test images "
-              f"untouched), repeated to at least {s['CURVE_EPOCH_IMAGES']} images per "
-              f"epoch, online flips and rotations, early stopping on the fold's validation "
-              f"images. Transfer: {source.path.name}, RETRAIN={s['RETRAIN']}. "
-              "Mean ± sample std over folds."))
+    with run_lock(run_dir, "learning curve of"):  # jobs finishing together: one at a time
+        table = learning_curve_table(run_dir, sizes, split.class_names)
+        write_learning_curve(
+            table, run_dir, title="ResNeXt learning curve: from scratch vs transfer",
+            note=(f"Test folds of {split.csv_path.name}; per fold, the first N training images "
+                  f"of each class in a seeded order (nested subsets; validation and test "
+                  f"images untouched), repeated to at least {s['CURVE_EPOCH_IMAGES']} images "
+                  f"per epoch, online flips and rotations, early stopping on the fold's "
+                  f"validation images. Transfer: {source.path.name}, RETRAIN={s['RETRAIN']}. "
+                  "Mean ± sample std over folds."))
     print(f"learning curve written to {run_dir / 'learning_curve.md'}", flush=True)
     return table
 

@@ -148,6 +148,7 @@ def main(args: argparse.Namespace):
 
     run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     from leukocyte_cnn.base.artifacts import record_of
+    from leukocyte_cnn.base.run_folder import run_lock
     from leukocyte_cnn.inputs.masks import ensure_otsu_masks, mask_paths, otsu_mask_root
     from leukocyte_cnn.inputs.scaling import SCALINGS as ALL_SCALINGS
     from leukocyte_cnn.inputs.scaling import (
@@ -242,33 +243,38 @@ def main(args: argparse.Namespace):
     run_trials(split, run_dir, grid, range(s["TRIALS"]), run.seed, train_fold, folds=folds,
                knobs=s)
 
-    numeric, shown = report_trials(run_dir, grid, class_names, s["CONVERGENCE_ACCURACY"])
-    best = best_per_network(numeric, networks)
-    for network, name in best.items():
-        # Feature maps of the setting's first trial for the fold's first test image (sorted
-        # by name), masked as the setting was trained.
-        setting = next(g for g in grid if g.name == name)
-        rows = split.fold(folds[0])
-        test = masked([rows[rows.role == "test"].sort_values("image").head(1)],
-                      setting.params["mask"], folds[0], {})[0]
-        plot_feature_maps(
-            trial_fold_dir(run_dir, setting.name, 0, folds[0]) / "model.keras", test.iloc[0],
-            size, run_dir / f"feature_maps_{setting.name}.png",
-            channels=s["FEATURE_MAP_CHANNELS"], inner=f"copenhagen_{network}",
-            color_mode=s["COLOR_MODE"],
-            title=f"{setting.name}: feature maps of test image {test.iloc[0]['image']}"
-                  + leaky_tag(run_config(run_dir)))
-    notes = [f"mean ± sample std [min, max] over up to {s['TRIALS']} trial(s) per setting, each "
-             f"a fresh model; {s['OPTIMIZER']} {s['LEARNING_RATE']:g}, batch {s['BATCH_SIZE']}, "
-             f"images {size[0]}x{size[1]}, at most {s['EPOCHS']} epochs, early stopping on "
-             "validation loss", "scalers fitted on the (masked) training images only",
-             f"converged: validation accuracy reached {s['CONVERGENCE_ACCURACY']:g} (twice "
-             "chance) within the epoch budget; epochs to best: epoch of the kept checkpoint",
-             "model MB: size of the saved .keras file (weights + Adam slots + scaler statistics)",
-             "best per network: " + (", ".join(f"{n} {g}" for n, g in best.items()) or "none")]
-    return write_comparison(run_dir, numeric, shown,
-                            title="Scaling x masks x CNN/FCN: test accuracy per setting",
-                            notes=notes)
+    # One job's summary at a time: jobs finishing together never read each other's
+    # half-written files, and the last one's tables hold every finished trial.
+    with run_lock(run_dir, "summary of"):
+        numeric, shown = report_trials(run_dir, grid, class_names, s["CONVERGENCE_ACCURACY"])
+        best = best_per_network(numeric, networks)
+        for network, name in best.items():
+            # Feature maps of the setting's first trial for the fold's first test image (sorted
+            # by name), masked as the setting was trained.
+            setting = next(g for g in grid if g.name == name)
+            rows = split.fold(folds[0])
+            test = masked([rows[rows.role == "test"].sort_values("image").head(1)],
+                          setting.params["mask"], folds[0], {})[0]
+            plot_feature_maps(
+                trial_fold_dir(run_dir, setting.name, 0, folds[0]) / "model.keras", test.iloc[0],
+                size, run_dir / f"feature_maps_{setting.name}.png",
+                channels=s["FEATURE_MAP_CHANNELS"], inner=f"copenhagen_{network}",
+                color_mode=s["COLOR_MODE"],
+                title=f"{setting.name}: feature maps of test image {test.iloc[0]['image']}"
+                      + leaky_tag(run_config(run_dir)))
+        notes = [f"mean ± sample std [min, max] over up to {s['TRIALS']} trial(s) per setting, "
+                 f"each a fresh model; {s['OPTIMIZER']} {s['LEARNING_RATE']:g}, batch "
+                 f"{s['BATCH_SIZE']}, images {size[0]}x{size[1]}, at most {s['EPOCHS']} "
+                 "epochs, early stopping on validation loss",
+                 "scalers fitted on the (masked) training images only",
+                 f"converged: validation accuracy reached {s['CONVERGENCE_ACCURACY']:g} (twice "
+                 "chance) within the epoch budget; epochs to best: epoch of the kept checkpoint",
+                 "model MB: size of the saved .keras file (weights + Adam slots + scaler "
+                 "statistics)",
+                 "best per network: " + (", ".join(f"{n} {g}" for n, g in best.items()) or "none")]
+        return write_comparison(run_dir, numeric, shown,
+                                title="Scaling x masks x CNN/FCN: test accuracy per setting",
+                                notes=notes)
 
 
 if __name__ == "__main__":

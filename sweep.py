@@ -90,6 +90,7 @@ def default_sweep_dir(script: Path, script_options: argparse.Namespace, results_
 
 def main(args: argparse.Namespace, script_args: list[str]) -> int:
     from leukocyte_cnn.base.knobs import resolve_settings, script_knobs
+    from leukocyte_cnn.base.run_folder import run_lock
     from leukocyte_cnn.runs.sweeps import (
         check_names_unique,
         collect_results,
@@ -139,10 +140,12 @@ def main(args: argparse.Namespace, script_args: list[str]) -> int:
                   flush=True)
             failed.append(index)
 
-    table = collect_results(sweep_dir, points, script_args)
-    table = write_report(sweep_dir, table, list(grid), s["METRIC"], script=script_path.name,
-                         script_args=script_args, n_points=len(points))
-    print((sweep_dir / "sweep.md").read_text())
+    with run_lock(sweep_dir, "summary of"):  # shards finishing together: one at a time
+        table = collect_results(sweep_dir, points, script_args)
+        table = write_report(sweep_dir, table, list(grid), s["METRIC"],
+                             script=script_path.name, script_args=script_args,
+                             n_points=len(points))
+        print((sweep_dir / "sweep.md").read_text())
     if failed:
         print(f"points {', '.join(map(str, failed))} failed; run the same command again to "
               "retry them", file=sys.stderr)

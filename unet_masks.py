@@ -85,7 +85,8 @@ def main(args: argparse.Namespace):
     run, s = resolve_run(args, sys.modules[__name__])  # devices first, then the knobs
     import pandas as pd
 
-    from leukocyte_cnn.base.run_folder import fold_dir
+    from leukocyte_cnn.base.locks import artifact_lock
+    from leukocyte_cnn.base.run_folder import fold_dir, run_lock
     from leukocyte_cnn.inputs.masks import otsu_mask_root
     from leukocyte_cnn.reporting.comparisons import LEAKY_WARNING, write_study_report
     from leukocyte_cnn.reporting.summary import markdown_table, write_table
@@ -110,26 +111,30 @@ def main(args: argparse.Namespace):
                                unet.otsu_min_votes)
     for k in folds:
         out, root = fold_dir(run_dir, k), mask_root(s["DATA_DIR"], split, k, unet, args.mask_dir)
-        if mask_set_state(root, split, k, unet) == "current" and \
-                (out / "mask_scores.csv").is_file():
-            print(f"fold {k}: finished earlier, kept ({root})", flush=True)
-            continue
-        train_fold_masks(split, k, unet, out=out, root=root, otsu_root=otsu_root,
-                         data_root=run.data_root, xla=run.devices.xla)
+        with artifact_lock(root, f"fold {k}'s U-Net masks {root}"):  # one job per mask set
+            if mask_set_state(root, split, k, unet) == "current" and \
+                    (out / "mask_scores.csv").is_file():
+                print(f"fold {k}: finished earlier, kept ({root})", flush=True)
+                continue
+            train_fold_masks(split, k, unet, out=out, root=root, otsu_root=otsu_root,
+                             data_root=run.data_root, xla=run.devices.xla)
 
-    scores = pd.concat([pd.read_csv(fold_dir(run_dir, k) / "mask_scores.csv") for k in folds],
-                       ignore_index=True)
-    table = summary_table(scores)
-    leaky = bool(split.settings.get("leaky"))
-    note = ("> **" + LEAKY_WARNING + "**\n\n" if leaky else "") + (
-        f"U-Net trained on {', '.join(sorted(set(scores['target'])))} masks of the training "
-        f"images; IoU/Dice per image at full resolution, mean ± sample std; "
-        f"threshold {unet.mask_threshold:g}; split `{split.csv_path}`")
-    write_table(table.assign(leaky=leaky), run_dir / "mask_summary", title="U-Net mask quality",
-                note=note)
-    write_study_report(run_dir, table[["comparison", "role", "images", "IoU", "Dice"]],
-                       title="U-Net mask quality", notes=[note.split("\n\n")[-1]],
-                       heading="Mask quality (IoU, Dice)")
+    # Every finished fold of the run folder (also those of other --folds jobs), one job's
+    # summary at a time: jobs that finish together never read each other's half-written files.
+    with run_lock(run_dir, "summary of"):
+        scores = pd.concat([pd.read_csv(p) for p in sorted(run_dir.glob("fold_*/mask_scores.csv"))],
+                           ignore_index=True)
+        table = summary_table(scores)
+        leaky = bool(split.settings.get("leaky"))
+        note = ("> **" + LEAKY_WARNING + "**\n\n" if leaky else "") + (
+            f"U-Net trained on {', '.join(sorted(set(scores['target'])))} masks of the training "
+            f"images; IoU/Dice per image at full resolution, mean ± sample std; "
+            f"threshold {unet.mask_threshold:g}; split `{split.csv_path}`")
+        write_table(table.assign(leaky=leaky), run_dir / "mask_summary",
+                    title="U-Net mask quality", note=note)
+        write_study_report(run_dir, table[["comparison", "role", "images", "IoU", "Dice"]],
+                           title="U-Net mask quality", notes=[note.split("\n\n")[-1]],
+                           heading="Mask quality (IoU, Dice)")
     print(f"\n{run_dir / 'mask_summary.md'}:\n\n" + markdown_table(
         table[["comparison", "role", "images", "IoU", "Dice"]]))
     return table

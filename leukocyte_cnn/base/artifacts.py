@@ -29,6 +29,7 @@ from typing import Any
 
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import _json_default, read_json, write_json
+from leukocyte_cnn.base.locks import artifact_lock
 
 SIDECAR = "fingerprint.json"
 SHORT = 10  # hex digits of the fingerprint in paths (40 bits: no accidental clash in practice)
@@ -140,14 +141,20 @@ def require_match(artifact: str | os.PathLike, inputs: Mapping[str, Any], what: 
 def keyed_folder(base: str | os.PathLike, name: str, inputs: Mapping[str, Any], kind: str,
                  what: str) -> Path:
     """The folder of the artifact made from ``inputs``: ``<base>/<name>_<fingerprint>``,
-    created with its ``fingerprint.json`` if new; one line (``InputError``) if the folder
-    there was made from other inputs (it is kept, never overwritten)."""
+    created with its ``fingerprint.json`` if new (once, under its lock: jobs asking at the
+    same moment wait and find it); one line (``InputError``) if the folder there was made
+    from other inputs (it is kept, never overwritten)."""
     root = keyed_path(base, name, inputs)
-    if root.exists():
+    if root.exists() and read_sidecar(root) is not None:
         require_match(root, inputs, what, "it is kept; delete it to re-make it")
-    else:
-        root.mkdir(parents=True)
-        write_sidecar(root, kind, inputs)
+        return root
+    # Jobs started together create it once: the others wait, then find its fingerprint.json.
+    with artifact_lock(root, f"the {what} {root}"):
+        if root.exists() and any(root.iterdir()):  # made meanwhile, or made otherwise
+            require_match(root, inputs, what, "it is kept; delete it to re-make it")
+        else:  # an empty folder is what a job killed right after mkdir leaves
+            root.mkdir(parents=True, exist_ok=True)
+            write_sidecar(root, kind, inputs)
     return root
 
 

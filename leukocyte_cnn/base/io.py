@@ -39,13 +39,16 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
 
-    The temporary name keeps the destination's suffix (Keras refuses to save ``model.keras``
-    under a name that does not end in ``.keras``).
+    The temporary name is unique and hidden, ``.<name>.<random>.tmp``, and does not end in the
+    destination's suffix, so no other job's glob of the folder (``*.png``, ``*.csv``) picks up
+    a half-written file; ``suffix`` adds one for writers that need it (Keras refuses to save
+    ``model.keras`` under a name that does not end in ``.keras``). Writers pass the format
+    explicitly (Pillow's ``format=``, matplotlib's ``format=``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp" + suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=".tmp" + (suffix or ""))
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for colleagues too
@@ -109,7 +112,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def save_model(model, path: str | os.PathLike) -> Path:
     """Save a Keras model to ``path`` (``.keras``) atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:  # Keras reads the suffix
         model.save(tmp)
     return Path(path)
 

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import ensure_writable_dir, read_json, write_csv, write_json
+from leukocyte_cnn.base.locks import artifact_lock
 from leukocyte_cnn.base.provenance import provenance
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config: dict,
-                    overrides: dict | None = None, resumable: tuple[str, ...] = ()) -> Path:
+                    overrides: dict | None = None, resumable: tuple[str, ...] = (),
+                    say: Callable[[str], None] | None = None) -> Path:
     """Create (or re-open for resume) a run folder and write its ``settings.json``:
     ``config`` (what determines the numbers, the knobs as they run among it), ``overrides``
     (which knobs differ from the script's block and what set them; not compared on resume:
@@ -32,26 +35,43 @@ def prepare_run_dir(run_dir: str | os.PathLike, config: dict,
     A folder that already holds a run with a different ``config`` is refused with one line,
     so two experiments never mix their folds in one summary. Knobs named in ``resumable``
     (e.g. a study's number of seeds: more trials extend the same study) may differ; the file
-    then records their new values.
+    then records their new values. ``settings.json`` is written once, under the run folder's
+    lock (:func:`run_lock`): jobs started together (one per fold) wait for the first one's
+    file and check theirs against it, as a resume does. ``say`` gets one line saying which.
     """
     run_dir = ensure_writable_dir(run_dir)
     settings_path = run_dir / "settings.json"
     config = json.loads(json.dumps(config, default=str, sort_keys=True))
     record = {"config": config, "overrides": overrides or {}, "provenance": provenance()}
     record = json.loads(json.dumps(record, default=str, sort_keys=True))
-    if settings_path.exists():
-        previous_record = read_json(settings_path)
-        previous = previous_record.get("config") or {}
-        if _without(previous, resumable) != _without(config, resumable):
-            raise InputError(f"{run_dir}: holds a run with different settings "
-                             f"({', '.join(_changed(previous, config)[:5])}); use another "
-                             "--run-name or delete it")
-        if previous != config:  # only resumable knobs changed: record what runs now
-            write_json(settings_path, {**previous_record, "config": config,
-                                       "overrides": record["overrides"]})
-        return run_dir
-    write_json(settings_path, record)
+    with run_lock(run_dir):
+        if settings_path.exists():
+            previous_record = read_json(settings_path)
+            previous = previous_record.get("config") or {}
+            if _without(previous, resumable) != _without(config, resumable):
+                raise InputError(f"{run_dir}: holds a run with different settings "
+                                 f"({', '.join(_changed(previous, config)[:5])}); use another "
+                                 "--run-name or delete it")
+            if previous != config:  # only resumable knobs changed: record what runs now
+                write_json(settings_path, {**previous_record, "config": config,
+                                           "overrides": record["overrides"]})
+            if say:
+                say(f"{settings_path}: the same settings (an earlier run or another job "
+                    "made it); adding to that run")
+            return run_dir
+        write_json(settings_path, record)
+    if say:
+        say(f"{settings_path}: written")
     return run_dir
+
+
+def run_lock(run_dir: str | os.PathLike, what: str = "run folder"):
+    """The lock of a run folder (``base.locks.artifact_lock``; the file
+    ``<results>/.<run>.lock`` beside it), held while ``settings.json`` is made and while a
+    summary is rebuilt: the jobs of one run never read each other's half-written tables and
+    figures, and the last job's summary holds every fold. ``what`` names it in the waiting
+    line (e.g. ``"summary of"``)."""
+    return artifact_lock(run_dir, f"{what} {run_dir}")
 
 
 def _without(config: dict, knobs: tuple[str, ...]) -> dict:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import atomic_path, write_json, write_text
+from leukocyte_cnn.base.locks import artifact_lock
 from leukocyte_cnn.data.synthetic_render import CELL_CLASSES, render_cell, render_smear
 
 KINDS = ("all_idb2", "multiclass", "kaggle", "all_idb1", "cnmc")
@@ -420,8 +421,16 @@ def ensure_synthetic(kind: str, data_dir: str | os.PathLike = "data", seed: int 
     parameters (a stale set is replaced atomically, never reused)."""
     root = synthetic_root(kind, data_dir, seed, **size_options)
     options = _options(kind, size_options, root)
-    stale = _stale_reason(root, kind, seed, options)
-    if stale is not None:
+    if _stale_reason(root, kind, seed, options) is None:
+        return root
+    # Jobs started together (one per fold) wait for the first one's set instead of each
+    # rendering their own (base.locks); generate() stays atomic for jobs the lock cannot see.
+    with artifact_lock(root, f"synthetic {kind} set {root}") as waited:
+        stale = _stale_reason(root, kind, seed, options)
+        if stale is None:
+            if waited:
+                print(f"synthetic {kind} set in {root}: made by another job, reused", flush=True)
+            return root
         if root.exists() and stale != "no .complete marker":
             print(f"synthetic {kind} set in {root} is stale ({stale}); regenerating", flush=True)
         start = time.perf_counter()
@@ -431,8 +440,8 @@ def ensure_synthetic(kind: str, data_dir: str | os.PathLike = "data", seed: int 
             if _stale_reason(root, kind, seed, options) is None:  # another process was first
                 return root
             raise InputError(f"{root}: cannot write the synthetic set ({exc})") from None
-        print(f"generated synthetic {kind} set in {root} ({time.perf_counter() - start:.1f} s)",
-              flush=True)
+    print(f"generated synthetic {kind} set in {root} ({time.perf_counter() - start:.1f} s)",
+          flush=True)
     return root
 
 

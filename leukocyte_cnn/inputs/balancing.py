@@ -90,8 +90,7 @@ def balance_fold(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
     manifest has one row per written image: ``image`` (path relative to ``out_root``),
     ``source_image``, ``label``, ``class_name``, ``params`` (JSON of the transform).
     """
-    from leukocyte_cnn.data.images import load_rgb, save_rgb
-    from leukocyte_cnn.inputs.augment import apply_transform, plan_balancing
+    from leukocyte_cnn.base.locks import artifact_lock
 
     if "role" in train and (train["role"] != "train").any():
         raise ValueError("balance_fold was given non-training images")
@@ -99,6 +98,25 @@ def balance_fold(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
     manifest_path = fold_root / MANIFEST
     if manifest_path.exists():
         return pd.read_csv(manifest_path, dtype={"image": str, "source_image": str})
+    # Two jobs on one fold (linear_cnn_da.py and a training script, or a repeated --folds)
+    # balance it once: the second waits, then reads the first one's manifest.
+    with artifact_lock(fold_root, f"fold {fold}'s balanced images {fold_root}"):
+        if manifest_path.exists():
+            return pd.read_csv(manifest_path, dtype={"image": str, "source_image": str})
+        return _write_balanced_fold(train, fold, out_root, target_per_class=target_per_class,
+                                    seed=seed, image_size=image_size, shifts=shifts,
+                                    zoom=zoom, stain=stain, workers=workers)
+
+
+def _write_balanced_fold(train: pd.DataFrame, fold: int, out_root: str | os.PathLike, *,
+                         target_per_class: int, seed: int, image_size: tuple[int, int] | None,
+                         shifts: float, zoom: float, stain: float, workers: int
+                         ) -> pd.DataFrame:
+    """The writing part of :func:`balance_fold` (under the fold's lock)."""
+    from leukocyte_cnn.data.images import load_rgb, save_rgb
+    from leukocyte_cnn.inputs.augment import apply_transform, plan_balancing
+
+    manifest_path = augmented_fold_dir(out_root, fold) / MANIFEST
     rng = np.random.default_rng([seed, fold])
     plan = plan_balancing(train, target_per_class, rng, shifts=shifts, zoom=zoom, stain=stain)
     sources = dict(zip(train["image"], train["path"], strict=True))

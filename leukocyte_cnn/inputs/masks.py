@@ -211,17 +211,20 @@ def ensure_otsu_masks(table: pd.DataFrame, mask_root: str | os.PathLike, *,
     Each mask depends on its own image only (nothing is fitted), so masks of test images are
     as legitimate as those of training images, and existing files are simply reused.
     """
+    from leukocyte_cnn.base.locks import artifact_lock
     from leukocyte_cnn.base.progress import counted
     from leukocyte_cnn.data.images import load_rgb
 
-    paths = []
-    for image_key, path in counted(list(zip(table["image"], table["path"], strict=True)),
-                                   "Otsu masks"):
-        target = mask_file(mask_root, image_key)
-        if not target.is_file():
-            write_mask(target, otsu_mask(load_rgb(path), min_votes=min_votes, fill_max=fill_max))
-        paths.append(str(target.resolve()))
-    return paths
+    pairs = list(zip(table["image"], table["path"], strict=True))
+    if not all(mask_file(mask_root, key).is_file() for key, _ in pairs):
+        # Jobs started together write each mask once: the others wait, then find them.
+        with artifact_lock(mask_root, f"Otsu masks {mask_root}"):
+            for image_key, path in counted(pairs, "Otsu masks"):
+                target = mask_file(mask_root, image_key)
+                if not target.is_file():
+                    write_mask(target, otsu_mask(load_rgb(path), min_votes=min_votes,
+                                                 fill_max=fill_max))
+    return [str(mask_file(mask_root, key).resolve()) for key, _ in pairs]
 
 
 def truth_mask_column(table: pd.DataFrame, dataset: str, data_root, reader_options: dict

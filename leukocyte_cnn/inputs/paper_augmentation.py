@@ -116,10 +116,6 @@ def write_training_set(train: pd.DataFrame, out_root: str | os.PathLike, fold: i
     stored in ``augmentation.json``. A fold whose manifest exists is reused after checking
     that its sources are exactly these training images.
     """
-    from leukocyte_cnn.data.images import save_rgb
-    from leukocyte_cnn.inputs.augment import apply_transform
-    from leukocyte_cnn.inputs.pipeline import load_image
-
     if "role" in train and (train["role"] != "train").any():
         raise ValueError("write_training_set was given non-training images")
     out_root = Path(out_root)
@@ -129,11 +125,29 @@ def write_training_set(train: pd.DataFrame, out_root: str | os.PathLike, fold: i
                          "delete the folder or use another output folder")
     fold_root = out_root / f"fold_{fold:02d}"
     manifest_path = fold_root / MANIFEST
-    if manifest_path.exists():
-        manifest = pd.read_csv(manifest_path, dtype={"image": str, "source_image": str})
-        check_sources(manifest, train, manifest_path)
-        return manifest
-    write_json(settings_path, settings)
+    if not manifest_path.exists():
+        from leukocyte_cnn.base.locks import artifact_lock
+
+        # Jobs on one fold at the same moment write it once: the others wait and reuse it.
+        with artifact_lock(fold_root, f"fold {fold}'s augmented images {fold_root}"):
+            if not manifest_path.exists():
+                return _write_fold(train, out_root, fold, settings=settings, seed=seed,
+                                   workers=workers)
+    manifest = pd.read_csv(manifest_path, dtype={"image": str, "source_image": str})
+    check_sources(manifest, train, manifest_path)
+    return manifest
+
+
+def _write_fold(train: pd.DataFrame, out_root: Path, fold: int, *, settings: dict, seed: int,
+                workers: int) -> pd.DataFrame:
+    """The writing part of :func:`write_training_set` (under the fold's lock)."""
+    from leukocyte_cnn.data.images import save_rgb
+    from leukocyte_cnn.inputs.augment import apply_transform
+    from leukocyte_cnn.inputs.pipeline import load_image
+
+    fold_root = out_root / f"fold_{fold:02d}"
+    manifest_path = fold_root / MANIFEST
+    write_json(out_root / SETTINGS, settings)
     size = tuple(settings["image_size"])
     plan = plan_variants(train, settings["n_rotations"], np.random.default_rng([seed, fold]),
                          image_size=size, blur_sigma=settings["blur_sigma"],

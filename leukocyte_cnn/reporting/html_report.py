@@ -224,9 +224,10 @@ def provenance_table(provenance: dict) -> pd.DataFrame:
 
 
 def figures_in(folder: str | os.PathLike, first: Iterable[str] = ()) -> list[Path]:
-    """The PNGs of a folder (not of its subfolders): ``first`` in that order, then the rest."""
+    """The PNGs of a folder (not of its subfolders): ``first`` in that order, then the rest.
+    Hidden files (another job's temporary ``.<name>.<random>.tmp``) are never among them."""
     folder = Path(folder)
-    found = sorted(p for p in folder.glob("*.png") if p.is_file())
+    found = sorted(p for p in folder.glob("*.png") if p.is_file() and not p.name.startswith("."))
     ordered = [folder / name for name in first if (folder / name) in found]
     return ordered + [p for p in found if p not in ordered]
 

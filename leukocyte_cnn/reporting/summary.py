@@ -21,6 +21,7 @@ from leukocyte_cnn.base.run_folder import (
     check_fold_chain,
     load_predictions,
     read_settings,
+    run_lock,
 )
 from leukocyte_cnn.reporting.html_report import REPORT
 from leukocyte_cnn.reporting.metrics import (
@@ -189,8 +190,17 @@ def plot_learning_curves(run_dir: str | os.PathLike, path: str | os.PathLike,
 
 
 def summarize_run(run_dir: str | os.PathLike, quiet: bool = False) -> pd.DataFrame:
-    """Rebuild ``summary.csv``/``summary.md`` and figures from the run's fold files."""
-    run_dir = Path(run_dir)
+    """Rebuild ``summary.csv``/``summary.md`` and figures from the run's fold files.
+
+    Under the run folder's lock (``run_folder.run_lock``): fold jobs that finish together
+    rebuild the summary one after the other, each from the folds finished by then, so every
+    summary is whole and consistent and the last one holds every fold."""
+    with run_lock(run_dir, "summary of"):
+        return _summarize_run(Path(run_dir), quiet)
+
+
+def _summarize_run(run_dir: Path, quiet: bool) -> pd.DataFrame:
+    """:func:`summarize_run` with the run folder's lock held."""
     settings = read_settings(run_dir)
     config = settings["config"]
     class_names = list(config["class_names"])

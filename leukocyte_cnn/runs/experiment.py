@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from leukocyte_cnn.base.devices import DeviceRequest, device_settings
@@ -60,6 +60,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, default_dataset: st
     parser.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="few folds, few epochs, small images: a smoke run in minutes on a CPU")
+    parser.add_argument("--no-tensorboard", action="store_true",
+                        help="do not write TensorBoard logs (fold_XX/tensorboard/: the scalars "
+                             "of every epoch and the learning rate; on by default)")
     from leukocyte_cnn.base.progress import add_console_arguments
 
     add_console_arguments(parser)  # --quiet, --verbose
@@ -84,6 +87,7 @@ class RunOptions:
     seed: int = 0
     quick: bool = False
     quiet: bool = False
+    tensorboard: bool = True
     devices: DeviceRequest = DeviceRequest()
 
     @classmethod
@@ -95,6 +99,7 @@ class RunOptions:
                    run_name=args.run_name, results_dir=args.results_dir,
                    folds=getattr(args, "folds", None), seed=args.seed, quick=bool(args.quick),
                    quiet=bool(getattr(args, "quiet", False)),
+                   tensorboard=not getattr(args, "no_tensorboard", False),
                    devices=DeviceRequest.from_args(args))
 
     def with_changes(self, **changes) -> RunOptions:
@@ -167,7 +172,23 @@ def resolve_split(run: RunOptions, *, method: str | None, val_fraction: float,
         return split
     request = split_request(run, method=method, val_fraction=val_fraction,
                             min_images=min_images, data_dir=data_dir, **options)
-    return load_split(make_split_file(request), data_root=run.data_root)
+    return load_split(make_split_file_once(request), data_root=run.data_root)
+
+
+def make_split_file_once(request: SplitRequest, say: Callable[[str], None] = print) -> Path:
+    """:func:`splits.request.make_split_file` under the lock of ``request``
+    (``base.locks``): jobs started together (one per fold) that ask for the same split wait
+    for the first one's file and reuse it (its fingerprint matches) instead of each writing
+    it. The lock file lies beside the split folder, ``data/.splits_<dataset>_<fingerprint of
+    the request>.lock``, so a split that fails (a bad file name) leaves no split folder."""
+    from leukocyte_cnn.base.artifacts import keyed_path
+    from leukocyte_cnn.base.locks import artifact_lock
+
+    out_dir = Path(request.out_dir)
+    fields = json.loads(json.dumps(dataclasses.asdict(request), default=str, sort_keys=True))
+    key = keyed_path(out_dir.parent, f"{out_dir.name}_{request.dataset}", fields)
+    with artifact_lock(key, f"the split of {request.dataset} in {request.out_dir}", say=say):
+        return make_split_file(request, say=say)
 
 
 def resolve_protocol_split(run: RunOptions, settings: Settings, **options):
@@ -241,8 +262,9 @@ def start_run(run: RunOptions, script: str, *, settings: Settings, split, title:
               "seed": run.seed, "quick": bool(run.quick), "knobs": settings.recorded(),
               **(extra or {}), **device_settings(run.devices)}
     run_dir = prepare_run_dir(run.run_dir(script), config, overrides=settings.overrides(),
-                              resumable=tuple(resumable))
-    set_console(quiet=run.quiet)
+                              resumable=tuple(resumable),
+                              say=lambda line: print(line, flush=True))
+    set_console(quiet=run.quiet, tensorboard=run.tensorboard)
     print(f"run folder {run_dir} ({title})", flush=True)
     if not run.quiet:
         print(run_header(split, class_names, dataset=run.dataset, data_root=run.data_root,

@@ -87,9 +87,16 @@ def rebuild_learning_curve(run_dir: str | os.PathLike) -> pd.DataFrame:
     sizes whose points are complete (a run stopped early, or still running, gets the curve
     it has so far; the table says which sizes are missing). Folds of another split file are
     refused, as for any run."""
+    from leukocyte_cnn.base.run_folder import run_lock
+
+    with run_lock(run_dir, "learning curve of"):  # jobs finishing together: one at a time
+        return _rebuild_learning_curve(Path(run_dir))
+
+
+def _rebuild_learning_curve(run_dir: Path) -> pd.DataFrame:
+    """:func:`rebuild_learning_curve` with the run folder's lock held."""
     from leukocyte_cnn.base.run_folder import check_fold_chain, read_settings
 
-    run_dir = Path(run_dir)
     config = read_settings(run_dir)["config"]
     sizes = [int(s) for s in config.get("train_sizes") or []]
     if not sizes:

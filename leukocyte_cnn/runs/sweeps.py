@@ -37,6 +37,7 @@ import pandas as pd
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.base.io import read_json, write_csv, write_json, write_text
 from leukocyte_cnn.base.knobs import ENV_VAR, parse_text
+from leukocyte_cnn.base.run_folder import run_lock
 
 SWEEP_FILE = "sweep.json"        # the sweep's script, script options and grid
 POINT_DONE = "sweep_point.json"  # written into a point's run folder when it finished
@@ -173,14 +174,16 @@ def open_sweep(sweep_dir: Path, script: str, script_args: Sequence[str],
     record = {"script": script, "script_args": list(script_args),
               "grid": {k: list(v) for k, v in grid.items()}}
     path = sweep_dir / SWEEP_FILE
-    if path.exists():
-        previous = read_json(path)
-        for key in ("script", "script_args"):
-            if previous.get(key) != record[key]:
-                raise InputError(f"{sweep_dir}: holds a sweep of {previous.get('script')} "
-                                 f"with options {' '.join(previous.get('script_args', []))!r}; "
-                                 "use another --sweep-dir")
-    write_json(path, json.loads(json.dumps(record)))
+    with run_lock(sweep_dir):  # shards started together: one checks and writes at a time
+        if path.exists():
+            previous = read_json(path)
+            for key in ("script", "script_args"):
+                if previous.get(key) != record[key]:
+                    raise InputError(f"{sweep_dir}: holds a sweep of {previous.get('script')} "
+                                     f"with options "
+                                     f"{' '.join(previous.get('script_args', []))!r}; "
+                                     "use another --sweep-dir")
+        write_json(path, json.loads(json.dumps(record)))
     return sweep_dir
 
 

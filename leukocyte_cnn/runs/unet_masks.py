@@ -271,16 +271,21 @@ def ensure_unet_masks(split, fold: int, unet: UNetSettings, *, data_dir, work_di
                       data_root, mask_dir=None, xla: bool = False) -> Path:
     """The mask folder of ``fold`` made with ``unet``: reused when current, else trained now
     (the U-Net's files go to ``work_dir/fold_XX``)."""
+    from leukocyte_cnn.base.locks import artifact_lock
     from leukocyte_cnn.inputs.masks import otsu_mask_root
 
     root = mask_root(data_dir, split, fold, unet, mask_dir)
     if mask_set_state(root, split, fold, unet) == "current":
         return root
-    print(f"no U-Net masks in {root} yet: training the U-Net of fold {fold}", flush=True)
-    otsu_root = otsu_mask_root(data_dir, split.settings["dataset"],
-                               split.settings.get("dataset_hash"), unet.otsu_min_votes)
-    train_fold_masks(split, fold, unet, out=Path(work_dir) / f"fold_{fold:02d}", root=root,
-                     otsu_root=otsu_root, data_root=data_root, xla=xla)
+    # Jobs started together train this fold's U-Net once: the others wait, then reuse it.
+    with artifact_lock(root, f"fold {fold}'s U-Net masks {root}"):
+        if mask_set_state(root, split, fold, unet) == "current":
+            return root
+        print(f"no U-Net masks in {root} yet: training the U-Net of fold {fold}", flush=True)
+        otsu_root = otsu_mask_root(data_dir, split.settings["dataset"],
+                                   split.settings.get("dataset_hash"), unet.otsu_min_votes)
+        train_fold_masks(split, fold, unet, out=Path(work_dir) / f"fold_{fold:02d}",
+                         root=root, otsu_root=otsu_root, data_root=data_root, xla=xla)
     return root
 
 
