@@ -491,6 +491,31 @@ def test_predefined_split_sets_aside_training_copies_of_test_images(kaggle_with_
     assert not check_leakage.main(check_leakage.parse_args([str(out / "leaky.csv")])).clean
 
 
+def test_no_copies_are_set_aside_when_they_would_take_most_of_a_class(tmp_path, capsys):
+    """Images too alike for the copy check (here: every TRAIN image is a mirrored copy of a
+    TEST image) would empty the training set: nothing is set aside, one line says why."""
+    import cross_validation_splits as cvs
+
+    root = tmp_path / "kaggle"
+    for label, name in enumerate(KAGGLE):
+        train, test = (root / "dataset2-master/images" / s / name for s in ("TRAIN", "TEST"))
+        train.mkdir(parents=True)
+        test.mkdir(parents=True)
+        for c in range(4):
+            image = smear(700 + 10 * label + c, size=(96, 96))
+            Image.fromarray(image).save(test / f"_0_{100 * label + c}.jpeg", quality=92)
+            Image.fromarray(np.ascontiguousarray(image[:, ::-1])).save(
+                train / f"_1_{100 * label + c}.jpeg", quality=92)
+    out = tmp_path / "splits"
+    cvs.main(cvs.parse_args(["--dataset", "kaggle", "--data-root", str(root), "--out-dir",
+                             str(out), "--name", "alike"]))
+    said = capsys.readouterr().out
+    assert "too alike for the copy check, so none is set aside" in said
+    split = pd.read_csv(out / "alike.csv")
+    assert not (split["role"] == "excluded").any()
+    assert json.loads((out / "alike.json").read_text())["set_aside"] == {}
+
+
 def test_only_verified_copies_are_joined_even_when_every_pair_is_screened(kaggle_with_copies):
     """At a 64-bit hash threshold every pair is a candidate (the old hash-only grouping chained
     whole classes together); pixel verification joins exactly each cell's three copies."""

@@ -424,7 +424,9 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
             model.compile(optimizer=trainer.optimizer, loss=loss, metrics=["accuracy"])
         save_model(model, fold.directory / CHECKPOINT)
     trained = time.perf_counter()
-    if len(fold.val):  # temperature scaling, fitted on this fold's validation images only
+    # Temperature scaling, fitted on this fold's validation images only; none where the
+    # validation images are the test images (a source model's held-out part does both).
+    if len(fold.val) and not fold.val["image"].isin(set(fold.test["image"])).any():
         from leukocyte_cnn.reporting.calibration import fit_fold_temperature, write_temperature
 
         val = predict_table(model, dataset(fold.val, False), fold.val, class_names, fold.fold)

@@ -220,16 +220,33 @@ def split_inputs(request: SplitRequest, method: str, dataset_hash: str, table) -
     return inputs
 
 
-def set_aside_copies_of_test(split, table, threshold: int, cache: dict) -> dict[str, str]:
+# More than this share of a class's training images "copies" of test images means the images
+# are too alike for the copy check (look-alikes chain, as in near_duplicate_groups' cap): then
+# nothing is set aside, and the audit (check_leakage.py) is left to show the pairs.
+MAX_SET_ASIDE_SHARE = 0.5
+
+
+def set_aside_copies_of_test(split, table, threshold: int, cache: dict,
+                             say: Callable[[str], None] = print) -> dict[str, str]:
     """For a split by the owner's TRAIN/TEST (one fold): the training and validation images
     that are verified copies of a test image, with the reason (:func:`copies_of_test`, which
     finds copies as the leakage audit does, over the images the split uses). ``{}`` for the
-    owner's folds (C-NMC): there each image tests one fold and trains the others."""
+    owner's folds (C-NMC): there each image tests one fold and trains the others; and when
+    the copies would take more than ``MAX_SET_ASIDE_SHARE`` of a class's training images (one
+    line says so)."""
     if split.loc[split["fold"] >= 0, "fold"].nunique() != 1:
         return {}
-    rows = split[split["role"].isin(["train", "val", "test"])][["image", "role"]]
+    rows = split[split["role"].isin(["train", "val", "test"])][["image", "role", "class_name"]]
     rows = rows.merge(table[["image", "path"]], on="image", how="left")
-    return copies_of_test(rows, threshold, cache=cache)
+    aside = copies_of_test(rows, threshold, cache=cache)
+    training = rows[rows["role"] != "test"]
+    share = training["image"].isin(set(aside)).groupby(training["class_name"]).mean()
+    if len(share) and share.max() > MAX_SET_ASIDE_SHARE:
+        say(f"note: {len(aside)} training images look like copies of test images, "
+            f"{share.max():.0%} of class {share.idxmax()}: these images are too alike for the "
+            "copy check, so none is set aside (check_leakage.py shows the pairs)")
+        return {}
+    return aside
 
 
 def existing_split(csv_path: Path, inputs: dict, named: bool) -> Path | None:
@@ -315,7 +332,7 @@ def make_split_file(request: SplitRequest, say: Callable[[str], None] = print) -
     split = make_split(table, method, **how)
     aside = None
     if near is not None and method == "predefined":
-        aside = set_aside_copies_of_test(split, table, threshold, cache)
+        aside = set_aside_copies_of_test(split, table, threshold, cache, say)
         if aside:  # made again without them: validation is carved from what is left
             split = make_split(table, method, set_aside=list(aside), **how)
     if near is not None and request.val_fraction > 0:
