@@ -378,15 +378,21 @@ def test_kaggle_owner_split_has_no_train_test_copies_but_a_random_resplit_does(t
 KAGGLE = ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
 
 
+def kaggle_folders(root, name):
+    """The TRAIN and TEST folders of one class in the Kaggle layout under ``root``, made."""
+    folders = [root / "dataset2-master/images" / part / name for part in ("TRAIN", "TEST")]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    return folders
+
+
 def make_kaggle_with_copies(tmp_path):
     """A Kaggle-layout set whose TRAIN holds 3 copies (plain, mirrored, rotated 90°) of 5
     cells per class, and whose TEST holds other cells plus one rotated copy of a TRAIN cell
     (the ``kaggle_with_copies`` fixture of conftest.py)."""
     root = tmp_path / "kaggle"
     for label, name in enumerate(KAGGLE):
-        train, test = (root / "dataset2-master/images" / s / name for s in ("TRAIN", "TEST"))
-        train.mkdir(parents=True)
-        test.mkdir(parents=True)
+        train, test = kaggle_folders(root, name)
         for c in range(5):
             image = smear(300 + 10 * label + c, size=(96, 96))
             for k, copy in enumerate((image, image[:, ::-1], np.rot90(image))):
@@ -498,9 +504,7 @@ def test_no_copies_are_set_aside_when_they_would_take_most_of_a_class(tmp_path, 
 
     root = tmp_path / "kaggle"
     for label, name in enumerate(KAGGLE):
-        train, test = (root / "dataset2-master/images" / s / name for s in ("TRAIN", "TEST"))
-        train.mkdir(parents=True)
-        test.mkdir(parents=True)
+        train, test = kaggle_folders(root, name)
         for c in range(4):
             image = smear(700 + 10 * label + c, size=(96, 96))
             Image.fromarray(image).save(test / f"_0_{100 * label + c}.jpeg", quality=92)

@@ -26,7 +26,6 @@ import pytest
 import reference_networks as ref
 from PIL import Image
 
-from leukocyte_cnn.base.cli import run_main
 from leukocyte_cnn.base.errors import InputError
 from leukocyte_cnn.service.auth import TOKEN_ENV
 
@@ -517,16 +516,9 @@ def starts(monkeypatch):
 
 def run_serve(argv: list[str], capsys) -> tuple[int, str, str]:
     """``serve.py``'s ``__main__``: main(parse_args(argv)) under run_main; (exit, out, err)."""
-    import serve
+    from test_reliability import run_script
 
-    capsys.readouterr()
-    code = 0
-    try:
-        run_main(lambda: serve.main(serve.parse_args(argv)))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_script("serve", argv, capsys)
 
 
 def token_file(folder: Path, text: str, mode: int = 0o600, name: str = "token") -> Path:

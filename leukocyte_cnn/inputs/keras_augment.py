@@ -22,6 +22,8 @@ import math
 import keras
 import tensorflow as tf
 
+from leukocyte_cnn.inputs.step_augment import geometry_config, set_geometry
+
 
 def affine_matrices(angle_deg, hflip, vflip, zoom, shear_deg, dx, dy, height: int, width: int):
     """``ImageProjectiveTransformV3`` rows (B, 8) for per-image parameters (each shape (B,)).
@@ -86,23 +88,8 @@ class RandomAffine(keras.layers.Layer):
                  shear: float = 0.0, fill_mode: str = "reflect", seed: int | None = None,
                  **kwargs):
         super().__init__(**kwargs)
-        if shear and not 0 < abs(shear) < 45:
-            raise ValueError(f"shear must be within (0, 45) degrees, got {shear}")
-        if zoom and not 0 < zoom < 1:
-            raise ValueError(f"zoom must be within (0, 1), got {zoom}")
-        if shift and not 0 < shift < 1:
-            raise ValueError(f"shift must be within (0, 1), got {shift}")
-        if fill_mode not in ("reflect", "constant", "nearest", "wrap"):
-            raise ValueError(f"fill_mode must be reflect/constant/nearest/wrap, got {fill_mode!r}")
-        self.rotation_degrees = abs(float(rotation_degrees))
-        self.horizontal_flip = bool(horizontal_flip)
-        self.vertical_flip = bool(vertical_flip)
-        self.shift = float(shift)
-        self.zoom = float(zoom)
-        self.shear = abs(float(shear))
-        self.fill_mode = fill_mode
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        set_geometry(self, rotation_degrees, horizontal_flip, vertical_flip, shift, zoom, shear,
+                     fill_mode, seed)
 
     @property
     def resamples(self) -> bool:
@@ -144,9 +131,4 @@ class RandomAffine(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        config = super().get_config()
-        config.update(rotation_degrees=self.rotation_degrees,
-                      horizontal_flip=self.horizontal_flip, vertical_flip=self.vertical_flip,
-                      shift=self.shift, zoom=self.zoom, shear=self.shear,
-                      fill_mode=self.fill_mode, seed=self.seed)
-        return config
+        return {**super().get_config(), **geometry_config(self)}

@@ -53,6 +53,32 @@ def affine_transforms(angle_deg, hflip, vflip, zoom, shear_deg, dx, dy, height, 
                       m10, m11, cy + m10 * ox + m11 * oy, zeros, zeros], axis=1)
 
 
+def set_geometry(layer, rotation_degrees, horizontal_flip, vertical_flip, shift, zoom, shear,
+                 fill_mode, seed) -> None:
+    """Check and set a random affine layer's geometry (this module's layer and the pipeline's
+    ``keras_augment.RandomAffine`` take the same arguments) and its seed generator."""
+    if shear and not 0 < abs(shear) < 45:
+        raise ValueError(f"shear must be within (0, 45) degrees, got {shear}")
+    for name, value in (("zoom", zoom), ("shift", shift)):
+        if value and not 0 < value < 1:
+            raise ValueError(f"{name} must be within (0, 1), got {value}")
+    if fill_mode not in ("reflect", "constant", "nearest", "wrap"):
+        raise ValueError(f"fill_mode must be reflect/constant/nearest/wrap, got {fill_mode!r}")
+    layer.rotation_degrees = abs(float(rotation_degrees))
+    layer.horizontal_flip, layer.vertical_flip = bool(horizontal_flip), bool(vertical_flip)
+    layer.shift, layer.zoom, layer.shear = float(shift), float(zoom), abs(float(shear))
+    layer.fill_mode = fill_mode
+    layer.seed = seed
+    layer.seed_generator = keras.random.SeedGenerator(seed)
+
+
+def geometry_config(layer) -> dict:
+    """The arguments :func:`set_geometry` set, for ``get_config``."""
+    return {"rotation_degrees": layer.rotation_degrees, "horizontal_flip": layer.horizontal_flip,
+            "vertical_flip": layer.vertical_flip, "shift": layer.shift, "zoom": layer.zoom,
+            "shear": layer.shear, "fill_mode": layer.fill_mode, "seed": layer.seed}
+
+
 @keras.saving.register_keras_serializable(package="leukocyte_cnn")
 class StepAugmentation(keras.layers.Layer):
     """Random rotation, flips, shift, zoom and shear (one resampling), then colour jitter.
@@ -79,22 +105,14 @@ class StepAugmentation(keras.layers.Layer):
                  **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        checks = {"shear": (shear, 45.0), "zoom": (zoom, 1.0), "shift": (shift, 1.0),
-                  "brightness": (brightness, 1.0), "saturation": (saturation, 1.0),
-                  "stain": (stain, 1.0)}
-        for name, (value, limit) in checks.items():
-            if value and not 0 < abs(value) < limit:
-                raise ValueError(f"{name} must be within (0, {limit:g}), got {value}")
-        if fill_mode not in ("reflect", "constant", "nearest", "wrap"):
-            raise ValueError(f"fill_mode must be reflect/constant/nearest/wrap, got {fill_mode!r}")
-        self.rotation_degrees = abs(float(rotation_degrees))
-        self.horizontal_flip, self.vertical_flip = bool(horizontal_flip), bool(vertical_flip)
-        self.shift, self.zoom, self.shear = float(shift), float(zoom), abs(float(shear))
+        for name, value in (("brightness", brightness), ("saturation", saturation),
+                            ("stain", stain)):
+            if value and not 0 < abs(value) < 1:
+                raise ValueError(f"{name} must be within (0, 1), got {value}")
         self.brightness, self.saturation = float(brightness), float(saturation)
         self.stain = float(stain)
-        self.fill_mode = fill_mode
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        set_geometry(self, rotation_degrees, horizontal_flip, vertical_flip, shift, zoom, shear,
+                     fill_mode, seed)
 
     @property
     def resamples(self) -> bool:
@@ -146,13 +164,8 @@ class StepAugmentation(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        config = super().get_config()
-        config.update(rotation_degrees=self.rotation_degrees,
-                      horizontal_flip=self.horizontal_flip, vertical_flip=self.vertical_flip,
-                      shift=self.shift, zoom=self.zoom, shear=self.shear,
-                      brightness=self.brightness, saturation=self.saturation, stain=self.stain,
-                      fill_mode=self.fill_mode, seed=self.seed)
-        return config
+        return {**super().get_config(), **geometry_config(self), "brightness": self.brightness,
+                "saturation": self.saturation, "stain": self.stain}
 
 
 class AugmentedTrainer(keras.Model):
