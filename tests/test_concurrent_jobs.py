@@ -127,7 +127,8 @@ def _check_records_and_summary(cwd: Path, run_dir: Path, split_csv: Path, balanc
     assert sorted(predictions["fold"].unique()) == [0, 1, 2]
     assert "folds finished: 3 of" in (run_dir / "summary.md").read_text()
     report = (run_dir / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3  # confusion matrix, ROC, learning curves
+    # confusion matrix, ROC, learning curves, reliability diagram, errors gallery
+    assert report.count("data:image/png;base64,") == 5
 
 
 _HOLD_LOCK = """

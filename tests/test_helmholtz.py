@@ -24,6 +24,26 @@ def synthetic_root(tmp_path_factory):
 SMALL = {"synthetic_all_idb2": {"size": 96}, "synthetic_multiclass": {"size": 96}}
 
 
+def embedded_images(report) -> dict:
+    """{figure file name: decoded PIL image} of the PNGs a report.html embeds (each figure's
+    ``<img>`` carries its file name in ``alt`` or in the caption that follows)."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    html = report.read_text()
+    found = {}
+    for match in re.finditer(r'<img src="data:image/png;base64,([^"]+)"[^>]*>', html):
+        name = re.search(r"[\w.-]+\.png", html[match.start():match.end() + 400]
+                         .replace(match.group(1), ""))
+        image = Image.open(io.BytesIO(base64.b64decode(match.group(1))))
+        image.load()
+        found[name.group(0) if name else f"image{len(found)}"] = image
+    return found
+
+
 def make_split(data_root, out_dir, dataset, method="kfold", k=3, exclude=()):
     """A split file of a small synthetic set (96 px renders keep the suite fast)."""
     from leukocyte_cnn.data.datasets import class_names, dataset_hash, read_dataset
@@ -112,8 +132,14 @@ def test_binary_and_multiclass_scripts_end_to_end(synthetic_root, tmp_path):
         assert (epochs.monitor == "val_loss").all()
     assert np.allclose(predictions[["prob_other", "prob_lymphoblast"]].sum(axis=1), 1.0)
     for name in ("summary.md", "summary.csv", "confusion_matrix.png", "roc.png",
-                 "learning_curves.png", "settings.json"):
+                 "learning_curves.png", "settings.json", "reliability.png",
+                 "errors_gallery.png", "calibration.csv"):
         assert (run / name).is_file(), name
+    # report.html shows the error gallery with its heatmaps: decoded, and not blank
+    gallery = embedded_images(run / "report.html")["errors_gallery.png"]
+    assert gallery.size[0] > 400 and np.asarray(gallery.convert("L")).std() > 20
+    for k in (0, 1):  # temperatures fitted on each fold's validation images
+        assert (run / f"fold_{k:02d}" / "temperature.json").is_file()
 
     multi_split = make_split(synthetic_root, tmp_path / "m", "synthetic_multiclass",
                              exclude=("thrombocyte",))

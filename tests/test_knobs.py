@@ -245,6 +245,7 @@ def test_architecture_numbers_are_one_line_in_one_script(monkeypatch):
 
 
 POSITIONAL = {"compare_runs": ["run"], "check_leakage": ["split.csv"], "evaluate_tta": ["run"],
+              "explain": ["run"],
               "sweep": ["script.py"]}  # what these tools require before any option
 
 

@@ -203,7 +203,7 @@ def test_dataset_from_table_follows_the_table(files):
         dataset_from_table(table.drop(columns="label"), SIZE, 8)
 
 
-def test_training_scripts_augment_training_batches_only(monkeypatch, files):
+def test_training_scripts_augment_training_batches_only(monkeypatch, files, tmp_path):
     """cross_validation.train_classifier_fold (every classifier script's fold body) hands the
     augment stack to the training dataset only; validation and test datasets are built
     without."""
@@ -214,16 +214,21 @@ def test_training_scripts_augment_training_batches_only(monkeypatch, files):
     from leukocyte_cnn.inputs import pipeline
     from leukocyte_cnn.runs import cross_validation as training
 
-    calls = []
+    calls, fitted = [], []
     monkeypatch.setattr(pipeline, "make_dataset",
                         lambda paths, labels, *a, **kw: calls.append((list(paths), kw)) or None)
-    monkeypatch.setattr(training, "fit", lambda *a, **kw: types.SimpleNamespace(
-        history={"loss": [1.0]}))
+    monkeypatch.setattr(training, "fit", lambda model, *a, **kw: fitted.append(model) or
+                        types.SimpleNamespace(history={"loss": [1.0]}))
     monkeypatch.setattr(training, "predict_table", lambda *a, **kw: None)
     monkeypatch.setattr(training, "finish_fold", lambda *a, **kw: None)
     monkeypatch.setattr(training, "record_fold_inputs", lambda *a, **kw: None)  # no folder
+    from leukocyte_cnn.reporting import calibration
+
+    monkeypatch.setattr(calibration, "fit_fold_temperature", lambda *a, **kw: {})
+    monkeypatch.setattr(calibration, "write_temperature", lambda *a, **kw: None)
     paths = list(files.values())
-    table = pd.DataFrame({"path": paths, "label": [0, 1, 0, 1]})
+    table = pd.DataFrame({"image": [f"im{i}" for i in range(4)], "path": paths,
+                          "label": [0, 1, 0, 1]})
     fold = types.SimpleNamespace(train=table.iloc[:2], val=table.iloc[2:3], test=table.iloc[3:],
                                  seed=5, directory=None, fold=0)
     stack = online_augmentation(seed=1)
@@ -239,3 +244,24 @@ def test_training_scripts_augment_training_batches_only(monkeypatch, files):
     for rows in (paths[2:3], paths[3:]):
         assert (by_paths[tuple(rows)]["augment"] is None
                 and by_paths[tuple(rows)]["shuffle"] is False)
+    assert fitted == [model]  # the tf.data path trains the network itself
+
+    # AUGMENT_IN "step": no dataset augments; the training batches come as uint8 and the
+    # network trains behind the augmentation layer, which evaluation never passes through.
+    from leukocyte_cnn.inputs.step_augment import AugmentedTrainer
+
+    calls.clear()
+    layer = online_augmentation(seed=1, where="step")
+    monkeypatch.setattr(training, "save_model", lambda *a, **kw: None)
+    fold.directory = tmp_path
+    training.train_classifier_fold(
+        fold, lambda: model, class_names=["a", "b"], image_size=SIZE, batch_size=2, epochs=1,
+        patience=1, optimizer="adam", learning_rate=1e-3, augment=layer, color_mode="rgb",
+        cache_mb=512)
+    by_paths = {tuple(p): kw for p, kw in calls}
+    assert all(kw["augment"] is None for kw in by_paths.values())
+    assert by_paths[tuple(paths[:2])]["as_uint8"] is True
+    assert by_paths[tuple(paths[2:3])]["as_uint8"] is False
+    trainer = fitted[-1]
+    assert isinstance(trainer, AugmentedTrainer)
+    assert trainer.network is model and trainer.augmentation is layer

@@ -76,13 +76,14 @@ def test_report_embeds_every_figure_and_the_summary_gives_intervals(tmp_path):
     assert re.search(r"\| accuracy \| 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] \|", markdown)
     # summary.md links its figures, which exist
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert {"confusion_matrix.png", "roc.png", "learning_curves.png"} <= set(links)
+    assert {"confusion_matrix.png", "roc.png", "learning_curves.png",
+            "reliability.png"} <= set(links)
     assert all((run / link).is_file() for link in links)
 
     # report.html stands alone: every image a PNG data URI that decodes; nothing fetched
     html = (run / "report.html").read_text()
     sources = _image_sources(html)
-    assert len(sources) == 3
+    assert len(sources) == 4  # no model files here: no error gallery, the reliability diagram
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
@@ -90,7 +91,7 @@ def test_report_embeds_every_figure_and_the_summary_gives_intervals(tmp_path):
         assert image.format == "PNG"
     assert not re.search(r'(src|href)="(?!data:|#)', html)  # no file or web references
     for words in ("Test metrics", "Per class", "Settings", "Provenance", "protocol",
-                  "cross-validation", "EPOCHS"):
+                  "cross-validation", "EPOCHS", "Calibration", "ECE (15 bins, top label)"):
         assert words in html, words
     assert "LEAKY" not in html
 
@@ -196,9 +197,43 @@ def _images_in_browser(page) -> str:
 def test_report_opens_in_headless_chromium_without_missing_images(tmp_path):
     run = _run(tmp_path)
     summarize_run(run, quiet=True)
-    assert _images_in_browser(run / "report.html") == "3/0"
+    assert _images_in_browser(run / "report.html") == "4/0"
     # the probe can fail: a page with a broken image is caught
     broken = tmp_path / "broken.html"
     broken.write_text((run / "report.html").read_text().replace(
         "data:image/png;base64,", "data:image/png;base64,AAAA", 1))
-    assert _images_in_browser(broken) == "3/1"
+    assert _images_in_browser(broken) == "4/1"
+
+
+BLANK_PROBE = (
+    "<script>window.addEventListener('load', () => { let blank = 0; const all = "
+    "[...document.images]; for (const img of all) { const c = document.createElement('canvas');"
+    " c.width = 64; c.height = 64; const g = c.getContext('2d'); g.drawImage(img, 0, 0, 64, 64);"
+    " const d = g.getImageData(0, 0, 64, 64).data; let s = 0, s2 = 0; for (let i = 0; "
+    "i < d.length; i += 4) { const v = (d[i] + d[i + 1] + d[i + 2]) / 3; s += v; s2 += v * v; }"
+    " const n = d.length / 4, sd = Math.sqrt(Math.max(0, s2 / n - (s / n) ** 2));"
+    " if (!(img.complete && img.naturalWidth > 0) || sd < 5) blank++; }"
+    " document.body.setAttribute('data-blank', all.length + '/' + blank); });</script>")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install "
+                                               "chromium); test_helmholtz decodes the same "
+                                               "gallery with Pillow")
+def test_main_job_report_shows_the_error_gallery_decoded_and_not_blank(tmp_path):
+    """Issue 24: the binary script of the main job, quick and small; its report, opened in a
+    headless Chromium, holds the error gallery, and no image of it is broken or blank."""
+    import linear_cnn_binary_lpocv
+
+    linear_cnn_binary_lpocv.main(linear_cnn_binary_lpocv.parse_args(
+        ["--quick", "--results-dir", str(tmp_path / "results"), "--run-name", "main",
+         "--epochs", "3", "--folds", "0"]))
+    report = tmp_path / "results" / "main" / "report.html"
+    assert "errors_gallery.png" in report.read_text()
+    probe = report.with_name("blank_probe.html")
+    probe.write_text(report.read_text().replace("</body>", BLANK_PROBE + "</body>"))
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                             "--no-first-run", "--dump-dom", probe.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-blank="(\d+)/(\d+)"', result.stdout)
+    assert found, result.stderr[-2000:]
+    assert int(found.group(1)) >= 5 and found.group(2) == "0"

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from leukocyte_cnn.base.errors import InputError
-from leukocyte_cnn.base.io import atomic_path, read_json, write_json
+from leukocyte_cnn.base.io import read_json, write_json
+from leukocyte_cnn.reporting.figures import save_figure
 from leukocyte_cnn.reporting.metrics import prob_columns
 from leukocyte_cnn.reporting.stats import N_BOOTSTRAP, SEED, bootstrap_ci, format_ci
 
@@ -424,22 +425,6 @@ def shown_calibration_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFram
 # --------------------------------------------------------------------------- figure
 
 
-def _save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save atomically and close, the PNG's ``Title`` chunk holding the titles (as
-    ``summary.save_figure``, which this module cannot import: summary imports it)."""
-    import matplotlib.pyplot as plt
-
-    titles = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
-    titles += [ax.get_title() for ax in fig.get_axes()]
-    fmt = Path(path).suffix[1:]
-    metadata = ({"Title": " | ".join(t for t in titles if t)} if fmt.lower() == "png"
-                else None)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt, metadata=metadata)
-    plt.close(fig)
-    return Path(path)
-
-
 def plot_reliability_diagram(predictions: pd.DataFrame, class_names: Sequence[str],
                              path: str | os.PathLike,
                              temperatures: Mapping[int, float] | None = None,
@@ -483,4 +468,4 @@ def plot_reliability_diagram(predictions: pd.DataFrame, class_names: Sequence[st
     bottom.set_xlabel("confidence (top probability)")
     bottom.set_ylabel("images")
     bottom.set_yscale("symlog", linthresh=1)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leukocyte_cnn.base.io import atomic_path, write_csv, write_text
+from leukocyte_cnn.base.io import write_csv, write_text
 from leukocyte_cnn.base.run_folder import (
     EPOCHS,
     chain_lines,
@@ -23,6 +23,8 @@ from leukocyte_cnn.base.run_folder import (
     read_settings,
     run_lock,
 )
+from leukocyte_cnn.reporting.diagnostics import GALLERY, Diagnostics, run_diagnostics
+from leukocyte_cnn.reporting.figures import pyplot, save_figure
 from leukocyte_cnn.reporting.html_report import REPORT
 from leukocyte_cnn.reporting.metrics import (
     SUMMARY_METRICS,
@@ -94,35 +96,7 @@ def write_table(frame: pd.DataFrame, path_without_suffix: str | os.PathLike, tit
     return csv_path, md_path
 
 
-def figure_titles(fig) -> str:
-    """The figure's title and its axes' titles, ``" | "``-joined (what a reader sees first)."""
-    texts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
-    for ax in fig.get_axes():
-        texts += [ax.get_title(loc) for loc in ("left", "center", "right")]
-    return " | ".join(t for t in texts if t)
-
-
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save a matplotlib figure atomically and close it. A PNG carries its titles in its
-    ``Title`` text chunk (:func:`figure_titles`), so labels such as LEAKY can be checked
-    without looking at the picture."""
-    import matplotlib.pyplot as plt
-
-    fmt = Path(path).suffix[1:]
-    metadata = {"Title": figure_titles(fig)} if fmt.lower() == "png" else None
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=fmt, metadata=metadata)
-    plt.close(fig)
-    return Path(path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_pyplot = pyplot  # the older name, used by callers of this module
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str],
@@ -266,10 +240,12 @@ def _summarize_run(run_dir: Path, quiet: bool) -> pd.DataFrame:
                           title=f"Confusion matrix (pooled test folds){tag}")
     plot_roc(predictions, class_names, run_dir / "roc.png", title_suffix=tag)
     plot_learning_curves(run_dir, run_dir / "learning_curves.png", title_suffix=tag)
-    lines += figure_links(run_dir)
+    extra = run_diagnostics(run_dir, predictions, class_names, config, title_suffix=tag,
+                            markdown_table=markdown_table)
+    lines += extra.lines + figure_links(run_dir)
     write_text(run_dir / "summary.md", "\n".join(lines))
     write_run_report(run_dir, settings, shown[["metric", POOLED_CI, PER_FOLD, "n_folds"]],
-                     per_class, cm, folds, predictions, summary)
+                     per_class, cm, folds, predictions, summary, extra)
     if not quiet:
         print(f"\n{run_dir / 'summary.md'}:\n")
         print(markdown_table(shown[["metric", POOLED_CI, PER_FOLD, "n_folds"]]))
@@ -296,9 +272,11 @@ def figure_links(folder: str | os.PathLike) -> list[str]:
 
 def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
                      per_class: pd.DataFrame, cm: pd.DataFrame, folds: pd.DataFrame,
-                     predictions: pd.DataFrame, summary: pd.DataFrame) -> Path:
+                     predictions: pd.DataFrame, summary: pd.DataFrame,
+                     extra: Diagnostics | None = None) -> Path:
     """``report.html`` of a cross-validation run (see
-    :mod:`leukocyte_cnn.reporting.html_report`)."""
+    :mod:`leukocyte_cnn.reporting.html_report`); ``extra``: the calibration, per-group and
+    error-gallery sections and figures (:func:`diagnostics.run_diagnostics`)."""
     from leukocyte_cnn.reporting.html_report import (
         esc,
         figures_in,
@@ -326,7 +304,8 @@ def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
     note = ("<p class=note>Pooled: every finished fold's test predictions together; the 95 % "
             f"interval is a percentile bootstrap ({N_BOOTSTRAP:,} seeded replicates; "
             f"{esc(clustering_note(predictions))}). Per fold: mean ± sample std.</p>")
-    sections = [("Test metrics", table_html(metrics) + note),
+    extra = extra or Diagnostics()
+    sections = [("Test metrics", table_html(metrics) + note), *extra.sections,
                 ("Per class (pooled)", table_html(per_class)),
                 ("Confusion matrix (pooled; rows true, columns predicted)", table_html(cm)),
                 ("Per fold", table_html(folds)),
@@ -346,13 +325,15 @@ def write_run_report(run_dir: Path, settings: dict, metrics: pd.DataFrame,
                         subtitle=f"{run_dir.name} · {config.get('script', '')}",
                         banner=LEAKY_TEXT if is_leaky_config(config) else "", cards=cards,
                         facts=facts, sections=sections,
-                        figures=figures_in(run_dir, RUN_FIGURES),
+                        figures=figures_in(run_dir, RUN_FIGURES
+                                           + tuple(p.name for p in extra.figures)),
                         figure_captions={"confusion_matrix.png": "Confusion matrix, pooled test "
                                                                  "folds",
                                          "roc.png": "ROC curves, pooled test folds",
                                          "learning_curves.png": "Learning curves, one line per "
                                                                 "fold",
-                                         "_wide": ("learning_curves.png",)})
+                                         **extra.captions,
+                                         "_wide": ("learning_curves.png", GALLERY)})
 
 
 EPOCH_METRICS = ("loss", "accuracy", "auc", "precision", "recall")  # plot_epoch_metrics

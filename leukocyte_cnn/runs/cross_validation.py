@@ -386,11 +386,18 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     )
     from leukocyte_cnn.inputs.pipeline import make_dataset
 
+    in_step = getattr(augment, "in_step", False)  # augmented in the training step, fed uint8
+    if in_step and xla:
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            raise InputError("--xla: XLA cannot compile the in-step augmentation's resampling "
+                             "on TensorFlow (ImageProjectiveTransformV3 has no XLA kernel); run "
+                             "without --xla, or set the knob AUGMENT_IN to 'pipeline'")
     train = fold.train if train_table is None else train_table
     record_fold_inputs(fold, train)  # fold_XX/inputs.csv: what this fold feeds, before training
     label_mode = "binary" if binary else "int"
     loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
-    in_step = getattr(augment, "in_step", False)  # augmented in the training step, fed uint8
 
     def dataset(table, training: bool):
         return make_dataset(table["path"].tolist(), table["label"].astype(int).tolist(),

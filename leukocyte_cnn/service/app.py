@@ -33,6 +33,7 @@ no input can stop the service.
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at runtime.
 import asyncio
 import json
+import logging
 import os
 import re
 import tempfile
@@ -84,7 +85,16 @@ class Classifier:
                                        input_signature=[spec])
         # One thread owns the model: predictions are serialised without a lock.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
-        self.predict(np.zeros((height, width, 3), np.float32))  # trace once, before serving
+        # Trace once, before serving. One tf.function per loaded model is by design: TF's
+        # warning about functions "created repeatedly" (several models loaded in one process,
+        # as in tests) says nothing a user can act on, so it is not passed on.
+        logger = logging.getLogger("tensorflow")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            self.predict(np.zeros((height, width, 3), np.float32))
+        finally:
+            logger.setLevel(level)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities (C,) of one float32 (H, W, 3) image in [0, 255]; temperature
