@@ -303,6 +303,20 @@ def test_folds_then_final_test_end_to_end(fake_cnmc, tmp_path, monkeypatch, no_d
         assert roles.map(len).max() == 1
     out = capsys.readouterr().out
     assert "cv_validation_data: accuracy" in out and "weighted F1" in out
+    # Issue 24: patient-level results beside the image-level ones, by hand from the
+    # predictions: a patient's prediction is the mean of its cells' probabilities.
+    predictions = pd.read_csv(cv / "fold_00" / "predictions.csv", dtype={"group": str})
+    prob = [c for c in predictions.columns if c.startswith("prob_")]
+    means = predictions.groupby("group")[prob].mean()
+    truth = predictions.groupby("group")["label"].first()
+    by_hand = float((means.to_numpy().argmax(axis=1) == truth.to_numpy()).mean())
+    table = pd.read_csv(cv / "group_metrics.csv").set_index("metric")
+    assert table.loc["accuracy", "group_level"] == pytest.approx(by_hand)
+    assert table.loc["accuracy", "n_groups"] == len(truth) < len(predictions)
+    per_patient = pd.read_csv(cv / "per_group.csv", dtype={"group": str}).set_index("group")
+    assert per_patient["n_images"].to_dict() == predictions.groupby("group").size().to_dict()
+    text = (cv / "summary.md").read_text()
+    assert "## Per group" in text and "### Per patient" in text and "## Calibration" in text
 
 
 def test_image_level_split_is_labelled_leaky_and_really_leaks(fake_cnmc, tmp_path, monkeypatch,
