@@ -37,6 +37,7 @@ import pytest
 from PIL import Image
 
 from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.base.seeding import set_seed
 from leukocyte_cnn.reporting.gradcam import gradcam, head_layer, last_conv_layer, mass_ratio
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ FAMILIES = {
     "elu_cnn": Family(48, _elu, "block3_conv1_elu"),
     "paper_cnn": Family(48, _paper, "block2_conv", epochs=15, learning_rate=1e-3),
     "copenhagen_cnn": Family(48, _copenhagen_cnn, "block3_conv"),
-    "copenhagen_fcn": Family(48, _copenhagen_fcn, "block3_conv", epochs=15, learning_rate=1e-3),
+    "copenhagen_fcn": Family(48, _copenhagen_fcn, "block3_conv", epochs=25, learning_rate=1e-3),
     "resnext": Family(48, _resnext, "stage2_block1_out"),
     "resnet50": Family(64, _resnet50, "conv3_block4_out", epochs=5, learning_rate=1e-3,
                        n_train=240, slow=True),
@@ -172,7 +173,10 @@ def test_gradcam_points_at_the_cell_in_every_network_family(name):
     family = FAMILIES[name]
     images, labels, _ = synthetic_cells(family.n_train, family.size, seed=0)
     held_out, truth, masks = synthetic_cells(60, family.size, seed=1)
-    keras.utils.set_random_seed(0)
+    # Seeds and TensorFlow's op determinism set here, not left to the tests that ran before
+    # (op determinism is process-wide, and it changes the training: the FCN reached 0.63
+    # after 15 epochs with it on and 0.97 with it off).
+    set_seed(0, deterministic_ops=True)
     model = family.build((family.size, family.size, 3))
     assert last_conv_layer(model).name == family.layer
     model.compile(optimizer=keras.optimizers.Adam(family.learning_rate),
