@@ -237,3 +237,13 @@ def test_main_job_report_shows_the_error_gallery_decoded_and_not_blank(tmp_path)
     found = re.search(r'data-blank="(\d+)/(\d+)"', result.stdout)
     assert found, result.stderr[-2000:]
     assert int(found.group(1)) >= 5 and found.group(2) == "0"
+
+
+def test_a_stale_error_gallery_is_removed_when_none_can_be_drawn(tmp_path):
+    """A gallery left from an earlier summary is not shown as this one's when the run's models
+    or images are gone: figures of the folder are embedded by name."""
+    run = _run(tmp_path)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(run / "errors_gallery.png")
+    summarize_run(run, quiet=True)
+    assert not (run / "errors_gallery.png").exists()
+    assert "errors_gallery" not in (run / "report.html").read_text()

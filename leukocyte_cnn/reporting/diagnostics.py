@@ -67,7 +67,9 @@ def run_diagnostics(run_dir: Path, predictions: pd.DataFrame, class_names: Seque
             print(f"note: errors gallery not drawn: {problem}", flush=True)
             out.lines += ["## Errors", "", f"Not drawn: {problem}", ""]
             path = None
-        if path is not None:
+        if path is None:  # an older gallery would be embedded as this run's: never reused
+            (run_dir / GALLERY).unlink(missing_ok=True)
+        else:
             out.lines += ["## Errors", "", "The misclassified test cells, most confident first, "
                           "and a few correct ones per class, each with its Grad-CAM heatmap "
                           f"(the last convolutional block of its fold's network): `{path.name}`, "
