@@ -218,7 +218,7 @@ def test_training_scripts_augment_training_batches_only(monkeypatch, files, tmp_
     monkeypatch.setattr(pipeline, "make_dataset",
                         lambda paths, labels, *a, **kw: calls.append((list(paths), kw)) or None)
     monkeypatch.setattr(training, "fit", lambda model, *a, **kw: fitted.append(model) or
-                        types.SimpleNamespace(history={"loss": [1.0]}))
+                        pd.DataFrame({"loss": [1.0]}))
     monkeypatch.setattr(training, "predict_table", lambda *a, **kw: None)
     monkeypatch.setattr(training, "finish_fold", lambda *a, **kw: None)
     monkeypatch.setattr(training, "record_fold_inputs", lambda *a, **kw: None)  # no folder

@@ -202,7 +202,7 @@ class _EpochTimer:
 
 def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: Path,
         monitor: str = "val_loss", extra_callbacks: Sequence = (), verbose: int = 0,
-        saved=None):
+        saved=None, resume: bool = False):
     """Train with early stopping on the validation images and keep the best weights.
 
     Writes ``epochs.csv`` (one row per epoch), TensorBoard logs (``tensorboard/``: train and
@@ -210,32 +210,59 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
     best checkpoint ``model.keras`` (of
     ``saved``, default ``model``: the network inside an ``AugmentedTrainer``), both
     atomically. Without validation images the training loss is monitored instead, and the
-    epochs file says so in its ``monitor`` column.
+    epochs file says so in its ``monitor`` column. ``resume``: save the whole training state
+    after every epoch and, when a killed run left one, go on from it
+    (:mod:`leukocyte_cnn.runs.training_state`; the feed is then one stream over all epochs,
+    ``train_ds`` repeated, so a resumed run sees the batches an unbroken one would).
+    Returns the epoch log (a DataFrame, one row per epoch of the whole training).
     """
-    import keras
 
     if val_ds is None and monitor.startswith("val_"):
         monitor = monitor[4:]
     from leukocyte_cnn.base.progress import epoch_callback, tensorboard
+    from leukocyte_cnn.runs import training_state
 
-    callbacks = [_EpochTimer(),
-                 keras.callbacks.EarlyStopping(monitor=monitor, patience=patience,
-                                               restore_best_weights=True, verbose=0),
-                 *extra_callbacks]
+    state = training_state.load_state(fold_directory) if resume else None
+    stopping = training_state.resumable_early_stopping(
+        state, monitor=monitor, patience=patience, restore_best_weights=True, verbose=0)
+    callbacks = [_EpochTimer(), stopping, *extra_callbacks]
+    rows = list(state["rows"]) if state else []
+    feed, options, done = train_ds, {}, 0
+    if resume:
+        steps = int(train_ds.cardinality())
+        if steps <= 0:
+            raise ValueError("resume needs a training feed of known, finite length")
+        if state is not None:
+            training_state.restore(model, state, fold_directory)
+            done = state["epoch"]
+            print(f"{fold_directory}: resuming after epoch {done} of {epochs} (saved state)",
+                  flush=True)
+        feed = train_ds.repeat().skip(done * steps)
+        options = {"steps_per_epoch": steps, "initial_epoch": done}
+        callbacks.append(training_state.epoch_state(fold_directory, stopping, rows))
     if tensorboard():  # the epoch scalars and the learning rate; --no-tensorboard: none
         from leukocyte_cnn.runs.tensorboard_logs import EpochScalars
 
         callbacks.append(EpochScalars(fold_directory / TENSORBOARD))
     if not verbose:  # Keras' own per-epoch output replaces ours when asked for
         callbacks.append(epoch_callback(epochs))
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                        verbose=verbose, shuffle=False)  # tf.data shuffles, seeded
-    log = pd.DataFrame(history.history)
-    log.insert(0, "epoch", np.arange(1, len(log) + 1))
+    if state is not None and (state["stopped"] or done >= epochs):
+        stopping.on_train_begin()  # killed after its last epoch: restore its best weights
+        if stopping.best_weights is not None:
+            model.set_weights(stopping.best_weights)
+    else:
+        history = model.fit(feed, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                            verbose=verbose, shuffle=False, **options)  # tf.data shuffles
+        if not resume:
+            rows = [{"epoch": i + 1, **{k: v[i] for k, v in history.history.items()}}
+                    for i in range(len(history.history.get("loss", [])))]
+    log = pd.DataFrame(rows)
     log["monitor"] = monitor
     write_csv(fold_directory / EPOCHS, log)
     save_model(model if saved is None else saved, fold_directory / CHECKPOINT)
-    return history
+    if resume:
+        training_state.clear_state(fold_directory)
+    return log
 
 
 def predict_eagerly(model, dataset) -> np.ndarray:
@@ -355,7 +382,8 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
                           cache_mb: float, augment=None, train_table: pd.DataFrame | None = None,
                           binary: bool = False, xla: bool = False, verbose: int = 0,
                           optimizer_options: dict | None = None, mask_column: str | None = None,
-                          extra_metrics: Sequence = (), timings: dict | None = None
+                          extra_metrics: Sequence = (), timings: dict | None = None,
+                          resume: bool = False, rate_factors: Callable | None = None
                           ) -> pd.DataFrame:
     """The body of one fold: train a fresh classifier, keep its best checkpoint, predict the
     test images once and write the fold's files (the last one marks it finished).
@@ -377,6 +405,9 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     (:func:`devices.model_scope`) each step's ``batch_size`` images are split over them. The
     fold's temperature (``temperature.json`` beside the checkpoint, for calibrated
     probabilities) is fitted on its validation images' predictions, never on a test image.
+    ``resume``: a killed training goes on from its last finished epoch (:func:`fit`).
+    ``rate_factors(model)``: ``{variable path: factor}`` of variables that learn at a fraction
+    of ``learning_rate`` (fine-tuning's pretrained layers, :mod:`models.fine_tuning`).
     """
     from leukocyte_cnn.base.devices import (
         check_global_batch,
@@ -416,19 +447,26 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
             from leukocyte_cnn.inputs.step_augment import AugmentedTrainer
 
             trainer = AugmentedTrainer(model, augment, name=f"{model.name}_augmented")
-        trainer.compile(optimizer=make_optimizer(optimizer, learning_rate,
-                                                 **(optimizer_options or {})),
-                        loss=loss, metrics=["accuracy", *extra_metrics], **compile_kwargs(xla))
+        chosen = make_optimizer(optimizer, learning_rate, **(optimizer_options or {}))
+        if rate_factors is not None:
+            from leukocyte_cnn.models.fine_tuning import layer_rate_optimizer
+
+            chosen = layer_rate_optimizer(chosen, rate_factors(model))
+        trainer.compile(optimizer=chosen, loss=loss, metrics=["accuracy", *extra_metrics],
+                        **compile_kwargs(xla))
     require_xla(trainer, xla)
     start = time.perf_counter()
-    history = fit(trainer, dataset(train, True),
-                  dataset(fold.val, False) if len(fold.val) else None, epochs=epochs,
-                  patience=patience, fold_directory=fold.directory, verbose=verbose,
-                  saved=model)
-    if extra_metrics or in_step:
-        # The checkpoint is the network alone, compiled with built-in metrics only.
+    log = fit(trainer, dataset(train, True),
+              dataset(fold.val, False) if len(fold.val) else None, epochs=epochs,
+              patience=patience, fold_directory=fold.directory, verbose=verbose,
+              saved=model, resume=resume)
+    if extra_metrics or in_step or rate_factors is not None:
+        # The checkpoint is the network alone, compiled with built-in metrics and a built-in
+        # optimizer only (layer rates are a training device, not part of the model).
         with model_scope():
-            model.compile(optimizer=trainer.optimizer, loss=loss, metrics=["accuracy"])
+            model.compile(optimizer=trainer.optimizer if rate_factors is None else
+                          make_optimizer(optimizer, learning_rate, **(optimizer_options or {})),
+                          loss=loss, metrics=["accuracy"])
         save_model(model, fold.directory / CHECKPOINT)
     trained = time.perf_counter()
     # Temperature scaling, fitted on this fold's validation images only; none where the
@@ -443,4 +481,4 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
                                 fold.fold)
     return finish_fold(fold, predictions, class_names, {
         "train_seconds": trained - start, "predict_seconds": time.perf_counter() - trained,
-        "epochs_run": len(history.history.get("loss", [])), **(timings or {})})
+        "epochs_run": len(log), **(timings or {})})
