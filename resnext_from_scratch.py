@@ -28,6 +28,8 @@ import argparse
 import sys
 
 # --- data and split protocol (stratified k-fold; a --split file brings its own)
+SPLIT_METHOD = "kfold"     # kfold: stratified k-fold, by group where images share one;
+                           # predefined: the owner's TRAIN/TEST (validation from TRAIN)
 K = 5                      # folds of the stratified k-fold cross-validation (thesis: 5)
 VAL_FRACTION = 0.2         # validation share of each fold's non-test images (early stopping)
 MIN_IMAGES = 5             # classes with fewer images are excluded (as for the linear CNN)
@@ -36,7 +38,8 @@ IMAGE_SIZE = 96            # input side in px (cells are 64-128 px crops at this
 COLOR_MODE = "rgb"         # rgb, or grayscale: ITU-R 601 luminance in all 3 channels
 CACHE_MB = 512             # decoded images kept in memory per set; larger sets stream (speed)
 # --- class balancing of each fold's training images (as linear_cnn_da.py)
-TARGET_PER_CLASS = 150     # images per class after balancing (thesis: 150)
+TARGET_PER_CLASS = 150     # images per class after balancing (thesis: 150); 0: no
+                           # balancing, every training image of the fold as it is
 SHIFT_FRACTION = 0.0       # max random shift as a fraction of the image side (thesis: 0)
 ZOOM_FRACTION = 0.0        # max random zoom in/out (thesis: 0)
 STAIN_JITTER = 0.0         # max hue/saturation/brightness jitter (thesis: 0)
@@ -84,13 +87,13 @@ def main(args: argparse.Namespace):
     from leukocyte_cnn.runs.resnext import variant_knobs
 
     run, s = resolve_run(args, sys.modules[__name__], extra=variant_knobs(args))  # devices first
-    from leukocyte_cnn.inputs.balancing import Balancing, balanced_fold_images
     from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
     from leukocyte_cnn.runs.experiment import start_run
     from leukocyte_cnn.runs.resnext import (
         architecture,
         build_model,
+        fold_training_images,
         resolve_resnext_split,
         train_resnext_fold,
     )
@@ -98,7 +101,6 @@ def main(args: argparse.Namespace):
     arch = architecture(s)
     split = resolve_resnext_split(run, s)
     folds = parse_fold_list(run.folds, split.folds)
-    balancing = Balancing.from_settings(s, run.seed, image_size=s["BALANCED_IMAGE_SIZE"])
     n_params = build_model(arch, len(split.class_names)).count_params()
     run_dir = start_run(run, "resnext_from_scratch", settings=s, split=split,
                         title=f"ResNeXt from scratch ({arch['variant']}, {n_params:,} parameters, "
@@ -111,7 +113,7 @@ def main(args: argparse.Namespace):
         return train_resnext_fold(
             fold, lambda: build_model(arch, len(split.class_names)),
             class_names=split.class_names, settings=s, xla=run.devices.xla,
-            train_table=balanced_fold_images(fold, split, args.augmented_dir, balancing))
+            train_table=fold_training_images(fold, split, s, run.seed, args.augmented_dir))
 
     run_folds(split, run_dir, folds, run.seed, train_fold, settings=s)
     return summarize_run(run_dir)

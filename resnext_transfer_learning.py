@@ -4,21 +4,27 @@ Reproduces ``ResNext_Transfer_Learning.py`` of the Helmholtz externship (Schoute
 trained for a similar task on other images is fine-tuned on ALL-IDB-like single cells with the
 same five-fold cross-validation, class-balanced folds and outputs as ``resnext_from_scratch.py``;
 the thesis' ``retrainBlock`` chose how much of the network is retrained, here ``RETRAIN``
-(``head``, ``last_stage``, ``last_two_stages`` or ``all``). Three modes:
+(``head``: a linear probe; ``last_stage``; ``last_two_stages``; ``all``), the unfrozen
+pretrained layers learning at ``PRETRAINED_LR_FACTOR`` of the new head's rate
+(``settings.json`` records, per stage, what trained at which rate). Three modes:
 
 * ``--pretrain``: train the source model on another dataset (``--source-dataset``, default
   ``synthetic_kaggle``: four white-cell classes in another layout and image size; real:
-  ``--source-dataset pbc --source-data-root PBC``), stopping early on a held-out part of it
-  (the owner's TEST split when it has one, else one stratified fold, by patient where there
-  are patients), and save ``<results-dir>/checkpoints/<name>.keras`` with ``<name>.json``
-  (classes, input size, preprocessing, architecture, source data and hash, seed, validation
-  accuracy) and ``<name>.images.csv`` (digests of the source images).
+  ``--source-dataset pbc --source-data-root PBC``): a held-out part of it (the owner's TEST
+  split when it has one, else one stratified fold, by patient where there are patients) is
+  never trained on and measures the source model; early stopping watches a validation share
+  of the training images. Saves ``<results-dir>/checkpoints/<name>.keras`` with
+  ``<name>.json`` (classes, input size, preprocessing, architecture, source data and hash,
+  seed, held-out accuracy with its 95 % interval) and ``<name>.images.csv`` (digests of the
+  source images). Killed, the same command resumes from its last finished epoch (weights,
+  optimizer, early-stopping state, epoch log and random streams) to the same weights.
 * default: fine-tune ``--source-checkpoint`` on every fold: the head replaced for the target
   classes, ``RETRAIN`` unfrozen, a fresh copy of the source weights loaded for each fold.
 * ``--train-sizes 5,10,20,40``: the learning curve: for each size and fold, that many training
   images per class (nested seeded subsets of the fold's training images; validation and test
   images untouched), trained from scratch (the source's architecture, the from-scratch
-  script's fold function) and by transfer; ``learning_curve.csv/.md/.png``. A subset smaller
+  script's fold function) and fine-tuned in every mode of ``CURVE_ARMS``;
+  ``learning_curve.csv/.md/.png`` with each mode paired to scratch. A subset smaller
   than ``CURVE_EPOCH_IMAGES`` is repeated within each epoch (every repeat another online
   view): with epochs of 20 images (one step) early stopping used to end a 10-per-class run
   after a few dozen updates.
@@ -37,6 +43,8 @@ import sys
 from pathlib import Path
 
 # --- data and split protocol of the target (stratified k-fold; a --split file brings its own)
+SPLIT_METHOD = "kfold"     # kfold: stratified k-fold, by group where images share one;
+                           # predefined: the owner's TRAIN/TEST (validation from TRAIN)
 K = 5                      # folds of the target's stratified k-fold split (thesis: 5)
 VAL_FRACTION = 0.2         # validation share of each fold's non-test images (early stopping)
 MIN_IMAGES = 5             # target classes with fewer images are excluded
@@ -48,8 +56,11 @@ CACHE_MB = 512             # decoded images kept in memory per set; larger sets 
 SOURCE_DATASET = "synthetic_kaggle"  # pretraining data: a similar task, never the target data
 SOURCE_HELD_OUT_FOLDS = 5  # without an owner's TEST split: hold out 1 of this many folds
 SOURCE_MIN_IMAGES = 5      # source classes with fewer images are left out
+SOURCE_VAL_FRACTION = 0.1  # share of the source's training images for early stopping (the
+                           # held-out part only measures the finished model)
 # --- class balancing of each target fold's training images (as linear_cnn_da.py)
-TARGET_PER_CLASS = 150     # images per class after balancing (thesis: 150)
+TARGET_PER_CLASS = 150     # images per class after balancing (thesis: 150); 0: no
+                           # balancing, every training image of the fold as it is
 SHIFT_FRACTION = 0.0       # max random shift as a fraction of the image side (thesis: 0)
 ZOOM_FRACTION = 0.0        # max random zoom in/out (thesis: 0)
 STAIN_JITTER = 0.0         # max hue/saturation/brightness jitter (thesis: 0)
@@ -64,14 +75,20 @@ STEM_FILTERS = 32          # filters of the stem convolution
 SMALL_INPUT_STEM = True    # one 3x3 stride-1 stem conv (cell crops), not ImageNet's 7x7/2 + pool
 BN_MOMENTUM = 0.9          # not Keras' 0.99: moving statistics must converge on few updates
 # --- optimisation
-RETRAIN = "last_stage"     # part fine-tuned (thesis: retrainBlock): head, last_stage,
-                           # last_two_stages or all
+RETRAIN = "last_stage"     # fine-tuning mode (thesis: retrainBlock): head (a linear probe of
+                           # the frozen features), last_stage, last_two_stages or all
+PRETRAINED_LR_FACTOR = {"head": 1.0, "last_stage": 1.0, "last_two_stages": 1.0, "all": 0.1}
+                           # per mode, the learning rate of the unfrozen pretrained layers as a
+                           # fraction of FINE_TUNE_LEARNING_RATE (the new head: the full rate);
+                           # "all" adjusts the source features rather than overwriting them
 OPTIMIZER = "adam"         # Adam for pretraining, fine-tuning and the from-scratch arm
 LEARNING_RATE = 1e-3       # pretraining and from-scratch training
 FINE_TUNE_LEARNING_RATE = 1e-3  # fine-tuning (the new head starts from random weights)
 BATCH_SIZE = 32            # images per step
 EPOCHS = 100               # upper bound; early stopping ends most runs sooner
 PATIENCE = 15              # epochs without validation-loss improvement before stopping
+CURVE_ARMS = ("scratch", "head", "last_stage", "all")  # learning curve: from scratch and each
+                           # fine-tuning mode (RETRAIN values) at every size, paired to scratch
 CURVE_EPOCH_IMAGES = 300   # learning curve: an epoch shows at least this many training images
                            # (a subset of N per class is repeated, each repeat another online
                            # view), so tiny sets get the updates of a balanced fold (150 a class)
@@ -85,6 +102,17 @@ AUGMENT_IN = "step"        # where it runs: "step" (Keras layers inside the trai
 QUICK = dict(STAGE_DEPTHS=(1, 1, 2), IMAGE_SIZE=48, CARDINALITY=4, WIDTH=32, STEM_FILTERS=16,
              EPOCHS=6, PATIENCE=3, BATCH_SIZE=16, K=3, TARGET_PER_CLASS=40,
              BALANCED_IMAGE_SIZE=(64, 64))
+
+
+def _arms(text: str) -> tuple[str, ...]:
+    from leukocyte_cnn.models.resnext import RETRAIN_CHOICES
+
+    arms = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [arm for arm in arms if arm not in ("scratch", *RETRAIN_CHOICES)]
+    if unknown or not arms:
+        raise argparse.ArgumentTypeError(f"{text!r}: arms are scratch and "
+                                         f"{', '.join(RETRAIN_CHOICES)}")
+    return arms
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -113,6 +141,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "--pretrain); its .json sidecar is read from beside it")
     knob_argument(parser, "--retrain", knob="RETRAIN", choices=RETRAIN_CHOICES,
                   help=f"part of the network fine-tuned (RETRAIN, default {RETRAIN})")
+    knob_argument(parser, "--pretrained-lr-factor", knob="PRETRAINED_LR_FACTOR", type=float,
+                  help="learning rate of the unfrozen pretrained layers as a fraction of the "
+                       "fine-tuning rate, in every mode (PRETRAINED_LR_FACTOR: per mode, "
+                       f"default {PRETRAINED_LR_FACTOR})")
+    knob_argument(parser, "--curve-arms", knob="CURVE_ARMS", type=_arms,
+                  help=f"learning curve: comma-separated arms, scratch and RETRAIN modes "
+                       f"(CURVE_ARMS, default {','.join(CURVE_ARMS)})")
     knob_argument(parser, "--fine-tune-learning-rate", knob="FINE_TUNE_LEARNING_RATE",
                   type=float, help=f"learning rate of fine-tuning (FINE_TUNE_LEARNING_RATE, "
                                    f"default {FINE_TUNE_LEARNING_RATE})")
@@ -122,7 +157,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        "repeats)")
     parser.add_argument("--train-sizes", default=None,
                         help="learning curve instead of one CV: training images per class, "
-                             "e.g. 5,10,20,40, each trained from scratch and by transfer")
+                             "e.g. 10,20,5,40 (trained in this order), each in every arm of "
+                             "CURVE_ARMS")
     add_resnext_arguments(parser)
     add_gpu_arguments(parser)
     return parser.parse_args(argv)
@@ -136,6 +172,8 @@ def source_parts(source_dataset: str, source_data_root, seed: int, s):
 
     Held out: the owner's TEST split (or first ``fold_k``) when the data ships one, else one
     stratified fold of ``SOURCE_HELD_OUT_FOLDS``, by group when images share patients or cells.
+    The training rows carry ``role`` ``train`` or ``val`` (``SOURCE_VAL_FRACTION`` of them, by
+    group: early stopping); the held-out rows are only predicted once, at the end.
     """
     from leukocyte_cnn.data.datasets import dataset_hash, read_dataset
     from leukocyte_cnn.splits.plans import make_split
@@ -150,7 +188,8 @@ def source_parts(source_dataset: str, source_data_root, seed: int, s):
         from leukocyte_cnn.splits.copies import near_duplicate_groups
 
         table, _ = near_duplicate_groups(table)
-    rows = make_split(table, method, k=s["SOURCE_HELD_OUT_FOLDS"], seed=seed, val_fraction=0.0,
+    rows = make_split(table, method, k=s["SOURCE_HELD_OUT_FOLDS"], seed=seed,
+                      val_fraction=s["SOURCE_VAL_FRACTION"],
                       min_images=s["SOURCE_MIN_IMAGES"], where=source_data_root or source_dataset)
     rows = rows[rows["fold"] == rows.loc[rows["fold"] >= 0, "fold"].min()]
     names = [name for _, name in sorted({(int(label), str(name)) for label, name in
@@ -158,16 +197,17 @@ def source_parts(source_dataset: str, source_data_root, seed: int, s):
     index = {name: i for i, name in enumerate(names)}
     paths = dict(zip(table["image"], table["path"], strict=True))
     rows = rows.assign(path=rows["image"].map(paths), label=rows["class_name"].map(index))
-    train = rows[rows["role"] == "train"].reset_index(drop=True)
-    held_out = rows[rows["role"] == "test"].assign(role="val").reset_index(drop=True)
+    train = rows[rows["role"].isin(("train", "val"))].reset_index(drop=True)
+    held_out = rows[rows["role"] == "test"].reset_index(drop=True)
     return train, held_out, names, dataset_hash(table), method
 
 
 # Knobs that decide the source model (part of its checkpoint's fingerprint); the others
 # (fine-tuning, the target's split and balancing, caching) never reach pretraining.
-_PRETRAINING_KNOBS = ("SOURCE_DATASET", "SOURCE_HELD_OUT_FOLDS", "SOURCE_MIN_IMAGES", "IMAGE_SIZE",
-                     "COLOR_MODE", "OPTIMIZER", "LEARNING_RATE", "BATCH_SIZE", "EPOCHS",
-                     "PATIENCE", "ROTATION_DEGREES", "FLIPS", "AUGMENT_IN")
+_PRETRAINING_KNOBS = ("SOURCE_DATASET", "SOURCE_HELD_OUT_FOLDS", "SOURCE_MIN_IMAGES",
+                      "SOURCE_VAL_FRACTION", "IMAGE_SIZE",
+                      "COLOR_MODE", "OPTIMIZER", "LEARNING_RATE", "BATCH_SIZE", "EPOCHS",
+                      "PATIENCE", "ROTATION_DEGREES", "FLIPS", "AUGMENT_IN")
 
 
 def pretrain(run, s, args: argparse.Namespace) -> Path:
@@ -186,6 +226,8 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
         save_source_checkpoint,
         sidecar_path,
     )
+    from leukocyte_cnn.reporting.metrics import prob_columns
+    from leukocyte_cnn.reporting.stats import bootstrap_ci
     from leukocyte_cnn.runs.cross_validation import Fold
     from leukocyte_cnn.runs.resnext import architecture, build_model, train_resnext_fold
 
@@ -212,30 +254,41 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
                 raise InputError(f"{checkpoint}: pretrained with other settings or source images "
                                  "(fingerprint differs); it is kept: choose another "
                                  "--checkpoint-name or delete it")
-            print(f"{checkpoint}: pretrained earlier from the same inputs (val accuracy "
-                  f"{done.get('val_accuracy', 0):.3f}), kept", flush=True)
+            print(f"{checkpoint}: pretrained earlier from the same inputs (held-out "
+                  f"accuracy {done.get('held_out_accuracy', float('nan')):.3f}), kept",
+                  flush=True)
             return checkpoint
-        print(f"pretraining {arch['variant']} on {source}: {len(train)} training, "
-              f"{len(held_out)} held-out images, classes {', '.join(names)}", flush=True)
-        fold = Fold(fold=0, train=train, val=held_out, test=held_out,
+        fit_rows, val = train[train["role"] == "train"], train[train["role"] == "val"]
+        print(f"pretraining {arch['variant']} on {source}: {len(fit_rows)} training, "
+              f"{len(val)} validation (early stopping), {len(held_out)} held-out images, "
+              f"classes {', '.join(names)}", flush=True)
+        fold = Fold(fold=0, train=fit_rows.reset_index(drop=True),
+                    val=val.reset_index(drop=True), test=held_out,
                     directory=checkpoint.with_name(f"{name}_training"), seed=run.seed)
         fold.directory.mkdir(parents=True, exist_ok=True)
         set_seed(run.seed)
         predictions = train_resnext_fold(fold, lambda: build_model(arch, len(names)),
-                                         class_names=names, settings=s, train_table=train,
-                                         xla=run.devices.xla)
-        val_accuracy = float((predictions["pred"] == predictions["label"]).mean())
+                                         class_names=names, settings=s, train_table=fold.train,
+                                         xla=run.devices.xla, resume=True)
+        accuracy = float((predictions["pred"] == predictions["label"]).mean())
+        low, high = bootstrap_ci(predictions["label"].to_numpy(),
+                                 predictions[prob_columns(names)].to_numpy(), "accuracy",
+                                 strata=predictions["label"].to_numpy())
+        val_accuracy = float(pd.read_csv(fold.directory / "epochs.csv")["val_accuracy"].max())
         model = keras.models.load_model(fold.directory / "model.keras", safe_mode=True)
         metadata = {"class_names": names, "architecture": arch,
                     "source_dataset": source, "source_data_root": args.source_data_root,
                     "source_dataset_hash": source_hash, "held_out_method": method,
-                    "n_train": len(train), "n_val": len(held_out), "seed": run.seed,
-                    "val_accuracy": val_accuracy, "knobs": s.recorded(),
+                    "n_train": len(fit_rows), "n_val": len(val), "n_held_out": len(held_out),
+                    "seed": run.seed, "held_out_accuracy": accuracy,
+                    "held_out_accuracy_ci": [low, high], "val_accuracy": val_accuracy,
+                    "knobs": s.recorded(),
                     "overrides": s.overrides(), "provenance": provenance(),
                     "fingerprint": fingerprint(inputs), "fingerprint_inputs": canonical(inputs)}
         save_source_checkpoint(model, checkpoint, metadata=metadata,
                                images=pd.concat([train, held_out], ignore_index=True))
-        print(f"saved {checkpoint} (held-out accuracy {val_accuracy:.3f}); fine-tune with "
+        print(f"saved {checkpoint} (held-out accuracy {accuracy:.3f} [{low:.3f}, {high:.3f}] "
+              f"on {len(held_out)} images); fine-tune with "
               f"--source-checkpoint {checkpoint} --image-size {arch['image_size']}", flush=True)
         return checkpoint
 
@@ -265,42 +318,66 @@ def checked_source_and_split(run, s, checkpoint):
 def source_config(source) -> dict:
     """What the run folder records about its source model."""
     keep = ("source_dataset", "source_dataset_hash", "class_names", "architecture",
-            "val_accuracy", "seed")
+            "held_out_accuracy", "held_out_accuracy_ci", "val_accuracy", "seed")
     return {"path": str(source.path), "sha256": source.sha256,
             "fingerprint": source.metadata.get("fingerprint"),
             **{key: source.metadata.get(key) for key in keep}}
 
 
+def fine_tuning_plan(model, mode: str, s) -> dict:
+    """What ``settings.json`` records of one fine-tuning mode: the mode, the pretrained
+    layers' rate factor and, per part of the network, whether it trains and at which rate."""
+    from leukocyte_cnn.models.fine_tuning import describe_layers, summary_line
+
+    factors = s["PRETRAINED_LR_FACTOR"]
+    factor = float(factors[mode] if isinstance(factors, dict) else factors)
+    parts = describe_layers(model, s["FINE_TUNE_LEARNING_RATE"], factor)
+    print(f"fine-tuning {mode}: {summary_line(parts)}", flush=True)
+    return {"mode": mode, "learning_rate": s["FINE_TUNE_LEARNING_RATE"],
+            "pretrained_lr_factor": factor, "layers": parts}
+
+
+def plan_rate_factors(plan: dict):
+    """The fold body's ``rate_factors``: the plan's factor for every pretrained variable."""
+    from leukocyte_cnn.models.fine_tuning import rate_factors
+
+    if plan["pretrained_lr_factor"] == 1.0:
+        return None
+    return lambda model: rate_factors(model, plan["pretrained_lr_factor"])
+
+
 def fine_tune(run, s, args: argparse.Namespace):
     """Cross-validation of the fine-tuned source model on the balanced folds."""
-    from leukocyte_cnn.inputs.balancing import Balancing, balanced_fold_images
     from leukocyte_cnn.models.parts import trainable_param_count
     from leukocyte_cnn.reporting.summary import summarize_run
     from leukocyte_cnn.runs.cross_validation import parse_fold_list, run_folds
     from leukocyte_cnn.runs.experiment import start_run
-    from leukocyte_cnn.runs.resnext import train_resnext_fold
+    from leukocyte_cnn.runs.resnext import fold_training_images, train_resnext_fold
 
     source, split = checked_source_and_split(run, s, args.source_checkpoint)
     folds = parse_fold_list(run.folds, split.folds)
     n_classes = len(split.class_names)
-    balancing = Balancing.from_settings(s, run.seed, image_size=s["BALANCED_IMAGE_SIZE"])
-    probe = source.load_for(n_classes, s["RETRAIN"])
+    mode = s["RETRAIN"]
+    probe = source.load_for(n_classes, mode)
     trainable, total = trainable_param_count(probe), probe.count_params()
+    plan = fine_tuning_plan(probe, mode, s)
     run_dir = start_run(run, "resnext_transfer", settings=s, split=split,
-                        title=f"ResNeXt transfer learning (RETRAIN={s['RETRAIN']}: "
+                        title=f"ResNeXt transfer learning (RETRAIN={mode}: "
                               f"{trainable:,} of {total:,} parameters)",
                         class_names=split.class_names,
                         extra={"source": source_config(source), "trainable_parameters": trainable,
-                               "parameters": total, "augmented_dir": args.augmented_dir})
+                               "parameters": total, "augmented_dir": args.augmented_dir,
+                               "fine_tuning": plan})
 
     def train_fold(fold):
         fold.artifacts["source_checkpoint"] = {"path": str(source.path),
                                                "fingerprint": source.sha256}
         return train_resnext_fold(
-            fold, lambda: source.load_for(n_classes, s["RETRAIN"]),
+            fold, lambda: source.load_for(n_classes, mode),
             class_names=split.class_names, settings=s,
-            train_table=balanced_fold_images(fold, split, args.augmented_dir, balancing),
-            learning_rate=s["FINE_TUNE_LEARNING_RATE"], xla=run.devices.xla)
+            train_table=fold_training_images(fold, split, s, run.seed, args.augmented_dir),
+            learning_rate=s["FINE_TUNE_LEARNING_RATE"], xla=run.devices.xla,
+            rate_factors=plan_rate_factors(plan))
 
     run_folds(split, run_dir, folds, run.seed, train_fold, settings=s)
     return summarize_run(run_dir)
@@ -313,7 +390,6 @@ def learning_curve(run, s, args: argparse.Namespace):
     """Accuracy, macro-F1, ROC-AUC vs training images per class, from scratch and by transfer."""
     from leukocyte_cnn.base.run_folder import run_lock
     from leukocyte_cnn.reporting.learning_curve import (
-        MODES,
         curve_dir,
         learning_curve_table,
         write_learning_curve,
@@ -340,42 +416,50 @@ def learning_curve(run, s, args: argparse.Namespace):
     recorded = source.metadata.get("architecture")
     scratch_arch = dict(architecture_of_record(recorded) if recorded else architecture(s),
                         image_size=int(s["IMAGE_SIZE"]))
+    arms = list(s["CURVE_ARMS"])
+    plans = {arm: fine_tuning_plan(source.load_for(n_classes, arm), arm, s)
+             for arm in arms if arm != "scratch"}
     run_dir = start_run(run, "resnext_learning_curve", settings=s, split=split,
-                        title="ResNeXt learning curve: from scratch vs transfer",
+                        title="ResNeXt learning curve: from scratch vs fine-tuned",
                         class_names=split.class_names,
                         extra={"source": source_config(source), "train_sizes": sizes,
-                               "scratch_architecture": scratch_arch})
+                               "curve_arms": arms, "scratch_architecture": scratch_arch,
+                               "fine_tuning": plans})
     for size in sizes:
-        for mode in MODES:
-            print(f"learning curve: {size} training images per class, {mode}", flush=True)
+        for arm in arms:
+            print(f"learning curve: {size} training images per class, {arm}", flush=True)
 
-            def train_fold(fold, size=size, mode=mode):
+            def train_fold(fold, size=size, arm=arm):
                 fold.train = subsample_per_class(fold.train, size, seed=run.seed, fold=fold.fold)
-                if mode == "transfer":
+                factors = None
+                if arm != "scratch":
                     fold.artifacts["source_checkpoint"] = {"path": str(source.path),
                                                            "fingerprint": source.sha256}
-                    build = lambda: source.load_for(n_classes, s["RETRAIN"])  # noqa: E731
-                    rate = s["FINE_TUNE_LEARNING_RATE"]
+                    build = lambda: source.load_for(n_classes, arm)  # noqa: E731
+                    rate, factors = s["FINE_TUNE_LEARNING_RATE"], plan_rate_factors(plans[arm])
                 else:
                     build = lambda: build_model(scratch_arch, n_classes)  # noqa: E731
                     rate = s["LEARNING_RATE"]
                 return train_resnext_fold(fold, build, class_names=split.class_names,
                                           settings=s, learning_rate=rate, xla=run.devices.xla,
+                                          rate_factors=factors,
                                           train_table=repeat_to_epoch(fold.train,
                                                                       s["CURVE_EPOCH_IMAGES"]))
 
-            run_folds(split, curve_dir(run_dir, size, mode), folds, run.seed, train_fold,
+            run_folds(split, curve_dir(run_dir, size, arm), folds, run.seed, train_fold,
                       settings=s)
     with run_lock(run_dir, "learning curve of"):  # jobs finishing together: one at a time
-        table = learning_curve_table(run_dir, sizes, split.class_names)
+        table = learning_curve_table(run_dir, sizes, split.class_names, modes=arms)
         write_learning_curve(
-            table, run_dir, title="ResNeXt learning curve: from scratch vs transfer",
+            table, run_dir, title="ResNeXt learning curve: from scratch vs fine-tuned",
             note=(f"Test folds of {split.csv_path.name}; per fold, the first N training images "
                   f"of each class in a seeded order (nested subsets; validation and test "
                   f"images untouched), repeated to at least {s['CURVE_EPOCH_IMAGES']} images "
                   f"per epoch, online flips and rotations, early stopping on the fold's "
-                  f"validation images. Transfer: {source.path.name}, RETRAIN={s['RETRAIN']}. "
-                  "Mean ± sample std over folds."))
+                  f"validation images. Fine-tuned from {source.path.name}: "
+                  + "; ".join(f"{arm} (pretrained layers at x{plan['pretrained_lr_factor']:g} "
+                              "the rate)" for arm, plan in plans.items())
+                  + ". Mean ± sample std over folds."))
     print(f"learning curve written to {run_dir / 'learning_curve.md'}", flush=True)
     return table
 

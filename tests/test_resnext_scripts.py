@@ -128,10 +128,13 @@ def test_pretrain_writes_checkpoint_sidecar_and_source_listing(data):
     assert meta["input_scaling"] == {"scale": pytest.approx(1 / 255), "offset": 0.0}
     assert meta["source_dataset"] == "folder" and len(meta["source_dataset_hash"]) == 64
     assert meta["seed"] == 0 and 0.0 <= meta["val_accuracy"] <= 1.0
-    assert meta["n_train"] + meta["n_val"] == 40 and meta["n_val"] == 8  # 1 of 5 folds held out
+    assert meta["n_train"] + meta["n_val"] + meta["n_held_out"] == 40  # 1 of 5 folds held out
+    assert meta["n_held_out"] == 8 and meta["n_val"] == 4  # early stopping: 10 % of the rest
+    low, high = meta["held_out_accuracy_ci"]
+    assert low <= meta["held_out_accuracy"] <= high
     listing = pd.read_csv(images_path(checkpoint))
     assert len(listing) == 40 and listing["sha256"].nunique() == 40
-    assert sorted(listing["role"].unique()) == ["train", "val"]
+    assert sorted(listing["role"].unique()) == ["test", "train", "val"]
 
 
 def test_fine_tuning_starts_from_the_source_weights(data, tmp_path, monkeypatch):
@@ -260,14 +263,15 @@ def test_learning_curve_run_trains_both_arms_on_the_same_training_subset(data, t
     monkeypatch.setattr(resnext_runs, "train_resnext_fold", counting)
     table = transfer.main(transfer.parse_args(target_args(
         data, tmp_path / "results", "--source-checkpoint", str(data["checkpoint"]),
-        "--train-sizes", "3", "--folds", "0", "--curve-epoch-images", "32")))
-    # 9 images repeated whole to reach 32 a epoch: 4 times each, in both arms
-    assert fed_per_epoch == [36, 36]
+        "--train-sizes", "3", "--folds", "0", "--curve-epoch-images", "32",
+        "--curve-arms", "scratch,head,all")))
+    # 9 images repeated whole to reach 32 a epoch: 4 times each, in every arm
+    assert fed_per_epoch == [36, 36, 36]
     run_dir = tmp_path / "results" / "resnext_learning_curve_folder"
     written = pd.read_csv(run_dir / "learning_curve.csv")
     assert (list(zip(written["size"], written["mode"], strict=True))
-            == [(3, "scratch"), (3, "transfer")])
-    assert len(table) == 2 and (written["n_folds"] == 1).all()
+            == [(3, "scratch"), (3, "head"), (3, "all")])
+    assert len(table) == 3 and (written["n_folds"] == 1).all()
     assert (written["train_images"] == 9).all()  # 3 images x 3 classes
     assert (run_dir / "learning_curve.md").is_file()
     assert (run_dir / "learning_curve.png").stat().st_size > 0
@@ -275,13 +279,20 @@ def test_learning_curve_run_trains_both_arms_on_the_same_training_subset(data, t
     split = read_split_csv(config["split_file"])
     split_train = set(split.query("fold == 0 and role == 'train'")["image"])
     chosen = {}
-    for mode in ("scratch", "transfer"):
+    for mode in ("scratch", "head", "all"):
         fed = pd.read_csv(run_dir / f"size_003_{mode}" / "fold_00" / "inputs.csv", dtype=str)
         train = fed[fed["role"] == "train"]
         assert train.groupby("class_name").size().tolist() == [3, 3, 3]
         assert set(train["image"]) <= split_train   # never a validation or test image
         chosen[mode] = set(train["image"])
-    assert chosen["scratch"] == chosen["transfer"]  # both arms see the same images
+    assert chosen["scratch"] == chosen["head"] == chosen["all"]  # every arm: the same images
+    assert config["curve_arms"] == ["scratch", "head", "all"]
+    plans = config["fine_tuning"]  # per arm, what trained at which rate
+    assert plans["head"]["layers"]["stage1"] == {**plans["head"]["layers"]["stage1"],
+                                                 "trained": False, "learning_rate": None}
+    assert plans["all"]["pretrained_lr_factor"] == 0.1
+    assert plans["all"]["layers"]["stage1"]["learning_rate"] == pytest.approx(1e-4)
+    assert plans["all"]["layers"]["head"]["learning_rate"] == pytest.approx(1e-3)
     # the scratch arm has the source's architecture, freshly initialised
     assert config["scratch_architecture"]["first_stage_channels"] == 8
 
@@ -380,3 +391,40 @@ def test_a_tiny_training_subset_is_repeated_whole_to_fill_an_epoch():
     assert repeated["image"].value_counts().eq(3).all()
     assert repeated["label"].value_counts().to_dict() == {1: 18, 0: 12}
     assert repeat_to_epoch(rows, 10) is rows and repeat_to_epoch(rows, 0) is rows
+
+
+def test_fine_tuning_on_the_owners_train_test_uses_every_training_image(data, tmp_path,
+                                                                       monkeypatch):
+    """``--split-method predefined --target 0``: the Kaggle sample's own TRAIN/TEST, every
+    TRAIN image that is not validation trains (no balancing subsample), TEST only tests, and
+    the classes the source lacks get the new head."""
+    from conftest import shared_dataset
+
+    root = shared_dataset("kaggle_blood_cells_sample")
+    monkeypatch.chdir(tmp_path)
+    transfer.main(transfer.parse_args(
+        ["--dataset", "kaggle", "--data-root", str(root), "--split-method", "predefined",
+         "--target", "0", "--results-dir", str(tmp_path / "results"), "--retrain", "head",
+         "--source-checkpoint", str(data["checkpoint"]), *TINY]))
+    run_dir = next((tmp_path / "results").glob("resnext_transfer_kaggle*"))
+    config = json.loads((run_dir / "settings.json").read_text())["config"]
+    split = read_split_csv(config["split_file"])
+    assert split["fold"].max() == 0  # one fold: the owner's split
+    fed = pd.read_csv(run_dir / "fold_00" / "inputs.csv", dtype=str)
+    rows = split[split["fold"] == 0]
+    for role in ("train", "val", "test"):
+        assert set(fed.loc[fed["role"] == role, "image"]) == set(
+            rows.loc[rows["role"] == role, "image"]), role
+    assert fed.loc[fed["role"] == "test", "image"].str.startswith("TEST/").all()
+    assert (fed["role"] == "train").sum() > 150  # all of TRAIN but validation, not 150 a class
+    assert config["fine_tuning"]["mode"] == "head"
+    assert len(config["class_names"]) == 4
+
+
+def test_train_sizes_run_in_the_order_given_and_tables_sort_them():
+    from leukocyte_cnn.runs.learning_curve import parse_train_sizes
+
+    assert parse_train_sizes("10,20,5,10,1") == [10, 20, 5, 1]
+    for bad in ("0,5", "five", ""):
+        with pytest.raises(InputError, match="--train-sizes"):
+            parse_train_sizes(bad)

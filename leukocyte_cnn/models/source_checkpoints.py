@@ -35,7 +35,7 @@ from leukocyte_cnn.base.io import file_sha256, read_json, save_model, write_csv,
 
 # The only preprocessing this repository's pipelines produce: float32 pixels in [0, 255] go
 # in, and the model scales them itself (a Rescaling layer right after its input).
-PRETRAIN_CODE_VERSION = 3  # in a source checkpoint's fingerprint; bump when pretraining changes
+PRETRAIN_CODE_VERSION = 4  # in a source checkpoint's fingerprint; bump when pretraining changes
 PREPROCESSING = "rescaling_in_model"
 INPUT_PIXELS = "[0, 255]"
 

@@ -1,10 +1,11 @@
 """The learning curve's table, paired tests, Markdown and figure, read from its fold folders.
 
 A learning-curve run keeps the folds of each (training images per class, mode) point in
-``<run>/size_NNN_<mode>`` (:func:`curve_dir`), ``mode`` one of :data:`MODES` (from scratch, or
-fine-tuned from a source checkpoint). :func:`learning_curve_table` tabulates accuracy,
-macro-F1 and ROC-AUC over the test folds of every point, with the paired difference of each
-transfer point to from-scratch on the same test images (:func:`paired_to_scratch`);
+``<run>/size_NNN_<mode>`` (:func:`curve_dir`), ``mode`` an arm of the run (``scratch``, or a
+fine-tuning mode such as ``head``, ``last_stage``, ``all``; older runs: ``transfer``).
+:func:`learning_curve_table` tabulates accuracy, macro-F1 and ROC-AUC over the test folds of
+every point, with the paired difference of each fine-tuned point to from-scratch on the same
+test images (:func:`paired_to_scratch`);
 :func:`write_learning_curve` writes ``learning_curve.{csv,md,png}``.
 """
 from __future__ import annotations
@@ -18,7 +19,10 @@ import pandas as pd
 
 from leukocyte_cnn.base.io import read_json, write_csv, write_text
 
-MODES = ("scratch", "transfer")  # the two arms of the curve, each in its own folders
+MODES = ("scratch", "transfer")  # the two arms of runs that predate CURVE_ARMS
+_ARM_LABELS = {"scratch": "from scratch", "transfer": "fine-tuned", "head": "fine-tuned: head",
+               "last_stage": "fine-tuned: last stage",
+               "last_two_stages": "fine-tuned: last two stages", "all": "fine-tuned: all layers"}
 CURVE_METRICS = ("accuracy", "macro_f1", "roc_auc")
 _METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "roc_auc": "ROC-AUC"}
 
@@ -35,7 +39,7 @@ def learning_curve_table(run_dir: str | os.PathLike, sizes: Sequence[int],
     from leukocyte_cnn.reporting.metrics import mean_std, per_fold_table
 
     rows = []
-    for size in sizes:
+    for size in sorted(sizes):
         for mode in modes:
             directory = curve_dir(run_dir, size, mode)
             folds = per_fold_table(load_predictions(directory), class_names)
@@ -135,7 +139,7 @@ def plot_learning_curve(table: pd.DataFrame, path: str | os.PathLike,
             part = part.sort_values("size")
             ax.errorbar(part["size"], part[f"{metric}_mean"],
                         yerr=part[f"{metric}_std"].fillna(0.0), marker="o", capsize=3,
-                        label="from scratch" if mode == "scratch" else mode)
+                        label=_ARM_LABELS.get(mode, mode))
         ax.set_xscale("log")
         sizes = sorted(table["size"].unique())
         ax.set_xticks(sizes, [str(s) for s in sizes])

@@ -27,12 +27,14 @@ from leukocyte_cnn.reporting.learning_curve import (
 
 
 def parse_train_sizes(text: str) -> list[int]:
-    """``"5,10,20"`` -> ``[5, 10, 20]`` (positive, increasing order, duplicates dropped)."""
+    """``"10,20,5"`` -> ``[10, 20, 5]``: positive, duplicates dropped, in the order given,
+    which is the order the sizes are trained in (the sizes that matter most first, on a slow
+    machine); tables and figures sort them."""
     try:
-        sizes = sorted({int(part) for part in str(text).split(",") if part.strip()})
+        sizes = list(dict.fromkeys(int(part) for part in str(text).split(",") if part.strip()))
     except ValueError:
         raise InputError(f"--train-sizes {text}: expected whole numbers like 5,10,20") from None
-    if not sizes or sizes[0] < 1:
+    if not sizes or min(sizes) < 1:
         raise InputError(f"--train-sizes {text}: expected positive numbers of images per class")
     return sizes
 
@@ -75,7 +77,7 @@ def finished_sizes(run_dir: str | os.PathLike, sizes: Sequence[int], n_folds: in
     """Sizes of a learning curve whose every mode has all ``n_folds`` folds predicted, and
     the sizes that do not (yet)."""
     done, missing = [], []
-    for size in sizes:
+    for size in sorted(sizes):
         complete = all(len(list(curve_dir(run_dir, size, mode).glob("fold_*/predictions.csv")))
                        >= n_folds for mode in modes)
         (done if complete else missing).append(int(size))
@@ -101,15 +103,16 @@ def _rebuild_learning_curve(run_dir: Path) -> pd.DataFrame:
     sizes = [int(s) for s in config.get("train_sizes") or []]
     if not sizes:
         raise InputError(f"{run_dir}/settings.json: not a learning-curve run (no train_sizes)")
+    modes = list(config.get("curve_arms") or MODES)  # runs before the arms were a knob: 2
     for size in sizes:
-        for mode in MODES:
+        for mode in modes:
             if curve_dir(run_dir, size, mode).is_dir():
                 check_fold_chain(curve_dir(run_dir, size, mode), config.get("split_sha256"))
-    done, missing = finished_sizes(run_dir, sizes, int(config["n_folds"]))
+    done, missing = finished_sizes(run_dir, sizes, int(config["n_folds"]), modes)
     if not done:
         raise InputError(f"{run_dir}: no size of the learning curve has all "
-                         f"{config['n_folds']} folds of both arms yet")
-    table = learning_curve_table(run_dir, done, config["class_names"])
+                         f"{config['n_folds']} folds of every arm ({', '.join(modes)}) yet")
+    table = learning_curve_table(run_dir, done, config["class_names"], modes)
     note = (f"Test folds of {Path(config.get('split_file', '?')).name}; mean ± sample std over "
             f"the {config['n_folds']} folds (one repeat per fold, its test images never trained "
             "on).")

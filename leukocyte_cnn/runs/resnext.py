@@ -50,6 +50,11 @@ def add_resnext_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                   help="learning rate (LEARNING_RATE)")
     knob_argument(parser, "--k", knob="K", type=int,
                   help="folds of the stratified k-fold split (K)")
+    knob_argument(parser, "--split-method", knob="SPLIT_METHOD",
+                  choices=("kfold", "group_kfold", "predefined"),
+                  help="kfold (stratified, by group where the data has groups), group_kfold, "
+                       "or predefined: the owner's TRAIN/TEST, validation drawn from TRAIN "
+                       "(SPLIT_METHOD)")
     parser.add_argument("--zheng-dataset", choices=("1", "2", "both"), default=None,
                         help="zheng2018 only: which of the two Zheng et al. sets to read "
                              "(default: the reader's, 1)")
@@ -57,7 +62,8 @@ def add_resnext_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="root of linear_cnn_da.py's class-balanced folds "
                              "(default data/augmented)")
     knob_argument(parser, "--target", knob="TARGET_PER_CLASS", type=int,
-                  help="images per class of the balanced folds (TARGET_PER_CLASS)")
+                  help="images per class of the balanced folds (TARGET_PER_CLASS); 0: no "
+                       "balancing, every training image of the fold as it is")
     return parser
 
 
@@ -108,25 +114,37 @@ def build_model(arch: Mapping, num_classes: int):
 
 
 def resolve_resnext_split(run, settings):
-    """The stratified k-fold split (``K``) with the multiclass protocol's exclusion rule
-    (``MIN_IMAGES``, ``EXCLUDE_CLASSES``) and validation share (``VAL_FRACTION``): with the same
-    knobs, the very file ``cross_validation_splits.py --method kfold`` writes.
+    """The split of ``SPLIT_METHOD``: stratified k-fold (``K``), or the owner's TRAIN/TEST
+    (``predefined``), with the multiclass protocol's exclusion rule (``MIN_IMAGES``,
+    ``EXCLUDE_CLASSES``) and validation share (``VAL_FRACTION``): with the same knobs, the
+    very file ``cross_validation_splits.py --method <SPLIT_METHOD>`` writes.
     """
-    from leukocyte_cnn.runs.experiment import given_split, present_exclusions, resolve_split
+    from leukocyte_cnn.runs.experiment import resolve_protocol_split
 
-    if (split := given_split(run)) is not None:
-        return split
-    return resolve_split(run, method="kfold", k=settings["K"],
-                         val_fraction=settings["VAL_FRACTION"], min_images=settings["MIN_IMAGES"],
-                         exclude=present_exclusions(run, settings["EXCLUDE_CLASSES"]))
+    return resolve_protocol_split(run, settings)
+
+
+def fold_training_images(fold, split, settings, seed: int, augmented_dir):
+    """A fold's training table: class-balanced to ``TARGET_PER_CLASS`` by augmentation (as
+    ``linear_cnn_da.py``), or with ``TARGET_PER_CLASS`` 0 every training image of the fold as
+    it is (e.g. all of the owner's TRAIN; online augmentation still applies)."""
+    from leukocyte_cnn.inputs.balancing import Balancing, balanced_fold_images
+
+    if int(settings["TARGET_PER_CLASS"]) == 0:
+        return fold.train
+    balancing = Balancing.from_settings(settings, seed, image_size=settings["BALANCED_IMAGE_SIZE"])
+    return balanced_fold_images(fold, split, augmented_dir, balancing)
 
 
 def train_resnext_fold(fold, build, *, class_names, settings, train_table, xla: bool,
-                       learning_rate: float | None = None):
+                       learning_rate: float | None = None, resume: bool = False,
+                       rate_factors=None):
     """One fold: train ``build()`` with online flips and rotations (``fold_XX/inputs.csv``
     records the images fed), stop early on the fold's validation images and predict its test
     images. ``learning_rate`` defaults to the ``LEARNING_RATE`` knob (fine-tuning passes
-    its own)."""
+    its own). ``resume``: a killed training goes on from its last finished epoch.
+    ``rate_factors``: fine-tuning's slower pretrained layers
+    (:func:`leukocyte_cnn.models.fine_tuning.rate_factors`)."""
     from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.runs.cross_validation import train_classifier_fold
 
@@ -138,6 +156,7 @@ def train_resnext_fold(fold, build, *, class_names, settings, train_table, xla: 
         optimizer=s["OPTIMIZER"],
         learning_rate=s["LEARNING_RATE"] if learning_rate is None else learning_rate,
         train_table=train_table, xla=xla, color_mode=s["COLOR_MODE"], cache_mb=s["CACHE_MB"],
+        resume=resume, rate_factors=rate_factors,
         augment=online_augmentation(rotation_degrees=s["ROTATION_DEGREES"],
                                     horizontal_flip=s["FLIPS"], vertical_flip=s["FLIPS"],
                                     seed=fold.seed, where=s["AUGMENT_IN"]))
