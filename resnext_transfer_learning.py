@@ -12,12 +12,13 @@ pretrained layers learning at ``PRETRAINED_LR_FACTOR`` of the new head's rate
   ``synthetic_kaggle``: four white-cell classes in another layout and image size; real:
   ``--source-dataset pbc --source-data-root PBC``): a held-out part of it (the owner's TEST
   split when it has one, else one stratified fold, by patient where there are patients) is
-  never trained on and measures the source model; early stopping watches a validation share
-  of the training images. Saves ``<results-dir>/checkpoints/<name>.keras`` with
-  ``<name>.json`` (classes, input size, preprocessing, architecture, source data and hash,
-  seed, held-out accuracy with its 95 % interval) and ``<name>.images.csv`` (digests of the
-  source images). Killed, the same command resumes from its last finished epoch (weights,
-  optimizer, early-stopping state, epoch log and random streams) to the same weights.
+  never trained on and measures the source model; early stopping and learning-rate drops
+  watch a validation share of the training images. Saves
+  ``<results-dir>/checkpoints/<name>.keras`` with ``<name>.json`` (classes, input size,
+  preprocessing, architecture, source data and hash, seed, held-out accuracy with its 95 %
+  interval) and ``<name>.images.csv`` (digests of the source images). Killed, the same
+  command resumes from its last finished epoch (weights, optimizer, early-stopping and
+  learning-rate state, epoch log and random streams) to the same weights.
 * default: fine-tune ``--source-checkpoint`` on every fold: the head replaced for the target
   classes, ``RETRAIN`` unfrozen, a fresh copy of the source weights loaded for each fold.
 * ``--train-sizes 5,10,20,40``: the learning curve: for each size and fold, that many training
@@ -58,6 +59,9 @@ SOURCE_HELD_OUT_FOLDS = 5  # without an owner's TEST split: hold out 1 of this m
 SOURCE_MIN_IMAGES = 5      # source classes with fewer images are left out
 SOURCE_VAL_FRACTION = 0.1  # share of the source's training images for early stopping (the
                            # held-out part only measures the finished model)
+SOURCE_LR_DROP_PATIENCE = 3  # pretraining: epochs without validation-loss improvement before
+                           # the learning rate drops (0: a constant rate)
+SOURCE_LR_DROP_FACTOR = 0.2  # pretraining: the rate is multiplied by this at each drop
 # --- class balancing of each target fold's training images (as linear_cnn_da.py)
 TARGET_PER_CLASS = 150     # images per class after balancing (thesis: 150); 0: no
                            # balancing, every training image of the fold as it is
@@ -115,6 +119,16 @@ def _arms(text: str) -> tuple[str, ...]:
     return arms
 
 
+def _every_mode(text: str) -> dict[str, float]:
+    from leukocyte_cnn.models.resnext import RETRAIN_CHOICES
+
+    try:
+        factor = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number like 0.1") from None
+    return {mode: factor for mode in RETRAIN_CHOICES}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from leukocyte_cnn.base.devices import add_gpu_arguments
     from leukocyte_cnn.base.knobs import knob_argument
@@ -141,7 +155,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "--pretrain); its .json sidecar is read from beside it")
     knob_argument(parser, "--retrain", knob="RETRAIN", choices=RETRAIN_CHOICES,
                   help=f"part of the network fine-tuned (RETRAIN, default {RETRAIN})")
-    knob_argument(parser, "--pretrained-lr-factor", knob="PRETRAINED_LR_FACTOR", type=float,
+    knob_argument(parser, "--pretrained-lr-factor", knob="PRETRAINED_LR_FACTOR",
+                  type=_every_mode,
                   help="learning rate of the unfrozen pretrained layers as a fraction of the "
                        "fine-tuning rate, in every mode (PRETRAINED_LR_FACTOR: per mode, "
                        f"default {PRETRAINED_LR_FACTOR})")
@@ -205,9 +220,17 @@ def source_parts(source_dataset: str, source_data_root, seed: int, s):
 # Knobs that decide the source model (part of its checkpoint's fingerprint); the others
 # (fine-tuning, the target's split and balancing, caching) never reach pretraining.
 _PRETRAINING_KNOBS = ("SOURCE_DATASET", "SOURCE_HELD_OUT_FOLDS", "SOURCE_MIN_IMAGES",
-                      "SOURCE_VAL_FRACTION", "IMAGE_SIZE",
+                      "SOURCE_VAL_FRACTION", "SOURCE_LR_DROP_PATIENCE",
+                      "SOURCE_LR_DROP_FACTOR", "IMAGE_SIZE",
                       "COLOR_MODE", "OPTIMIZER", "LEARNING_RATE", "BATCH_SIZE", "EPOCHS",
                       "PATIENCE", "ROTATION_DEGREES", "FLIPS", "AUGMENT_IN")
+
+
+def source_lr_drop(s) -> dict | None:
+    """Pretraining's learning-rate drop on plateaus of the validation loss (``None``: off)."""
+    if not s["SOURCE_LR_DROP_PATIENCE"]:
+        return None
+    return {"patience": s["SOURCE_LR_DROP_PATIENCE"], "factor": s["SOURCE_LR_DROP_FACTOR"]}
 
 
 def pretrain(run, s, args: argparse.Namespace) -> Path:
@@ -269,7 +292,8 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
         set_seed(run.seed)
         predictions = train_resnext_fold(fold, lambda: build_model(arch, len(names)),
                                          class_names=names, settings=s, train_table=fold.train,
-                                         xla=run.devices.xla, resume=True)
+                                         xla=run.devices.xla, resume=True,
+                                         reduce_lr=source_lr_drop(s))
         accuracy = float((predictions["pred"] == predictions["label"]).mean())
         low, high = bootstrap_ci(predictions["label"].to_numpy(),
                                  predictions[prob_columns(names)].to_numpy(), "accuracy",
@@ -329,8 +353,7 @@ def fine_tuning_plan(model, mode: str, s) -> dict:
     layers' rate factor and, per part of the network, whether it trains and at which rate."""
     from leukocyte_cnn.models.fine_tuning import describe_layers, summary_line
 
-    factors = s["PRETRAINED_LR_FACTOR"]
-    factor = float(factors[mode] if isinstance(factors, dict) else factors)
+    factor = float(s["PRETRAINED_LR_FACTOR"][mode])
     parts = describe_layers(model, s["FINE_TUNE_LEARNING_RATE"], factor)
     print(f"fine-tuning {mode}: {summary_line(parts)}", flush=True)
     return {"mode": mode, "learning_rate": s["FINE_TUNE_LEARNING_RATE"],

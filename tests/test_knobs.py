@@ -278,6 +278,11 @@ def _another_value(action, default):
         return next(str(c) for c in action.choices if c != default)
     if isinstance(default, bool):
         return None
+    if isinstance(default, dict):  # an option setting every entry to one number
+        return "0.05"
+    if isinstance(default, tuple) and len(default) > 1 and all(isinstance(x, str)
+                                                               for x in default):
+        return ",".join(default[:-1])  # a comma-separated subset
     if isinstance(default, int) or action.type is int:
         return str((default or 0) + 3)
     if isinstance(default, float) or action.type is float:

@@ -44,7 +44,10 @@ def _network():
         keras.layers.Dense(2, activation="softmax")])
 
 
-def _train(images, directory, *, network=_network, kill=False, monkeypatch=None):
+def _train(images, directory, *, network=_network, kill=False, monkeypatch=None,
+           wrong_val=False):
+    """One fold of the fold body; ``wrong_val``: validation labels swapped, so the validation
+    loss rises as the network learns and the learning rate drops every epoch."""
     from leukocyte_cnn.base.seeding import set_seed
     from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.runs import training_state
@@ -63,8 +66,11 @@ def _train(images, directory, *, network=_network, kill=False, monkeypatch=None)
         monkeypatch.setattr(training_state, "epoch_state", killing)
     else:
         monkeypatch.undo()
+    val = images.iloc[20:24]
+    if wrong_val:
+        val = val.assign(label=1 - val["label"])
     fold = types.SimpleNamespace(train=images.iloc[:20].reset_index(drop=True),
-                                 val=images.iloc[20:24].reset_index(drop=True),
+                                 val=val.reset_index(drop=True),
                                  test=images.iloc[24:].reset_index(drop=True),
                                  seed=3, directory=directory, fold=0, started=None,
                                  artifacts={}, split_sha256="x")
@@ -72,7 +78,7 @@ def _train(images, directory, *, network=_network, kill=False, monkeypatch=None)
     return train_classifier_fold(
         fold, network, class_names=["a", "b"], image_size=(16, 16), batch_size=8,
         epochs=EPOCHS, patience=EPOCHS, optimizer="adam", learning_rate=1e-2,
-        color_mode="rgb", cache_mb=64, resume=True,
+        color_mode="rgb", cache_mb=64, resume=True, reduce_lr={"patience": 1, "factor": 0.5},
         augment=online_augmentation(rotation_degrees=40, horizontal_flip=True,
                                     vertical_flip=True, seed=3, where="step"))
 
@@ -156,3 +162,18 @@ def test_a_state_of_another_network_is_refused(images, tmp_path, monkeypatch):
 
     with pytest.raises(InputError, match="training_state: saved by a training of another"):
         _train(images, tmp_path / "fold", network=wider, monkeypatch=monkeypatch)
+
+
+def test_the_learning_rate_schedule_resumes_where_it_was(images, tmp_path, monkeypatch):
+    """With the rate dropping every epoch, the resumed run's epochs (rates and validation
+    losses after the kill) are those of the unbroken run."""
+    _train(images, tmp_path / "unbroken", monkeypatch=monkeypatch, wrong_val=True)
+    with pytest.raises(Killed):
+        _train(images, tmp_path / "killed", kill=True, monkeypatch=monkeypatch,
+               wrong_val=True)
+    _train(images, tmp_path / "killed", monkeypatch=monkeypatch, wrong_val=True)
+    logs = [pd.read_csv(tmp_path / name / "epochs.csv").drop(columns="seconds")
+            for name in ("unbroken", "killed")]
+    pd.testing.assert_frame_equal(*logs)
+    rates = logs[0]["learning_rate"].to_numpy()
+    assert rates[-1] < rates[KILL_AT[0]] < rates[0]  # drops before and after the kill

@@ -202,7 +202,7 @@ class _EpochTimer:
 
 def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: Path,
         monitor: str = "val_loss", extra_callbacks: Sequence = (), verbose: int = 0,
-        saved=None, resume: bool = False):
+        saved=None, resume: bool = False, reduce_lr: dict | None = None):
     """Train with early stopping on the validation images and keep the best weights.
 
     Writes ``epochs.csv`` (one row per epoch), TensorBoard logs (``tensorboard/``: train and
@@ -214,6 +214,8 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
     after every epoch and, when a killed run left one, go on from it
     (:mod:`leukocyte_cnn.runs.training_state`; the feed is then one stream over all epochs,
     ``train_ds`` repeated, so a resumed run sees the batches an unbroken one would).
+    ``reduce_lr``: ``{"patience": p, "factor": f}``: the learning rate is multiplied by ``f``
+    after ``p`` epochs without improvement of the monitored loss (Keras' ReduceLROnPlateau).
     Returns the epoch log (a DataFrame, one row per epoch of the whole training).
     """
 
@@ -226,6 +228,12 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
     stopping = training_state.resumable_early_stopping(
         state, monitor=monitor, patience=patience, restore_best_weights=True, verbose=0)
     callbacks = [_EpochTimer(), stopping, *extra_callbacks]
+    schedule = None
+    if reduce_lr:
+        schedule = training_state.resumable_reduce_lr(
+            state, monitor=monitor, patience=int(reduce_lr["patience"]),
+            factor=float(reduce_lr["factor"]), verbose=0)
+        callbacks.insert(2, schedule)
     rows = list(state["rows"]) if state else []
     feed, options, done = train_ds, {}, 0
     if resume:
@@ -239,7 +247,7 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
                   flush=True)
         feed = train_ds.repeat().skip(done * steps)
         options = {"steps_per_epoch": steps, "initial_epoch": done}
-        callbacks.append(training_state.epoch_state(fold_directory, stopping, rows))
+        callbacks.append(training_state.epoch_state(fold_directory, stopping, rows, schedule))
     if tensorboard():  # the epoch scalars and the learning rate; --no-tensorboard: none
         from leukocyte_cnn.runs.tensorboard_logs import EpochScalars
 
@@ -383,8 +391,8 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
                           binary: bool = False, xla: bool = False, verbose: int = 0,
                           optimizer_options: dict | None = None, mask_column: str | None = None,
                           extra_metrics: Sequence = (), timings: dict | None = None,
-                          resume: bool = False, rate_factors: Callable | None = None
-                          ) -> pd.DataFrame:
+                          resume: bool = False, rate_factors: Callable | None = None,
+                          reduce_lr: dict | None = None) -> pd.DataFrame:
     """The body of one fold: train a fresh classifier, keep its best checkpoint, predict the
     test images once and write the fold's files (the last one marks it finished).
 
@@ -408,6 +416,7 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     ``resume``: a killed training goes on from its last finished epoch (:func:`fit`).
     ``rate_factors(model)``: ``{variable path: factor}`` of variables that learn at a fraction
     of ``learning_rate`` (fine-tuning's pretrained layers, :mod:`models.fine_tuning`).
+    ``reduce_lr``: a learning-rate drop on plateaus (:func:`fit`).
     """
     from leukocyte_cnn.base.devices import (
         check_global_batch,
@@ -459,7 +468,7 @@ def train_classifier_fold(fold: Fold, build_model: Callable, *, class_names: Seq
     log = fit(trainer, dataset(train, True),
               dataset(fold.val, False) if len(fold.val) else None, epochs=epochs,
               patience=patience, fold_directory=fold.directory, verbose=verbose,
-              saved=model, resume=resume)
+              saved=model, resume=resume, reduce_lr=reduce_lr)
     if extra_metrics or in_step or rate_factors is not None:
         # The checkpoint is the network alone, compiled with built-in metrics and a built-in
         # optimizer only (layer rates are a training device, not part of the model).

@@ -138,13 +138,14 @@ def fold_training_images(fold, split, settings, seed: int, augmented_dir):
 
 def train_resnext_fold(fold, build, *, class_names, settings, train_table, xla: bool,
                        learning_rate: float | None = None, resume: bool = False,
-                       rate_factors=None):
+                       rate_factors=None, reduce_lr: dict | None = None):
     """One fold: train ``build()`` with online flips and rotations (``fold_XX/inputs.csv``
     records the images fed), stop early on the fold's validation images and predict its test
     images. ``learning_rate`` defaults to the ``LEARNING_RATE`` knob (fine-tuning passes
     its own). ``resume``: a killed training goes on from its last finished epoch.
     ``rate_factors``: fine-tuning's slower pretrained layers
-    (:func:`leukocyte_cnn.models.fine_tuning.rate_factors`)."""
+    (:func:`leukocyte_cnn.models.fine_tuning.rate_factors`). ``reduce_lr``: a learning-rate
+    drop on plateaus of the validation loss (``cross_validation.fit``)."""
     from leukocyte_cnn.inputs.augment import online_augmentation
     from leukocyte_cnn.runs.cross_validation import train_classifier_fold
 
@@ -156,7 +157,7 @@ def train_resnext_fold(fold, build, *, class_names, settings, train_table, xla: 
         optimizer=s["OPTIMIZER"],
         learning_rate=s["LEARNING_RATE"] if learning_rate is None else learning_rate,
         train_table=train_table, xla=xla, color_mode=s["COLOR_MODE"], cache_mb=s["CACHE_MB"],
-        resume=resume, rate_factors=rate_factors,
+        resume=resume, rate_factors=rate_factors, reduce_lr=reduce_lr,
         augment=online_augmentation(rotation_degrees=s["ROTATION_DEGREES"],
                                     horizontal_flip=s["FLIPS"], vertical_flip=s["FLIPS"],
                                     seed=fold.seed, where=s["AUGMENT_IN"]))

@@ -4,8 +4,9 @@ A long training (pretraining a source model on ten thousand images takes an hour
 cores) can be killed at any moment. After every epoch :class:`EpochState` writes
 ``training_state/`` beside the fold's files: every variable of the model (weights, batch-norm
 statistics and the random state of the in-step augmentation), of the optimizer (step count,
-moments), the early-stopping state (epochs without improvement, best value, best epoch and
-best weights) and the epoch log so far. The same command then calls
+learning rate, moments), the early-stopping state (epochs without improvement, best value,
+best epoch and best weights), that of the learning-rate schedule when there is one, and the
+epoch log so far. The same command then calls
 :func:`cross_validation.fit` with ``resume=True`` again: the state is loaded, training goes on
 from the next epoch, and the feed skips the batches already seen. The feed is one seeded stream
 over all epochs (the training set repeated, reshuffled each pass), so skipping ``epoch x
@@ -103,9 +104,30 @@ def resumable_early_stopping(state: dict | None, **options):
     return ResumableEarlyStopping(**options)
 
 
-def epoch_state(fold_directory, early_stopping, rows: list[dict]):
+def resumable_reduce_lr(state: dict | None, **options):
+    """Keras' ``ReduceLROnPlateau`` that starts from a saved state's wait, best value and
+    cooldown (the reduced rate itself is an optimizer variable, restored with the others)."""
+    import keras
+
+    class ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            saved = (state or {}).get("reduce_lr")
+            if saved:
+                self.wait, self.best = saved["wait"], saved["best"]
+                self.cooldown_counter = saved["cooldown_counter"]
+
+    return ResumableReduceLR(**options)
+
+
+def _plain(value):
+    return None if value is None else float(value)
+
+
+def epoch_state(fold_directory, early_stopping, rows: list[dict], reduce_lr=None):
     """A callback saving the training state after every epoch (place it after the early
-    stopping, whose state it records); ``rows`` is the epoch log so far, extended here."""
+    stopping and the learning-rate schedule, whose states it records); ``rows`` is the epoch
+    log so far, extended here."""
     import keras
 
     folder = state_dir(fold_directory)
@@ -132,6 +154,10 @@ def epoch_state(fold_directory, early_stopping, rows: list[dict]):
                                            "best_epoch": int(early_stopping.best_epoch),
                                            "n_best_weights": len(best)},
                         "rows": rows, "arrays": name, "arrays_sha256": _digest(folder / name)}
+            if reduce_lr is not None:
+                manifest["reduce_lr"] = {"wait": int(reduce_lr.wait),
+                                         "best": _plain(reduce_lr.best),
+                                         "cooldown_counter": int(reduce_lr.cooldown_counter)}
             temp = folder / ".state.json.partial"
             temp.write_text(json.dumps(manifest, indent=1))
             os.replace(temp, folder / _MANIFEST)
