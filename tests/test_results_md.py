@@ -78,3 +78,27 @@ def test_a_learning_curve_block_shows_the_curves_own_table_and_what_is_missing(t
     assert text.startswith("| size | mode | ROC-AUC |\n|---|---|---|\n"
                            "| 10 | scratch | 0.918 ± 0.059 |")
     assert "Not finished, so not shown: 20 training images per class." in text
+
+
+def test_a_source_checkpoint_block_shows_its_held_out_accuracy(tmp_path):
+    checkpoints = tmp_path / "results" / "checkpoints"
+    training = checkpoints / "src_training"
+    training.mkdir(parents=True)
+    (checkpoints / "src.keras").write_bytes(b"model")
+    (checkpoints / "src.json").write_text(json.dumps({
+        "source_dataset": "pbc", "class_names": list("abcdefgh"), "n_train": 90, "n_val": 10,
+        "n_held_out": 25, "held_out_accuracy": 0.96, "held_out_accuracy_ci": [0.92, 0.99],
+        "architecture": {"variant": "resnext14", "image_size": 48},
+        "provenance": {"git": {"commit": "c" * 40}, "machine": {"cpus": 2, "platform": "L"}}}))
+    pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [0.5, 0.3, 0.4]}).to_csv(
+        training / "epochs.csv", index=False)
+    (training / "timing.json").write_text(json.dumps({"fold_wall_seconds": 600}))
+    md = tmp_path / "RESULTS.md"
+    md.write_text("<!-- results: results/checkpoints/src.keras -->\nold\n<!-- /results -->\n"
+                  "<!-- results: results/checkpoints/absent.keras -->\nkept\n<!-- /results -->\n")
+    notes = regenerate(md, base=tmp_path)
+    text = md.read_text()
+    assert "| src | pbc | 8 | resnext14 48 px | 90 / 10 / 25 | 3 (2) | 0.960 [0.920, 0.990] |" \
+        in text
+    assert "commit cccccccccc · wall 10.0 min · 2 CPUs (L)" in text and "kept" in text
+    assert notes[1].startswith("kept (checkpoint not here)")

@@ -9,8 +9,9 @@ command) around tables that are never typed by hand. Each table sits between two
 
 and ``summarize_results.py --results-md RESULTS.md`` rewrites what is between them from the
 run folder(s) named in the opening marker: a run's ``summary.csv`` (pooled metric with its 95 %
-bootstrap interval, mean ± std over folds), a learning curve's ``learning_curve.csv``, or a
-study's ``comparison.csv``; under each table one line says which commit made it, on what
+bootstrap interval, mean ± std over folds), a learning curve's ``learning_curve.csv``, a
+study's ``comparison.csv``, or source checkpoints (``results/checkpoints/<name>.keras``: the
+held-out accuracy of each, from its sidecar); under each table one line says which commit made it, on what
 machine, and how long it took (wall and CPU, summed over folds). A block whose run folders
 are not on this machine is left as it is, so a fresh checkout regenerates nothing wrongly.
 
@@ -45,6 +46,13 @@ def regenerate(markdown_path: str | os.PathLike, base: str | os.PathLike = ".") 
 
     def replace(match: re.Match) -> str:
         runs = [Path(base) / r for r in match.group("spec").split()]
+        if all(r.suffix == ".keras" for r in runs):  # source checkpoints of transfer learning
+            missing = [str(r) for r in runs if not sidecar_of(r).is_file()]
+            if missing:
+                notes.append(f"kept (checkpoint not here): {', '.join(missing)}")
+                return match.group(0)
+            notes.append(f"regenerated from {', '.join(str(r) for r in runs)}")
+            return f"{match.group(1)}{source_table(runs)}\n{match.group(4)}"
         missing = [str(r) for r in runs if not r.is_dir()]
         if missing:
             notes.append(f"kept (run folder not here): {', '.join(missing)}")
@@ -85,6 +93,44 @@ def run_table(run_dir: Path) -> str:
         raise InputError(f"{run_dir}: no summary.csv, comparison.csv or learning_curve.csv; "
                          "run summarize_results.py on it first")
     return markdown_table(table).rstrip() + "\n\n" + provenance_line(run_dir)
+
+
+def sidecar_of(checkpoint: Path) -> Path:
+    return checkpoint.with_suffix(".json")
+
+
+def source_table(checkpoints: list[Path]) -> str:
+    """Source checkpoints (``resnext_transfer_learning.py --pretrain``): one row each, the
+    held-out accuracy with its interval, from the sidecar and the training's own files."""
+    from leukocyte_cnn.reporting.summary import markdown_table
+
+    rows, notes = [], []
+    for checkpoint in checkpoints:
+        meta = json.loads(sidecar_of(checkpoint).read_text())
+        training = checkpoint.with_name(f"{checkpoint.stem}_training")
+        epochs = pd.read_csv(training / "epochs.csv") if (training / "epochs.csv").is_file() \
+            else pd.DataFrame()
+        timing = json.loads((training / "timing.json").read_text()) \
+            if (training / "timing.json").is_file() else {}
+        low, high = meta.get("held_out_accuracy_ci") or (float("nan"), float("nan"))
+        arch = meta.get("architecture", {})
+        rows.append({
+            "checkpoint": checkpoint.stem, "source": meta.get("source_dataset"),
+            "classes": len(meta.get("class_names", [])),
+            "network": f"{arch.get('variant')} {arch.get('image_size')} px",
+            "train / val / held-out": f"{meta.get('n_train')} / {meta.get('n_val')} / "
+                                      f"{meta.get('n_held_out', '?')}",
+            "epochs (best)": (f"{len(epochs)} ({int(epochs['val_loss'].idxmin()) + 1})"
+                              if "val_loss" in epochs else "?"),
+            "held-out accuracy [95 % CI]": f"{meta.get('held_out_accuracy', float('nan')):.3f} "
+                                           f"[{low:.3f}, {high:.3f}]"})
+        machine = (meta.get("provenance") or {}).get("machine", {})
+        commit = ((meta.get("provenance") or {}).get("git") or {}).get("commit", "?")[:10]
+        notes.append(f"`{checkpoint.stem}`: commit {commit} · wall "
+                     f"{_duration(timing.get('fold_wall_seconds', timing.get('train_seconds', 0)))}"
+                     f" · {machine.get('cpus', '?')} CPUs ({machine.get('platform', '?')})")
+    return (markdown_table(pd.DataFrame(rows)).rstrip() + "\n\n<sub>" + "; ".join(notes)
+            + "</sub>")
 
 
 def summary_rows(summary: pd.DataFrame) -> pd.DataFrame:
