@@ -11,9 +11,10 @@ and ``summarize_results.py --results-md RESULTS.md`` rewrites what is between th
 run folder(s) named in the opening marker: a run's ``summary.csv`` (pooled metric with its 95 %
 bootstrap interval, mean ± std over folds), a learning curve's ``learning_curve.csv``, a
 study's ``comparison.csv``, or source checkpoints (``results/checkpoints/<name>.keras``: the
-held-out accuracy of each, from its sidecar); under each table one line says which commit made it, on what
-machine, and how long it took (wall and CPU, summed over folds). A block whose run folders
-are not on this machine is left as it is, so a fresh checkout regenerates nothing wrongly.
+held-out accuracy of each, from its sidecar); under each table one line says which commit made
+it, on what machine, and how long it took (wall and CPU, summed over folds). A block whose run
+folders are not on this machine is left as it is, so a fresh checkout regenerates nothing
+wrongly.
 
 :func:`check_tables` is what a test runs: every table must have a command (a fenced block
 starting with ``python``) and a ``Protocol:`` line above it in its section.
