@@ -155,6 +155,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "--pretrain); its .json sidecar is read from beside it")
     knob_argument(parser, "--retrain", knob="RETRAIN", choices=RETRAIN_CHOICES,
                   help=f"part of the network fine-tuned (RETRAIN, default {RETRAIN})")
+    knob_argument(parser, "--source-lr-drop-patience", knob="SOURCE_LR_DROP_PATIENCE",
+                  type=int, help=f"--pretrain: epochs without validation-loss improvement "
+                                 f"before the learning rate drops (SOURCE_LR_DROP_PATIENCE, "
+                                 f"default {SOURCE_LR_DROP_PATIENCE}; 0: a constant rate)")
     knob_argument(parser, "--pretrained-lr-factor", knob="PRETRAINED_LR_FACTOR",
                   type=_every_mode,
                   help="learning rate of the unfrozen pretrained layers as a fraction of the "
