@@ -227,6 +227,9 @@ def describe(metadata: dict) -> str:
     """One line about a source checkpoint, for the run log."""
     if not metadata:
         return "source checkpoint without sidecar"
+    accuracy = (f"held-out accuracy {metadata['held_out_accuracy']:.3f}"
+                if "held_out_accuracy" in metadata else
+                f"val accuracy {metadata.get('val_accuracy', float('nan')):.3f}")
     return (f"source {metadata.get('source_dataset')} ({len(metadata.get('class_names', []))} "
-            f"classes, val accuracy {metadata.get('val_accuracy', float('nan')):.3f}, "
+            f"classes, {accuracy}, "
             f"{json.dumps(metadata.get('architecture', {}), sort_keys=True)})")
