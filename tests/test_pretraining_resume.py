@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.reliability
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("basophil", "eosinophil", "monocyte", "platelet")
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from leukocyte_cnn.base.errors import InputError
 
+pytestmark = pytest.mark.reliability
 EPOCHS = 5
 KILL_AT = (2, 1)  # (epoch index, batch index): mid-way through the third epoch
 
