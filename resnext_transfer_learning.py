@@ -242,6 +242,7 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
     import keras
     import pandas as pd
 
+    from leukocyte_cnn.base import progress
     from leukocyte_cnn.base.artifacts import canonical, fingerprint, short
     from leukocyte_cnn.base.errors import InputError
     from leukocyte_cnn.base.io import read_json
@@ -294,10 +295,12 @@ def pretrain(run, s, args: argparse.Namespace) -> Path:
                     directory=checkpoint.with_name(f"{name}_training"), seed=run.seed)
         fold.directory.mkdir(parents=True, exist_ok=True)
         set_seed(run.seed)
-        predictions = train_resnext_fold(fold, lambda: build_model(arch, len(names)),
-                                         class_names=names, settings=s, train_table=fold.train,
-                                         xla=run.devices.xla, resume=True,
-                                         reduce_lr=source_lr_drop(s))
+        with progress.tracking(1, f"the source model, up to {s['EPOCHS']} epochs"), \
+                progress.unit("pretraining"):  # epoch lines with the ETA
+            predictions = train_resnext_fold(
+                fold, lambda: build_model(arch, len(names)), class_names=names, settings=s,
+                train_table=fold.train, xla=run.devices.xla, resume=True,
+                reduce_lr=source_lr_drop(s))
         accuracy = float((predictions["pred"] == predictions["label"]).mean())
         low, high = bootstrap_ci(predictions["label"].to_numpy(),
                                  predictions[prob_columns(names)].to_numpy(), "accuracy",
