@@ -57,7 +57,7 @@ def test_pretraining_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_p
                            capture_output=True, text=True, cwd=tmp_path)
     assert f"resuming after epoch {killed_at} of 4" in rerun.stdout
     weights = [keras.models.load_model(results / "checkpoints" / f"{name}.keras",
-                                       compile=False).get_weights()
+                                       compile=False, safe_mode=True).get_weights()
                for name in ("unbroken", "killed")]
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)

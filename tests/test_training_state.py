@@ -92,7 +92,8 @@ def _kill(epoch, batch):
 def _weights(directory):
     import keras
 
-    return keras.models.load_model(directory / "model.keras", compile=False).get_weights()
+    return keras.models.load_model(directory / "model.keras", compile=False,
+                                   safe_mode=True).get_weights()
 
 
 def test_killed_mid_epoch_then_rerun_gives_the_unbroken_weights(images, tmp_path, monkeypatch):

@@ -234,7 +234,7 @@ def fit(model, train_ds, val_ds, *, epochs: int, patience: int, fold_directory: 
             state, monitor=monitor, patience=int(reduce_lr["patience"]),
             factor=float(reduce_lr["factor"]), verbose=0)
         callbacks.insert(2, schedule)
-    rows = list(state["rows"]) if state else []
+    rows = training_state.saved_rows(state) if state else []
     feed, options, done = train_ds, {}, 0
     if resume:
         steps = int(train_ds.cardinality())

@@ -22,7 +22,6 @@ match the model being trained (another architecture or optimizer) is refused in 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from leukocyte_cnn.base.errors import InputError
+from leukocyte_cnn.base.io import read_json, read_npz, write_json, write_npz
 
 STATE_DIR = "training_state"
 _MANIFEST = "state.json"
@@ -55,13 +55,12 @@ def load_state(fold_directory) -> dict | None:
     manifest = folder / _MANIFEST
     if not manifest.is_file():
         return None
-    state = json.loads(manifest.read_text())
+    state = read_json(manifest)
     arrays = folder / state["arrays"]
     if not arrays.is_file() or _digest(arrays) != state["arrays_sha256"]:
         raise InputError(f"{arrays}: missing or does not match {manifest} (a write was cut "
                          "short); delete the folder to train this fold from the start")
-    with np.load(arrays) as data:
-        state["arrays"] = {key: data[key] for key in data.files}
+    state["arrays"] = read_npz(arrays)
     return state
 
 
@@ -120,6 +119,18 @@ def resumable_reduce_lr(state: dict | None, **options):
     return ResumableReduceLR(**options)
 
 
+def _columns(rows: list[dict]) -> dict:
+    """The epoch log as columns in their order (a JSON object's keys are written sorted)."""
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    return {"columns": names, "rows": [[row.get(key) for key in names] for row in rows]}
+
+
+def saved_rows(state: dict) -> list[dict]:
+    """The epoch log of a saved state, each row's columns in the order they were logged."""
+    log = state["log"]
+    return [dict(zip(log["columns"], values, strict=True)) for values in log["rows"]]
+
+
 def _plain(value):
     return None if value is None else float(value)
 
@@ -141,10 +152,7 @@ def epoch_state(fold_directory, early_stopping, rows: list[dict], reduce_lr=None
             best = early_stopping.best_weights or []
             arrays.update({f"b{i}": np.asarray(w) for i, w in enumerate(best)})
             name = f"state_epoch{epoch + 1:04d}.npz"
-            temp = folder / f".{name}.partial"
-            with open(temp, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(temp, folder / name)
+            write_npz(folder / name, **arrays)
             best_value = early_stopping.best
             manifest = {"epoch": epoch + 1, "stopped": bool(self.model.stop_training),
                         "n_variables": len(_variables(self.model)),
@@ -153,14 +161,13 @@ def epoch_state(fold_directory, early_stopping, rows: list[dict], reduce_lr=None
                                            else float(best_value),
                                            "best_epoch": int(early_stopping.best_epoch),
                                            "n_best_weights": len(best)},
-                        "rows": rows, "arrays": name, "arrays_sha256": _digest(folder / name)}
+                        "log": _columns(rows), "arrays": name,
+                        "arrays_sha256": _digest(folder / name)}
             if reduce_lr is not None:
                 manifest["reduce_lr"] = {"wait": int(reduce_lr.wait),
                                          "best": _plain(reduce_lr.best),
                                          "cooldown_counter": int(reduce_lr.cooldown_counter)}
-            temp = folder / ".state.json.partial"
-            temp.write_text(json.dumps(manifest, indent=1))
-            os.replace(temp, folder / _MANIFEST)
+            write_json(folder / _MANIFEST, manifest)
             for old in folder.glob("state_epoch*.npz"):
                 if old.name != name:
                     old.unlink()
