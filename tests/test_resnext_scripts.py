@@ -333,11 +333,16 @@ def test_learning_curve_table_has_one_row_per_size_and_mode_with_mean_and_std(tm
     assert table.loc[1, "accuracy_vs_scratch"] == pytest.approx(0.125)
     assert table.loc[1, "mcnemar_p_vs_scratch"] == 1.0
     assert np.isnan(table.loc[0, "accuracy_vs_scratch"])
+    # ROC-AUC paired by repeat: scratch folds 0.5 (all probabilities tied) and 0.75, transfer
+    # 0.75 and 0.75 -> differences 0.25 and 0, mean +0.125; one non-zero difference: p = 1
+    assert table.loc[1, "roc_auc_vs_scratch"] == pytest.approx(0.125)
+    assert table.loc[1, "wilcoxon_p_roc_auc_vs_scratch"] == pytest.approx(1.0)
     write_learning_curve(table, tmp_path, title="curve")
     markdown = (tmp_path / "learning_curve.md").read_text()
     assert "| 5 | scratch | 2 | 10.0 | 0.625 ± 0.177 |" in markdown
     assert markdown.count("\n| 5 |") == 2 and markdown.count("\n| 10 |") == 2
     assert "Δ accuracy vs scratch [95 % CI]" in markdown and "| +0.125 [" in markdown
+    assert "Δ ROC-AUC vs scratch [95 % CI] | Wilcoxon p |" in markdown
     assert pd.read_csv(tmp_path / "learning_curve.csv").equals(table)
     assert (tmp_path / "learning_curve.png").stat().st_size > 0
 

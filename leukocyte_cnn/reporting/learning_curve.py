@@ -51,6 +51,7 @@ def learning_curve_table(run_dir: str | os.PathLike, sizes: Sequence[int],
                 row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std(folds[metric].tolist())
             if mode != "scratch" and "scratch" in modes:
                 row.update(paired_to_scratch(run_dir, size, mode, class_names))
+                row.update(roc_auc_over_repeats(run_dir, size, mode, class_names, folds))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -82,9 +83,26 @@ def paired_to_scratch(run_dir: str | os.PathLike, size: int, mode: str,
     return out
 
 
+def roc_auc_over_repeats(run_dir: str | os.PathLike, size: int, mode: str,
+                         class_names: Sequence[str], folds: pd.DataFrame) -> dict:
+    """ROC-AUC of ``mode`` minus from-scratch, paired by repeat (fold): the mean difference
+    with its t interval and Wilcoxon's signed-rank p over the repeats (exact for few)."""
+    from leukocyte_cnn.base.run_folder import load_predictions
+    from leukocyte_cnn.reporting.metrics import per_fold_table
+    from leukocyte_cnn.reporting.stats import paired_across_seeds
+
+    scratch = per_fold_table(load_predictions(curve_dir(run_dir, size, "scratch")), class_names)
+    both = folds.merge(scratch, on="fold", suffixes=("", "_scratch"))
+    paired = paired_across_seeds(both["roc_auc"], both["roc_auc_scratch"])
+    return {"roc_auc_vs_scratch": paired["difference"], "roc_auc_vs_scratch_low":
+            paired["ci_low"], "roc_auc_vs_scratch_high": paired["ci_high"],
+            "wilcoxon_p_roc_auc_vs_scratch": paired["p_wilcoxon"]}
+
+
 def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title: str,
                          note: str = "") -> tuple[Path, Path, Path]:
     """``learning_curve.csv`` (numbers), ``learning_curve.md`` (mean ± std) and ``.png``."""
+    from leukocyte_cnn.reporting.stats import format_difference, format_p
     from leukocyte_cnn.reporting.summary import leaky_banner, leaky_tag, markdown_table, run_config
 
     run_dir = Path(run_dir)
@@ -97,8 +115,6 @@ def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title:
                                          zip(table[f"{metric}_mean"], table[f"{metric}_std"],
                                              strict=True)]
     if "accuracy_vs_scratch" in table:
-        from leukocyte_cnn.reporting.stats import format_difference, format_p
-
         shown["Δ accuracy vs scratch [95 % CI]"] = [
             "" if mode == "scratch" else format_difference(d, lo, hi)
             for mode, d, lo, hi in table[["mode", "accuracy_vs_scratch", "accuracy_vs_scratch_low",
@@ -109,6 +125,17 @@ def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title:
             "Δ vs scratch: test accuracy of the pooled folds minus that of the from-scratch model "
             "at the same size, on the same test images (paired bootstrap 95 % interval, exact "
             "McNemar test).")
+    if "roc_auc_vs_scratch" in table:
+        shown["Δ ROC-AUC vs scratch [95 % CI]"] = [
+            "" if mode == "scratch" else format_difference(d, lo, hi)
+            for mode, d, lo, hi in table[["mode", "roc_auc_vs_scratch", "roc_auc_vs_scratch_low",
+                                          "roc_auc_vs_scratch_high"]].itertuples(index=False)]
+        shown["Wilcoxon p"] = ["" if mode == "scratch" else format_p(p) for mode, p in
+                               table[["mode", "wilcoxon_p_roc_auc_vs_scratch"]].itertuples(
+                                   index=False)]
+        note += (" Δ ROC-AUC: the mean over repeats of each repeat's ROC-AUC minus the "
+                 "from-scratch one on the same test images (t interval), Wilcoxon's "
+                 "signed-rank test over the repeats.")
     text = (f"# {title}\n\n" + leaky_banner(config) + (f"{note}\n\n" if note else "")
             + markdown_table(shown))
     md_path = write_text(run_dir / "learning_curve.md", text)
