@@ -102,7 +102,6 @@ def roc_auc_over_repeats(run_dir: str | os.PathLike, size: int, mode: str,
 def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title: str,
                          note: str = "") -> tuple[Path, Path, Path]:
     """``learning_curve.csv`` (numbers), ``learning_curve.md`` (mean ± std) and ``.png``."""
-    from leukocyte_cnn.reporting.stats import format_difference, format_p
     from leukocyte_cnn.reporting.summary import leaky_banner, leaky_tag, markdown_table, run_config
 
     run_dir = Path(run_dir)
@@ -115,24 +114,15 @@ def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title:
                                          zip(table[f"{metric}_mean"], table[f"{metric}_std"],
                                              strict=True)]
     if "accuracy_vs_scratch" in table:
-        shown["Δ accuracy vs scratch [95 % CI]"] = [
-            "" if mode == "scratch" else format_difference(d, lo, hi)
-            for mode, d, lo, hi in table[["mode", "accuracy_vs_scratch", "accuracy_vs_scratch_low",
-                                          "accuracy_vs_scratch_high"]].itertuples(index=False)]
-        shown["McNemar p"] = ["" if mode == "scratch" else format_p(p) for mode, p in
-                              table[["mode", "mcnemar_p_vs_scratch"]].itertuples(index=False)]
+        _paired_columns(shown, table, "accuracy", "Δ accuracy vs scratch [95 % CI]",
+                        "mcnemar_p_vs_scratch", "McNemar p")
         note = (note + "\n\n" if note else "") + (
             "Δ vs scratch: test accuracy of the pooled folds minus that of the from-scratch model "
             "at the same size, on the same test images (paired bootstrap 95 % interval, exact "
             "McNemar test).")
     if "roc_auc_vs_scratch" in table:
-        shown["Δ ROC-AUC vs scratch [95 % CI]"] = [
-            "" if mode == "scratch" else format_difference(d, lo, hi)
-            for mode, d, lo, hi in table[["mode", "roc_auc_vs_scratch", "roc_auc_vs_scratch_low",
-                                          "roc_auc_vs_scratch_high"]].itertuples(index=False)]
-        shown["Wilcoxon p"] = ["" if mode == "scratch" else format_p(p) for mode, p in
-                               table[["mode", "wilcoxon_p_roc_auc_vs_scratch"]].itertuples(
-                                   index=False)]
+        _paired_columns(shown, table, "roc_auc", "Δ ROC-AUC vs scratch [95 % CI]",
+                        "wilcoxon_p_roc_auc_vs_scratch", "Wilcoxon p")
         note += (" Δ ROC-AUC: the mean over repeats of each repeat's ROC-AUC minus the "
                  "from-scratch one on the same test images (t interval), Wilcoxon's "
                  "signed-rank test over the repeats.")
@@ -142,6 +132,20 @@ def write_learning_curve(table: pd.DataFrame, run_dir: str | os.PathLike, title:
     png_path = plot_learning_curve(table, run_dir / "learning_curve.png",
                                    title_suffix=leaky_tag(config))
     return csv_path, md_path, png_path
+
+
+def _paired_columns(shown: pd.DataFrame, table: pd.DataFrame, metric: str, label: str,
+                    p_column: str, p_label: str) -> None:
+    """``shown[label]``: ``metric``'s difference to scratch with its interval, and
+    ``shown[p_label]``: its p-value; blank on the scratch rows."""
+    from leukocyte_cnn.reporting.stats import format_difference, format_p
+
+    base = f"{metric}_vs_scratch"
+    shown[label] = ["" if mode == "scratch" else format_difference(d, lo, hi)
+                    for mode, d, lo, hi in table[["mode", base, f"{base}_low",
+                                                  f"{base}_high"]].itertuples(index=False)]
+    shown[p_label] = ["" if mode == "scratch" else format_p(p)
+                      for mode, p in table[["mode", p_column]].itertuples(index=False)]
 
 
 def _mean_pm_std(mean: float, std: float) -> str:
